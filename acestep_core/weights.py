@@ -1,0 +1,131 @@
+"""Reading safetensors files and putting their tensors into modules, with errors a user can act on.
+
+Every loader in the package goes through here so that all of them
+  * read memory-mapped (safetensors) and cast each tensor once, straight to the requested dtype/device,
+  * build modules on the meta device and *assign* the loaded tensors (no random init, no second copy),
+  * report missing / unexpected keys and shape mismatches naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterable, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or folder cannot be used; the message names the file and what is wrong."""
+
+
+def _open(path: str):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return safe_open(path, framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def safetensors_keys(path: str) -> dict[str, list[int]]:
+    """Key → shape of every tensor in a safetensors file, without reading the data."""
+    with _open(path) as f:
+        out = {}
+        for k in f.keys():
+            try:
+                out[k] = list(f.get_slice(k).get_shape())
+            except (SafetensorError, RuntimeError) as e:
+                raise CheckpointError(f"{path}: tensor {k!r} is unreadable (truncated or corrupt?): {e}") from None
+        return out
+
+
+def safetensors_metadata(path: str) -> dict[str, str]:
+    with _open(path) as f:
+        return dict(f.metadata() or {})
+
+
+def read_safetensors(
+    paths: str | Iterable[str],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    select: Callable[[str], bool] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read tensors from one or more safetensors files.
+
+    Floating-point tensors are cast to ``dtype`` (when given) as they are read, so a bf16 load of a bf16
+    file is a plain memory-mapped read and a bf16 load of an fp32 file never materialises an fp32 model.
+    Integer tensors keep their dtype. ``select`` filters keys before anything is read.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    out: dict[str, torch.Tensor] = {}
+    for path in paths:
+        with _open(path) as f:
+            for k in f.keys():
+                if select is not None and not select(k):
+                    continue
+                try:
+                    t = f.get_tensor(k)
+                except (SafetensorError, RuntimeError) as e:
+                    raise CheckpointError(f"{path}: tensor {k!r} is unreadable (truncated or corrupt?): {e}") from None
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)
+                out[k] = t.to(device) if str(device) != "cpu" else t
+    return out
+
+
+def sharded_files(folder: str, single: str = "model.safetensors") -> list[str]:
+    """The weight files of a transformers-style folder: one file, or the shards named in its index."""
+    path = os.path.join(folder, single)
+    if os.path.isfile(path):
+        return [path]
+    index = path + ".index.json"
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: unreadable shard index: {e}") from None
+        files = [os.path.join(folder, name) for name in dict.fromkeys(weight_map.values())]
+        missing = [p for p in files if not os.path.isfile(p)]
+        if missing:
+            raise CheckpointError(f"{index}: shard(s) missing: {', '.join(missing)}")
+        return files
+    raise CheckpointError(f"{folder}: no {single} (or {single}.index.json) found")
+
+
+def assign_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Put ``state_dict`` into ``module`` (typically built on the meta device), strictly.
+
+    Raises CheckpointError listing missing keys, unexpected keys and shape mismatches (first few of each).
+    Non-persistent buffers (RoPE frequencies etc.) are not part of the state dict and must be set up by the
+    module itself after loading (see ``materialize_buffers``).
+    """
+    expected = module.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    module.load_state_dict(dict(state_dict), strict=True, assign=True)
+    return module
+
+
+def materialize_buffers(module: nn.Module, device: torch.device | str) -> None:
+    """Give every module that has a ``reset_buffers(device)`` hook a chance to rebuild its computed buffers
+    (they are not stored in checkpoints and are still on the meta device after ``assign_state_dict``)."""
+    for m in module.modules():
+        hook = getattr(m, "reset_buffers", None)
+        if hook is not None:
+            hook(device)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the whole test suite:  ./scripts/test.sh [pytest args]
+# Creates .venv (CPU-capable PyPI torch 2.11.0 + torchaudio 2.11.0, the pack's requirements and the
+# test-only requirements) unless it is already complete, then runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+STAMP="$VENV/.installed-$(cat requirements.txt requirements-test.txt scripts/test.sh | sha1sum | cut -c1-12)"
+if [ ! -f "$STAMP" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch/torchaudio are ComfyUI's to choose, so requirements.txt leaves them out; tests pin the
+  # PyPI pair that loads together and runs on CPU.
+  "$VENV/bin/python" -m pip install -q torch==2.11.0 torchaudio==2.11.0
+  "$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-test.txt
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+exec "$VENV/bin/python" -m pytest "$@"
