@@ -1,0 +1,328 @@
+"""Finding and loading ACE-Step 1.5 checkpoints in either published layout.
+
+Official Hugging Face layout (``ACE-Step/Ace-Step1.5`` and the separate variant repos)::
+
+    <root>/acestep-v15-<variant>/   config.json, model.safetensors (or sharded + index), silence_latent.pt
+    <root>/vae/                     config.json, diffusion_pytorch_model.safetensors
+    <root>/Qwen3-Embedding-0.6B/    config.json, model.safetensors, tokenizer.json, …
+
+Comfy-Org repackaged files (``Comfy-Org/ace_step_1.5_ComfyUI_files``)::
+
+    diffusion_models/acestep_v1.5_<variant>[_bf16].safetensors   DiT checkpoint keys (maybe model.diffusion_model.)
+    text_encoders/qwen_0.6b_ace15.safetensors                     Qwen3 keys with a ``model.`` prefix
+    vae/ace_1.5_vae.safetensors                                   stable-audio-tools Oobleck names
+    checkpoints/ace_step_1.5_turbo_aio.safetensors                all three, prefixed (model.diffusion_model.,
+                                                                  text_encoders.qwen3_06b.transformer., vae.)
+
+These files carry no tokenizer (the pack ships the Qwen3 one) and no silence latent (derived from the VAE
+once and cached). Every loader reads memory-mapped safetensors straight into the requested dtype/device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import AceStepConfig
+from .constants import VARIANT_DEFAULTS
+from .model import AceStepModel
+from .silence import load_silence_latent_file, silence_latent_for_vae
+from .text_encoder import TextEncoder, load_text_encoder, load_tokenizer
+from .vae import OobleckVAE, VaeConfig
+from .weights import CheckpointError, read_safetensors, safetensors_keys, sharded_files
+
+DIT_PREFIX = "model.diffusion_model."
+AIO_VAE_PREFIX = "vae."
+AIO_TEXT_PREFIX = "text_encoders.qwen3_06b.transformer."  # (+ "model.")
+DIT_MARKER = "encoder.lyric_encoder.layers.0.input_layernorm.weight"  # what ComfyUI detects ACE 1.5 by
+TEXT_ENCODER_DIR = "Qwen3-Embedding-0.6B"
+DIT_DIR_PATTERN = re.compile(r"acestep-v15-")
+DEFAULT_DIT_DIR = "acestep-v15-turbo"
+
+
+# --------------------------------------------------------------------------- dtype / device
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto" is what the original runs: bf16 on a CUDA GPU that supports it, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype in (None, "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of: auto, {', '.join(sorted(names))}")
+    return names[dtype]
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def detect_variant(name_hints: list[str], config_json: dict | None, is_xl: bool) -> tuple[str, str]:
+    """(variant, how it was decided). Variant is one of VARIANT_DEFAULTS' keys.
+
+    Official configs say ``is_turbo``; base vs sft and the Comfy-Org files are told apart by the folder
+    or file name (``acestep-v15-sft``, ``acestep_v1.5_xl_base_bf16.safetensors`` …).
+    """
+    kind, how = None, ""
+    for hint in name_hints:
+        low = os.path.basename(os.path.normpath(hint)).lower()
+        for candidate in ("sft", "base", "turbo"):
+            if re.search(rf"(^|[^a-z]){candidate}([^a-z]|$)", low):
+                kind, how = candidate, f"name {os.path.basename(os.path.normpath(hint))!r}"
+                break
+        if kind:
+            break
+    if config_json is not None:
+        if config_json.get("is_turbo") is True:
+            kind, how = "turbo", "config.json is_turbo"
+        elif kind is None and str(config_json.get("model_version", "")).lower() in ("base", "sft"):
+            kind, how = str(config_json["model_version"]).lower(), "config.json model_version"
+        elif kind is None and config_json.get("is_turbo") is False:
+            kind, how = "base", "config.json is_turbo=false"
+    if kind is None:
+        kind, how = "turbo", "nothing told the variant; assuming turbo"
+    return ("xl_" + kind if is_xl else kind), how
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass
+class DitCheckpoint:
+    model: AceStepModel
+    variant: str
+    variant_source: str
+    path: str
+    silence_latent: torch.Tensor | None = None  # [1, T, 64], only when the checkpoint ships one
+
+    @property
+    def defaults(self):
+        return VARIANT_DEFAULTS[self.variant]
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+
+
+def _dit_prefix(keys) -> str:
+    if any(k.startswith(DIT_PREFIX) for k in keys):
+        return DIT_PREFIX
+    return ""
+
+
+def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> DitCheckpoint:
+    """A DiT checkpoint: an official variant folder, or a Comfy-Org diffusion-model / all-in-one file."""
+    device = torch.device(device)
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise CheckpointError(f"{path}: no config.json — not an ACE-Step 1.5 model folder")
+        config_json = _read_json(config_path)
+        if config_json.get("model_type") not in (None, "acestep"):
+            raise CheckpointError(f"{config_path}: model_type is {config_json.get('model_type')!r}, not 'acestep'")
+        files = sharded_files(path)
+        config = AceStepConfig.from_json(config_json)
+        state = read_safetensors(files, dtype, device)
+        source = files[0] if len(files) == 1 else f"{path} (sharded)"
+        silence_path = os.path.join(path, "silence_latent.pt")
+        if not os.path.isfile(silence_path):
+            raise CheckpointError(
+                f"{silence_path}: missing. The official folder ships it next to model.safetensors; "
+                "download the folder again (or use the Comfy-Org files, whose silence latent is derived "
+                "from the VAE)")
+        silence = load_silence_latent_file(silence_path, dtype, device)
+        hints = [path]
+    else:
+        shapes = safetensors_keys(path)
+        prefix = _dit_prefix(shapes)
+        if prefix + DIT_MARKER not in shapes:
+            raise CheckpointError(f"{path}: not an ACE-Step 1.5 diffusion model (no {DIT_MARKER!r} tensor)")
+        config_json = None
+        config = AceStepConfig.from_shapes({k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)},
+                                           source=path)
+        state = read_safetensors(path, dtype, device, select=lambda k: k.startswith(prefix))
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        source, silence, hints = path, None, [path]
+    model = AceStepModel.from_state_dict(state, config, source=source)
+    variant, how = detect_variant(hints, config_json, config.is_xl)
+    return DitCheckpoint(model, variant, how, path, silence)
+
+
+def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> OobleckVAE:
+    """The VAE: an official ``vae/`` folder, a Comfy-Org VAE file, or an all-in-one file (``vae.`` keys)."""
+    if os.path.isdir(path):
+        cfg = VaeConfig.from_diffusers_config(_read_json(os.path.join(path, "config.json")))
+        files = sharded_files(path, "diffusion_pytorch_model.safetensors")
+        raw = read_safetensors(files, None, "cpu")
+        source = files[0]
+    else:
+        keys = safetensors_keys(path)
+        prefix = AIO_VAE_PREFIX if any(k.startswith(AIO_VAE_PREFIX) for k in keys) else ""
+        raw = read_safetensors(path, None, "cpu", select=lambda k: k.startswith(prefix))
+        raw = {k[len(prefix):]: v for k, v in raw.items()}
+        cfg, source = None, path
+    # Weight norm is fused in float32 inside from_state_dict, then cast to ``dtype``: the stored (g, v)
+    # pairs are read once as stored, never as a full float32 model.
+    return OobleckVAE.from_state_dict(raw, config=cfg, dtype=dtype, device=device, source=source)
+
+
+# --------------------------------------------------------------------------- the whole set
+
+
+@dataclass
+class AceStepCheckpoint:
+    """Everything generation needs, loaded."""
+
+    dit: DitCheckpoint
+    vae: OobleckVAE
+    text_encoder: TextEncoder
+    tokenizer: object
+    silence_latent: torch.Tensor  # [1, T, 64] in the model dtype
+    paths: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> AceStepModel:
+        return self.dit.model
+
+    @property
+    def variant(self) -> str:
+        return self.dit.variant
+
+
+@dataclass
+class CheckpointPaths:
+    dit: str
+    vae: str
+    text_encoder: str
+    tokenizer_dir: str | None  # None = the Qwen3 tokenizer shipped with the pack
+
+
+def _is_dit_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "silence_latent.pt")) \
+        or bool(DIT_DIR_PATTERN.match(os.path.basename(os.path.normpath(path))))
+
+
+def _find_file(folder: str, preferred: list[str], marker) -> str | None:
+    if not os.path.isdir(folder):
+        return None
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    for name in preferred + names:
+        candidate = os.path.join(folder, name)
+        if name in names and marker(candidate):
+            return candidate
+    return None
+
+
+def _looks_like_vae(path: str) -> bool:
+    try:
+        return any(k.startswith("decoder.") and k.endswith("beta") for k in safetensors_keys(path))
+    except CheckpointError:
+        return False
+
+
+def _looks_like_text_encoder(path: str, width: int) -> bool:
+    """A Qwen3 file of the width the DiT's text projector takes (1024: the 0.6B embedding model; the 5 Hz
+    LMs, 2048/2560 wide, live in the same folder)."""
+    try:
+        shapes = safetensors_keys(path)
+    except CheckpointError:
+        return False
+    key = "model.layers.0.post_attention_layernorm.weight"
+    return key in shapes and shapes[key][0] == width
+
+
+def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = None,
+                  tokenizer_dir: str | None = None, dit_folder: str | None = None) -> CheckpointPaths:
+    """Work out where each component lives from one user-given path (plus optional overrides).
+
+    ``path`` may be an official root (``dit_folder`` picks among several ``acestep-v15-*`` folders; default
+    turbo, else the only one), one DiT folder of it, a Comfy-Org diffusion-model file (the VAE and text
+    encoder are then looked up in the sibling ``vae/`` and ``text_encoders/`` model folders unless given),
+    or an all-in-one file.
+    """
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or folder")
+    if os.path.isdir(path) and not _is_dit_folder(path):
+        dits = sorted(d for d in os.listdir(path) if DIT_DIR_PATTERN.match(d)
+                      and os.path.isfile(os.path.join(path, d, "config.json")))
+        if not dits:
+            raise CheckpointError(f"{path}: no acestep-v15-* model folder inside (expected the official layout: "
+                                  f"acestep-v15-turbo/, vae/, {TEXT_ENCODER_DIR}/)")
+        if dit_folder is None:
+            dit_folder = DEFAULT_DIT_DIR if DEFAULT_DIT_DIR in dits else dits[0] if len(dits) == 1 else None
+            if dit_folder is None:
+                raise CheckpointError(f"{path}: several model folders ({', '.join(dits)}); choose one")
+        elif dit_folder not in dits:
+            raise CheckpointError(f"{path}: no model folder {dit_folder!r}; found {', '.join(dits)}")
+        root, dit = path, os.path.join(path, dit_folder)
+    elif os.path.isdir(path):
+        root, dit = os.path.dirname(os.path.normpath(path)), path
+    else:
+        root, dit = None, path
+
+    if root is not None:  # official layout
+        vae = vae or os.path.join(root, "vae")
+        text_encoder = text_encoder or os.path.join(root, TEXT_ENCODER_DIR)
+        for label, p in (("vae", vae), ("text encoder", text_encoder)):
+            if not os.path.exists(p):
+                raise CheckpointError(f"{p}: missing ({label} of the official layout)")
+    else:  # a single file
+        keys = safetensors_keys(dit)
+        if any(k.startswith(AIO_VAE_PREFIX) for k in keys) and vae is None:
+            vae = dit
+        if any(k.startswith(AIO_TEXT_PREFIX) for k in keys) and text_encoder is None:
+            text_encoder = dit
+        models_dir = os.path.dirname(os.path.dirname(os.path.abspath(dit)))
+        vae = vae or _find_file(os.path.join(models_dir, "vae"), ["ace_1.5_vae.safetensors"], _looks_like_vae)
+        prefix = _dit_prefix(keys)
+        width = keys[prefix + "encoder.text_projector.weight"][1] if prefix + "encoder.text_projector.weight" in keys else 1024
+        text_encoder = text_encoder or _find_file(os.path.join(models_dir, "text_encoders"),
+                                                  ["qwen_0.6b_ace15.safetensors"],
+                                                  lambda p: _looks_like_text_encoder(p, width))
+        if vae is None:
+            raise CheckpointError(f"{dit}: no VAE found; put ace_1.5_vae.safetensors in {models_dir}/vae "
+                                  "or pass the VAE path")
+        if text_encoder is None:
+            raise CheckpointError(f"{dit}: no text encoder found; put qwen_0.6b_ace15.safetensors in "
+                                  f"{models_dir}/text_encoders or pass the text-encoder path")
+    if tokenizer_dir is None and os.path.isdir(text_encoder) and os.path.isfile(os.path.join(text_encoder, "tokenizer.json")):
+        tokenizer_dir = text_encoder
+    return CheckpointPaths(dit, vae, text_encoder, tokenizer_dir)
+
+
+def load_checkpoint(path: str, dtype="auto", device=None, vae: str | None = None,
+                    text_encoder: str | None = None, tokenizer_dir: str | None = None,
+                    dit_folder: str | None = None, vae_dtype=None) -> AceStepCheckpoint:
+    """Load every component from either layout (see ``resolve_paths`` for what ``path`` may be)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    vae_dtype = resolve_dtype(vae_dtype, device) if vae_dtype is not None else dtype
+    paths = resolve_paths(path, vae, text_encoder, tokenizer_dir, dit_folder)
+    dit = load_dit(paths.dit, dtype, device)
+    vae_model = load_vae(paths.vae, vae_dtype, device)
+    text = load_text_encoder(paths.text_encoder, dtype, device)
+    tokenizer = load_tokenizer(paths.tokenizer_dir)
+    silence = dit.silence_latent
+    if silence is None:
+        silence = silence_latent_for_vae(vae_model).to(device=device, dtype=dtype)
+    return AceStepCheckpoint(dit, vae_model, text, tokenizer, silence, paths=vars(paths))

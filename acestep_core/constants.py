@@ -1,0 +1,121 @@
+"""Every fixed string, list and number of ACE-Step 1.5 that callers or prompts depend on, in one place.
+
+Strings that the text encoder sees (templates, instructions) must match the original byte for byte; the lists
+mirror ``acestep/constants.py`` of ACE-Step 1.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio / latent geometry
+# ---------------------------------------------------------------------------------------------------------------
+
+SAMPLE_RATE = 48000
+LATENT_RATE = 25  # latent frames per second (VAE hop 1920 samples)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt templates (newlines are load-bearing; "<|endoftext|>" is tokenized as the special token ENDOFTEXT_ID)
+# ---------------------------------------------------------------------------------------------------------------
+
+ENDOFTEXT = "<|endoftext|>"
+ENDOFTEXT_ID = 151643  # also the pad id the original uses for right padding
+
+SFT_GEN_PROMPT = "# Instruction\n{instruction}\n\n# Caption\n{caption}\n\n# Metas\n{metas}<|endoftext|>\n"
+LYRICS_PROMPT = "# Languages\n{language}\n\n# Lyric\n{lyrics}<|endoftext|>"
+METAS_TEMPLATE = "- bpm: {bpm}\n- timesignature: {timesignature}\n- keyscale: {keyscale}\n- duration: {duration}\n"
+META_MISSING = "N/A"
+DEFAULT_METAS_DURATION = 30  # seconds written into the metas when no duration is known (whatever the real length)
+
+TEXT_MAX_TOKENS = 256  # caption prompt truncation
+LYRIC_MAX_TOKENS = 2048  # lyrics prompt truncation
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks and tracks
+# ---------------------------------------------------------------------------------------------------------------
+
+TASK_TYPES = ("text2music", "repaint", "cover", "extract", "lego", "complete")
+TASK_TYPES_TURBO = ("text2music", "repaint", "cover")  # the official UI offers only these for turbo/sft models
+
+TASK_INSTRUCTIONS = {
+    "text2music": "Fill the audio semantic mask based on the given conditions:",
+    "repaint": "Repaint the mask area based on the given conditions:",
+    "cover": "Generate audio semantic tokens based on the given conditions:",
+    "extract": "Extract the {TRACK_NAME} track from the audio:",
+    "extract_default": "Extract the track from the audio:",
+    "lego": "Generate the {TRACK_NAME} track based on the audio context:",
+    "lego_default": "Generate the track based on the audio context:",
+    "complete": "Complete the input track with {TRACK_CLASSES}:",
+    "complete_default": "Complete the input track:",
+}
+DEFAULT_DIT_INSTRUCTION = TASK_INSTRUCTIONS["text2music"]
+TRACK_CLASSES_SEPARATOR = " | "
+
+TRACK_NAMES = (
+    "woodwinds", "brass", "fx", "synth", "strings", "percussion",
+    "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metadata vocabularies and ranges
+# ---------------------------------------------------------------------------------------------------------------
+
+# 50 language codes + "unknown" (51 entries), same order as the original.
+VALID_LANGUAGES = (
+    "ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en",
+    "es", "fa", "fi", "fr", "he", "hi", "hr", "ht", "hu", "id",
+    "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no",
+    "pa", "pl", "pt", "ro", "ru", "sa", "sk", "sr", "sv", "sw",
+    "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh",
+    "unknown",
+)
+
+KEYSCALE_NOTES = ("A", "B", "C", "D", "E", "F", "G")
+KEYSCALE_ACCIDENTALS = ("", "#", "b", "♯", "♭")  # natural, ASCII sharp/flat, Unicode sharp/flat
+KEYSCALE_MODES = ("major", "minor")
+# 7 notes x 5 accidentals x 2 modes = 70 (the original keeps them in a set; a tuple gives a stable order).
+KEYSCALES = tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in KEYSCALE_ACCIDENTALS for m in KEYSCALE_MODES)
+
+TIME_SIGNATURES = ("2", "3", "4", "6")  # numerators: 2/4, 3/4, 4/4, 6/8
+BPM_MIN, BPM_MAX = 30, 300
+DURATION_MIN, DURATION_MAX = 10, 600  # seconds
+
+# ---------------------------------------------------------------------------------------------------------------
+# Qwen3-Embedding-0.6B (the caption/lyrics text encoder) facts not recoverable from tensor shapes
+# ---------------------------------------------------------------------------------------------------------------
+
+QWEN3_ROPE_THETA = 1_000_000.0
+QWEN3_RMS_NORM_EPS = 1e-6
+QWEN3_MAX_POSITION_EMBEDDINGS = 32768
+
+# Where the text-encoder weights live in the supported single-file layouts, tried in this order; the official
+# HF folder `Qwen3-Embedding-0.6B/` has the bare transformers names (prefix "").
+TEXT_ENCODER_PREFIXES = (
+    "text_encoders.qwen3_06b.transformer.model.",  # ComfyUI all-in-one checkpoint
+    "model.",  # Comfy-Org qwen_0.6b_ace15.safetensors
+    "",  # Qwen3-Embedding-0.6B/model.safetensors
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-variant sampling defaults
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    steps: int
+    shift: float
+    guidance: float
+    use_cfg: bool  # base-like models apply CFG through APG; turbo models are guidance-distilled
+
+
+# These follow the official Gradio UI (`get_ui_control_config`), which is what users compare against.
+# The original's Python function defaults for base/sft `generate_audio` are 30 steps and shift 1.0.
+VARIANT_DEFAULTS = {
+    "turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0, use_cfg=False),
+    "xl_turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0, use_cfg=False),
+    "base": SamplingDefaults(steps=32, shift=3.0, guidance=7.0, use_cfg=True),
+    "xl_base": SamplingDefaults(steps=32, shift=3.0, guidance=7.0, use_cfg=True),
+    "sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0, use_cfg=True),
+    "xl_sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0, use_cfg=True),
+}

@@ -1,0 +1,211 @@
+"""Writes deterministic tiny random ACE-Step 1.5 checkpoints in BOTH published layouts, at test time.
+
+* official Hugging Face layout: ``<root>/acestep-v15-<variant>/`` (config.json, model.safetensors,
+  silence_latent.pt), ``<root>/vae/`` (diffusers config + weight_g/weight_v), ``<root>/Qwen3-Embedding-0.6B/``
+  (config.json, model.safetensors without prefix, the Qwen3 tokenizer files);
+* Comfy-Org layout: ``<models>/diffusion_models/acestep_v1.5_<variant>.safetensors``,
+  ``<models>/text_encoders/qwen_0.6b_ace15.safetensors`` (``model.`` prefix),
+  ``<models>/vae/ace_1.5_vae.safetensors`` (stable-audio-tools names, parametrizations weight norm, [C] snake
+  parameters) and ``<models>/checkpoints/ace_step_1.5_<variant>_aio.safetensors`` (all prefixed).
+
+The same tensors go into both layouts, so loading either must give identical modules. All renamings here
+are written independently of ``acestep_core`` (from the layouts documented by the references).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from tests.tiny import _generator, random_dit_checkpoint, random_tensor, tiny_config_json
+
+TINY_VAE_CONFIG = {
+    "_class_name": "AutoencoderOobleck",
+    "audio_channels": 2,
+    "channel_multiples": [1, 2],
+    "decoder_channels": 4,
+    "decoder_input_channels": 8,
+    "downsampling_ratios": [2, 4],
+    "encoder_hidden_size": 16,
+    "sampling_rate": 48000,
+}
+TINY_QWEN3_CONFIG = {
+    "architectures": ["Qwen3Model"],
+    "model_type": "qwen3",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "vocab_size": 151669,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "torch_dtype": "float32",
+}
+SILENCE_FRAMES = 400
+BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "acestep_core", "assets", "qwen3_tokenizer")
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def random_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Diffusers-format (weight_g / weight_v) tiny Oobleck weights with non-trivial snake and gain values."""
+    from diffusers import AutoencoderOobleck
+
+    with torch.device("meta"):
+        ref = AutoencoderOobleck(**{k: v for k, v in TINY_VAE_CONFIG.items() if not k.startswith("_")})
+    out = {}
+    for key, t in ref.state_dict().items():
+        x = random_tensor(key, t.shape, seed)
+        if key.endswith(("alpha", "beta")):
+            x = 0.5 * torch.randn(t.shape, generator=_generator(seed, key))
+        elif key.endswith("weight_g"):  # gains in [0.2, 0.6]: larger ones make the random network chaotic
+            x = 0.2 + 0.4 * torch.rand(t.shape, generator=_generator(seed, key))
+        elif key.endswith("weight_v"):
+            x = torch.randn(t.shape, generator=_generator(seed, key))
+        out[key] = x.contiguous()
+    return out
+
+
+def diffusers_vae_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers Oobleck names → stable-audio-tools names as in ComfyUI's ``ace_1.5_vae.safetensors``."""
+    n_enc = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
+    n_dec = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.block."))
+    unit = {"snake1": "0", "conv1": "1", "snake2": "2", "conv2": "3"}
+    enc_block = {"res_unit1": "0", "res_unit2": "1", "res_unit3": "2", "snake1": "3", "conv1": "4"}
+    dec_block = {"snake1": "0", "conv_t1": "1", "res_unit1": "2", "res_unit2": "3", "res_unit3": "4"}
+    out = {}
+    for key, t in sd.items():
+        parts = key.split(".")
+        side, rest = parts[0], parts[1:]
+        n = n_enc if side == "encoder" else n_dec
+        if rest[0] == "conv1":
+            new = ["layers", "0"] + rest[1:]
+        elif rest[0] == "snake1":
+            new = ["layers", str(n + 1)] + rest[1:]
+        elif rest[0] == "conv2":
+            new = ["layers", str(n + 2)] + rest[1:]
+        else:  # block.i.…
+            table = enc_block if side == "encoder" else dec_block
+            inner = rest[2]
+            new = ["layers", str(int(rest[1]) + 1), "layers", table[inner]]
+            tail = rest[3:]
+            if inner.startswith("res_unit"):
+                new += ["layers", unit[tail[0]]]
+                tail = tail[1:]
+            new += tail
+        name = ".".join([side] + new)
+        if name.endswith((".alpha", ".beta")):
+            t = t.reshape(-1)
+        name = name.replace(".weight_g", ".parametrizations.weight.original0")
+        name = name.replace(".weight_v", ".parametrizations.weight.original1")
+        out[name] = t
+    return out
+
+
+def silence_latent_of(vae_sd: dict[str, torch.Tensor], frames: int = SILENCE_FRAMES) -> torch.Tensor:
+    """What the official silence_latent.pt is: the VAE posterior mean of digital silence, [1, C, frames].
+    Computed here with the diffusers VAE (independent of ours) at full length."""
+    from diffusers import AutoencoderOobleck
+
+    vae = AutoencoderOobleck(**{k: v for k, v in TINY_VAE_CONFIG.items() if not k.startswith("_")})
+    vae.load_state_dict(vae_sd)
+    hop = 1
+    for r in TINY_VAE_CONFIG["downsampling_ratios"]:
+        hop *= r
+    with torch.no_grad():
+        mean = vae.encode(torch.zeros(1, 2, frames * hop)).latent_dist.mean
+    return mean[:, :, :frames].contiguous()
+
+
+# --------------------------------------------------------------------------- text encoder
+
+
+def random_qwen3_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    from transformers import Qwen3Config, Qwen3Model
+
+    cfg = Qwen3Config(**{k: v for k, v in TINY_QWEN3_CONFIG.items() if k not in ("architectures", "model_type",
+                                                                                  "torch_dtype")})
+    with torch.device("meta"):
+        model = Qwen3Model(cfg)
+    return {k: random_tensor("qwen." + k, v.shape, seed) for k, v in model.state_dict().items()}
+
+
+def _copy_tokenizer_files(folder: str):
+    with gzip.open(os.path.join(BUNDLED_TOKENIZER, "tokenizer.json.gz"), "rb") as f:
+        data = f.read()
+    with open(os.path.join(folder, "tokenizer.json"), "wb") as f:
+        f.write(data)
+    src = os.path.join(BUNDLED_TOKENIZER, "tokenizer_config.json")
+    if os.path.isfile(src):
+        with open(src, "rb") as f, open(os.path.join(folder, "tokenizer_config.json"), "wb") as g:
+            g.write(f.read())
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def _save(tensors: dict[str, torch.Tensor], path: str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+
+
+def _json(data: dict, path: str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+
+
+def build_tensors(variant: str = "turbo", xl: bool = False, seed: int = 0) -> dict:
+    cfg = tiny_config_json(xl=xl, variant=variant)
+    vae = random_vae_state_dict(seed)
+    return {
+        "config": cfg,
+        "dit": random_dit_checkpoint(cfg, seed),
+        "vae": vae,
+        "qwen": random_qwen3_state_dict(seed),
+        "silence": silence_latent_of(vae),
+    }
+
+
+def write_hf_layout(root: str, tensors: dict, variant: str = "turbo") -> str:
+    dit_dir = os.path.join(root, f"acestep-v15-{variant.replace('_', '-')}")
+    _json(tensors["config"], os.path.join(dit_dir, "config.json"))
+    _save(tensors["dit"], os.path.join(dit_dir, "model.safetensors"))
+    torch.save(tensors["silence"], os.path.join(dit_dir, "silence_latent.pt"))
+    _json(TINY_VAE_CONFIG, os.path.join(root, "vae", "config.json"))
+    _save(tensors["vae"], os.path.join(root, "vae", "diffusion_pytorch_model.safetensors"))
+    te = os.path.join(root, "Qwen3-Embedding-0.6B")
+    _json(TINY_QWEN3_CONFIG, os.path.join(te, "config.json"))
+    _save(tensors["qwen"], os.path.join(te, "model.safetensors"))
+    _copy_tokenizer_files(te)
+    return root
+
+
+def write_comfy_layout(models: str, tensors: dict, variant: str = "turbo", dit_prefix: str = "") -> dict:
+    """Split files + all-in-one; returns their paths."""
+    name = variant
+    paths = {
+        "dit": os.path.join(models, "diffusion_models", f"acestep_v1.5_{name}.safetensors"),
+        "text_encoder": os.path.join(models, "text_encoders", "qwen_0.6b_ace15.safetensors"),
+        "vae": os.path.join(models, "vae", "ace_1.5_vae.safetensors"),
+        "aio": os.path.join(models, "checkpoints", f"ace_step_1.5_{name}_aio.safetensors"),
+    }
+    comfy_vae = diffusers_vae_to_comfy(tensors["vae"])
+    _save({dit_prefix + k: v for k, v in tensors["dit"].items()}, paths["dit"])
+    _save({"model." + k: v for k, v in tensors["qwen"].items()}, paths["text_encoder"])
+    _save(comfy_vae, paths["vae"])
+    aio = {"model.diffusion_model." + k: v for k, v in tensors["dit"].items()}
+    aio.update({"vae." + k: v for k, v in comfy_vae.items()})
+    aio.update({"text_encoders.qwen3_06b.transformer.model." + k: v for k, v in tensors["qwen"].items()})
+    _save(aio, paths["aio"])
+    return paths
