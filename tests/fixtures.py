@@ -76,40 +76,35 @@ def random_vae_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def diffusers_vae_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers Oobleck names → stable-audio-tools names as in ComfyUI's ``ace_1.5_vae.safetensors``."""
-    n_enc = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
-    n_dec = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.block."))
-    unit = {"snake1": "0", "conv1": "1", "snake2": "2", "conv2": "3"}
-    enc_block = {"res_unit1": "0", "res_unit2": "1", "res_unit3": "2", "snake1": "3", "conv1": "4"}
-    dec_block = {"snake1": "0", "conv_t1": "1", "res_unit1": "2", "res_unit2": "3", "res_unit3": "4"}
+def to_parametrizations(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """weight_g / weight_v → torch's parametrizations.weight.original0 / original1 names."""
+    return {k.replace(".weight_g", ".parametrizations.weight.original0")
+             .replace(".weight_v", ".parametrizations.weight.original1"): v for k, v in sd.items()}
+
+
+def to_stable_audio_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers Oobleck names → stable-audio-tools / ComfyUI names (nn.Sequential indices, snake params [C])."""
+    unit = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}
+    blocks = {"encoder": {"res_unit1": 0, "res_unit2": 1, "res_unit3": 2, "snake1": 3, "conv1": 4},
+              "decoder": {"snake1": 0, "conv_t1": 1, "res_unit1": 2, "res_unit2": 3, "res_unit3": 4}}
     out = {}
-    for key, t in sd.items():
-        parts = key.split(".")
-        side, rest = parts[0], parts[1:]
-        n = n_enc if side == "encoder" else n_dec
-        if rest[0] == "conv1":
-            new = ["layers", "0"] + rest[1:]
-        elif rest[0] == "snake1":
-            new = ["layers", str(n + 1)] + rest[1:]
-        elif rest[0] == "conv2":
-            new = ["layers", str(n + 2)] + rest[1:]
-        else:  # block.i.…
-            table = enc_block if side == "encoder" else dec_block
-            inner = rest[2]
-            new = ["layers", str(int(rest[1]) + 1), "layers", table[inner]]
-            tail = rest[3:]
-            if inner.startswith("res_unit"):
-                new += ["layers", unit[tail[0]]]
-                tail = tail[1:]
-            new += tail
-        name = ".".join([side] + new)
-        if name.endswith((".alpha", ".beta")):
-            t = t.reshape(-1)
-        name = name.replace(".weight_g", ".parametrizations.weight.original0")
-        name = name.replace(".weight_v", ".parametrizations.weight.original1")
-        out[name] = t
+    for k, v in sd.items():
+        *path, leaf = k.split(".")
+        side = path[0]
+        n_blocks = 1 + max(int(x.split(".")[2]) for x in sd if x.startswith(side + ".block."))
+        if path[1] == "block":
+            new = [side, "layers", str(int(path[2]) + 1), "layers", str(blocks[side][path[3]])]
+            if len(path) == 5:
+                new += ["layers", str(unit[path[4]])]
+        else:
+            new = [side, "layers", str({"conv1": 0, "snake1": n_blocks + 1, "conv2": n_blocks + 2}[path[1]])]
+        out[".".join(new + [leaf])] = v.reshape(-1) if leaf in ("alpha", "beta") else v
     return out
+
+
+def diffusers_vae_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """As in ComfyUI's ``ace_1.5_vae.safetensors``: stable-audio names, parametrizations weight norm."""
+    return to_parametrizations(to_stable_audio_names(sd))
 
 
 def silence_latent_of(vae_sd: dict[str, torch.Tensor], frames: int = SILENCE_FRAMES) -> torch.Tensor:

@@ -84,3 +84,37 @@ def test_parameter_counts_at_full_geometry(config, expected):
     assert _count(model.tokenizer.quantizer) == 26_630
     assert _count(model.detokenizer) == 105_011_776
     assert _count(model) == expected["total"]
+
+
+@pytest.mark.parametrize("xl", [False, True], ids=["2B", "XL"])
+def test_geometry_inferred_from_full_size_shapes(xl):
+    """Comfy-Org files carry no config: the geometry read off the tensor shapes must be the published one."""
+    from acestep_core.model import to_checkpoint_keys
+
+    published = AceStepConfig(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
+                              encoder_hidden_size=2048, encoder_intermediate_size=6144,
+                              encoder_num_attention_heads=16, encoder_num_key_value_heads=8) if xl else AceStepConfig()
+    with torch.device("meta"):
+        model = AceStepModel(published)
+    shapes = {k: list(v.shape) for k, v in to_checkpoint_keys(model.state_dict()).items()}
+    assert len(shapes) == 677 if not xl else len(shapes) > 677  # the official 2B file holds 677 tensors
+    inferred = AceStepConfig.from_shapes(shapes)
+    assert inferred == published
+    assert inferred.is_xl == xl
+
+
+def test_rope_frequencies_are_rounded_like_a_bf16_model():
+    """model.to(bf16) rounds the original's inv_freq buffer; a bf16 load must see the same angles."""
+    from acestep_core.layers import Rotary
+
+    rope = Rotary(128, 1_000_000.0)
+    exact = rope.inv_freq("cpu")
+    rope.freq_dtype = torch.bfloat16
+    rounded = rope.inv_freq("cpu")
+    assert torch.equal(rounded, exact.to(torch.bfloat16).float()) and not torch.equal(rounded, exact)
+    with torch.device("meta"):
+        model = AceStepModel(AceStepConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=32))
+    model.match_rope_rounding(torch.bfloat16)
+    assert model.decoder.rotary.freq_dtype == torch.bfloat16
+    assert model.encoder.lyric_encoder.rotary.freq_dtype == torch.bfloat16

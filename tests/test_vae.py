@@ -15,6 +15,7 @@ from acestep_core.vae import (
     vae_state_dict,
 )
 from acestep_core.weights import CheckpointError
+from tests.fixtures import to_parametrizations, to_stable_audio_names
 
 CFG = VaeConfig(
     audio_channels=2,
@@ -72,38 +73,6 @@ def vae(diffusers_sd):
     return OobleckVAE.from_state_dict(diffusers_sd, source="tiny.safetensors")
 
 
-def _parametrizations(sd):
-    return {
-        k.replace(".weight_g", ".parametrizations.weight.original0").replace(
-            ".weight_v", ".parametrizations.weight.original1"
-        ): v
-        for k, v in sd.items()
-    }
-
-
-def _stable_audio(sd, n_blocks):
-    """Independent renaming to ComfyUI / stable-audio-tools names (nn.Sequential indices, snake params [C])."""
-    res = {"snake1": 0, "conv1": 1, "snake2": 2, "conv2": 3}
-    enc_block = {"res_unit1": 0, "res_unit2": 1, "res_unit3": 2, "snake1": 3, "conv1": 4}
-    dec_block = {"snake1": 0, "conv_t1": 1, "res_unit1": 2, "res_unit2": 3, "res_unit3": 4}
-    top = {"conv1": 0, "snake1": n_blocks + 1, "conv2": n_blocks + 2}
-    out = {}
-    for k, v in sd.items():
-        *path, leaf = k.split(".")
-        part = path[0]
-        if path[1] == "block":
-            idx = (enc_block if part == "encoder" else dec_block)[path[3]]
-            new = [part, "layers", str(int(path[2]) + 1), "layers", str(idx)]
-            if len(path) == 5:
-                new += ["layers", str(res[path[4]])]
-        else:
-            new = [part, "layers", str(top[path[1]])]
-        if leaf in ("alpha", "beta"):
-            v = v.reshape(-1)
-        out[".".join(new + [leaf])] = v
-    return out
-
-
 def test_config_from_diffusers_json_and_shapes(reference, diffusers_sd):
     cfg = VaeConfig.from_diffusers_config({**dict(reference.config), "_class_name": "AutoencoderOobleck"})
     assert cfg == CFG
@@ -112,8 +81,8 @@ def test_config_from_diffusers_json_and_shapes(reference, diffusers_sd):
     assert VaeConfig().hop_length == 1920 and VaeConfig().latent_rate == 25.0
     inferred = VaeConfig.from_state_dict(diffusers_sd)
     assert inferred == VaeConfig(**{**CFG.__dict__, "sampling_rate": 48000})  # rate is not in the weights
-    assert VaeConfig.from_state_dict(_stable_audio(diffusers_sd, 2)) == inferred
-    assert VaeConfig.from_state_dict(_parametrizations(diffusers_sd)) == inferred
+    assert VaeConfig.from_state_dict(to_stable_audio_names(diffusers_sd)) == inferred
+    assert VaeConfig.from_state_dict(to_parametrizations(diffusers_sd)) == inferred
 
 
 def test_full_size_layouts_on_meta():
@@ -123,7 +92,7 @@ def test_full_size_layouts_on_meta():
     with torch.device("meta"):
         ref = AutoencoderOobleck(downsampling_ratios=[2, 4, 4, 6, 10], sampling_rate=48000)
     sd = ref.state_dict()
-    comfy = _stable_audio(sd, 5)
+    comfy = to_stable_audio_names(sd)
     assert comfy["decoder.layers.1.layers.0.beta"].shape == (2048,)
     assert comfy["decoder.layers.2.layers.1.weight_v"].shape[-1] == 12
     assert VaeConfig.from_state_dict(sd) == VaeConfig.from_state_dict(comfy) == VaeConfig()
@@ -150,15 +119,15 @@ def test_parity_with_diffusers(reference, vae):
 
 def test_all_layouts_load_identically(diffusers_sd, vae):
     ours = vae.state_dict()
-    comfy = _stable_audio(diffusers_sd, 2)
-    for raw in (_parametrizations(diffusers_sd), comfy, _parametrizations(comfy), ours):
+    comfy = to_stable_audio_names(diffusers_sd)
+    for raw in (to_parametrizations(diffusers_sd), comfy, to_parametrizations(comfy), ours):
         sd = vae_state_dict(raw, torch.float32, "x")
         assert sd.keys() == ours.keys()
         for k in ours:
             assert torch.equal(sd[k], ours[k]), k
     assert all(not t.is_meta for t in vae.state_dict().values())
     assert all(not b.is_meta for b in vae.buffers())
-    bf16 = OobleckVAE.from_state_dict(_stable_audio(diffusers_sd, 2), dtype=torch.bfloat16)
+    bf16 = OobleckVAE.from_state_dict(to_stable_audio_names(diffusers_sd), dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
     assert torch.equal(bf16.decoder.conv1.weight, ours["decoder.conv1.weight"].bfloat16())
 
@@ -182,7 +151,7 @@ def test_bad_checkpoints(diffusers_sd):
     with pytest.raises(CheckpointError, match=r"tiny\.st.*encoder\.conv2\.weight_g.*no matching weight_v"):
         vae_state_dict(sd, torch.float32, "tiny.st")
 
-    sd = _stable_audio(diffusers_sd, 2)
+    sd = to_stable_audio_names(diffusers_sd)
     sd["encoder.layers.1.layers.7.weight_v"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=re.escape("'encoder.layers.1.layers.7.weight_v'")):
         vae_state_dict(sd, torch.float32, "comfy.st")
