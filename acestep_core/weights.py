@@ -41,11 +41,6 @@ def safetensors_keys(path: str) -> dict[str, list[int]]:
         return out
 
 
-def safetensors_metadata(path: str) -> dict[str, str]:
-    with _open(path) as f:
-        return dict(f.metadata() or {})
-
-
 def read_safetensors(
     paths: str | Iterable[str],
     dtype: torch.dtype | None = None,
@@ -100,8 +95,8 @@ def assign_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
     """Put ``state_dict`` into ``module`` (typically built on the meta device), strictly.
 
     Raises CheckpointError listing missing keys, unexpected keys and shape mismatches (first few of each).
-    Non-persistent buffers (RoPE frequencies etc.) are not part of the state dict and must be set up by the
-    module itself after loading (see ``materialize_buffers``).
+    Modules meant for this keep no non-persistent buffers (RoPE tables are computed on the fly), so nothing
+    is left on the meta device afterwards.
     """
     expected = module.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state_dict]
@@ -120,12 +115,3 @@ def assign_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
     module.load_state_dict(dict(state_dict), strict=True, assign=True)
     return module
-
-
-def materialize_buffers(module: nn.Module, device: torch.device | str) -> None:
-    """Give every module that has a ``reset_buffers(device)`` hook a chance to rebuild its computed buffers
-    (they are not stored in checkpoints and are still on the meta device after ``assign_state_dict``)."""
-    for m in module.modules():
-        hook = getattr(m, "reset_buffers", None)
-        if hook is not None:
-            hook(device)
