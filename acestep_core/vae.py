@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .constants import LATENT_RATE
 from .weights import CheckpointError, assign_state_dict
 
 
@@ -54,7 +55,8 @@ class VaeConfig:
     def from_state_dict(cls, raw: Mapping[str, Tensor], source: str = "vae") -> "VaeConfig":
         """Infer the architecture from tensor shapes (for checkpoints without a config, e.g. ComfyUI's file).
 
-        The sampling rate is not recorded in the weights; it is taken as 48000 (every ACE-Step 1.5 VAE).
+        The sampling rate is not recorded in the weights; it is set so the latent runs at ACE-Step 1.5's 25 frames/s
+        (hop 1920 → 48000 Hz for the real VAE).
         """
         named = _diffusers_names(raw, source)
 
@@ -87,6 +89,7 @@ class VaeConfig:
             downsampling_ratios=tuple(ratios),
             decoder_channels=decoder_channels,
             decoder_input_channels=latent_channels,
+            sampling_rate=math.prod(ratios) * LATENT_RATE,
         )
 
 

@@ -30,7 +30,7 @@ TINY_VAE_CONFIG = {
     "decoder_input_channels": 8,
     "downsampling_ratios": [2, 4],
     "encoder_hidden_size": 16,
-    "sampling_rate": 48000,
+    "sampling_rate": 200,  # hop 8 → 25 latent frames/s, like the real VAE (48 kHz / 1920)
 }
 TINY_QWEN3_CONFIG = {
     "architectures": ["Qwen3Model"],

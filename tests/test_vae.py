@@ -80,7 +80,8 @@ def test_config_from_diffusers_json_and_shapes(reference, diffusers_sd):
     assert VaeConfig.from_diffusers_config(full) == VaeConfig()
     assert VaeConfig().hop_length == 1920 and VaeConfig().latent_rate == 25.0
     inferred = VaeConfig.from_state_dict(diffusers_sd)
-    assert inferred == VaeConfig(**{**CFG.__dict__, "sampling_rate": 48000})  # rate is not in the weights
+    # The rate is not in the weights: it is set so the latent runs at 25 frames/s (48 kHz for hop 1920).
+    assert inferred == VaeConfig(**{**CFG.__dict__, "sampling_rate": HOP * 25})
     assert VaeConfig.from_state_dict(to_stable_audio_names(diffusers_sd)) == inferred
     assert VaeConfig.from_state_dict(to_parametrizations(diffusers_sd)) == inferred
 

@@ -1,0 +1,401 @@
+"""Audio in and out: reading any file ffmpeg can decode, writing flac / wav / mp3 / opus the way ComfyUI does,
+and the waveform-level steps of ACE-Step 1.5 around the VAE (input preparation, the timbre-reference recipe,
+anti-clipping and peak normalisation, the repaint splice, fades).
+
+Files are read and written with PyAV (the ffmpeg bindings ComfyUI already depends on); resampling uses
+``torchaudio.functional.resample`` (the same windowed-sinc kernel as the original's ``torchaudio.transforms.Resample``).
+Waveforms are channels-first float32 tensors, ``[C, S]`` (or ``[B, C, S]`` for batches), nominally in [-1, 1].
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import secrets
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 48000  # the VAE's rate
+REFERENCE_SECONDS = 30  # timbre reference length fed to the VAE
+REFERENCE_SEGMENT_SECONDS = 10  # one segment from each third of the reference
+SILENCE_THRESHOLD = 1e-6  # |x| below this everywhere = silent (the original's is_silence)
+
+SUPPORTED_EXTENSIONS = (".flac", ".wav", ".mp3", ".opus")
+_QUALITY_DEFAULTS = {".flac": "16", ".wav": "16", ".mp3": "V0", ".opus": "128k"}
+_QUALITY_HELP = {
+    ".flac": "'16' or '24' (bits per sample)",
+    ".wav": "'16', '24' (integer PCM) or 'float' (32-bit float)",
+    ".mp3": "'V0' (VBR, ComfyUI's default) or a bit rate such as '128k' or '320k'",
+    ".opus": "a bit rate such as '64k', '128k' or '320k'",
+}
+_BITRATE = re.compile(r"^(\d+)k$")
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+_CHUNK = 1 << 16  # samples per encoded frame (the encoder re-chunks to its own frame size)
+
+
+def _av():
+    try:
+        import av
+    except ImportError:  # pragma: no cover - av is a requirement; the message says how to fix a broken install
+        raise ImportError("reading and writing audio files needs PyAV: pip install av") from None
+    return av
+
+
+# --------------------------------------------------------------------------------------------------- files
+
+
+def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream of any file ffmpeg reads → (float32 waveform [C, S], sample rate).
+
+    Integer PCM is scaled to [-1, 1) (s16 / 32768, s32 / 2^31), as ComfyUI's LoadAudio does.
+    """
+    av = _av()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"audio file not found: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"audio file {path} is a folder, not a file")
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError(f"audio file {path} has no audio stream")
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate
+            to_float = av.AudioResampler(format="fltp")  # same layout and rate: only the sample format changes
+            chunks = []
+            for frame in container.decode(stream):
+                chunks.extend(f.to_ndarray() for f in to_float.resample(frame))
+            chunks.extend(f.to_ndarray() for f in to_float.resample(None))
+    except av.FFmpegError as e:
+        raise ValueError(f"audio file {path} cannot be decoded: {e}") from None
+    if not chunks or not rate:
+        raise ValueError(f"audio file {path} contains no audio samples")
+    wav = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32, copy=False))
+    if wav.shape[-1] == 0:
+        raise ValueError(f"audio file {path} contains no audio samples")
+    return wav, int(rate)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The tags of an audio file: container tags (flac, mp3, wav) merged with those of the first audio
+    stream (Ogg/Opus keeps its tags there)."""
+    av = _av()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        with av.open(path) as container:
+            tags = dict(container.metadata)
+            if container.streams.audio:
+                for k, v in container.streams.audio[0].metadata.items():
+                    tags.setdefault(k, v)
+    except av.FFmpegError as e:
+        raise ValueError(f"audio file {path} cannot be read: {e}") from None
+    return tags
+
+
+def _check_quality(ext: str, quality: str | None) -> str:
+    q = _QUALITY_DEFAULTS[ext] if quality is None else str(quality).strip()
+    ok = {
+        ".flac": q in ("16", "24"),
+        ".wav": q in ("16", "24", "float"),
+        ".mp3": q.upper() == "V0" or bool(_BITRATE.match(q.lower())),
+        ".opus": bool(_BITRATE.match(q.lower())),
+    }[ext]
+    if ok and ext in (".mp3", ".opus") and q.upper() != "V0" and not 6 <= int(_BITRATE.match(q.lower())[1]) <= 512:
+        ok = False
+    if not ok:
+        raise ValueError(f"quality={quality!r} is not allowed for {ext} files; use {_QUALITY_HELP[ext]}")
+    return q
+
+
+def check_save_options(path: str | os.PathLike, quality: str | None = None) -> tuple[str, str]:
+    """Check an output path's extension and the quality for it before any work; returns (extension, quality)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f"cannot save audio to {path}: extension {ext or '(none)'!r} is not supported; "
+                         f"use one of {', '.join(SUPPORTED_EXTENSIONS)}")
+    return ext, _check_quality(ext, quality)
+
+
+def _as_waveform(waveform, name: str = "waveform") -> torch.Tensor:
+    """Tensor / ndarray [S] or [C, S] → float32 CPU tensor [C, S]; integer PCM scaled to [-1, 1)."""
+    x = torch.as_tensor(waveform).detach().cpu()
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected [channels, samples] or [samples]")
+    if x.dtype == torch.int16:
+        x = x.float() / 32768.0
+    elif x.dtype == torch.int32:
+        x = x.float() / 2147483648.0
+    elif x.dtype == torch.uint8:
+        x = (x.float() - 128.0) / 128.0
+    elif not x.is_floating_point():
+        raise ValueError(f"{name} has dtype {x.dtype}; expected floating point, int16, int32 or uint8 samples")
+    return x.float()
+
+
+def _frame(av, samples: np.ndarray, layout: str, rate: int, pts: int):
+    """One packed float frame from [C, n] samples."""
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T).reshape(1, -1), format="flt", layout=layout)
+    frame.sample_rate = rate
+    frame.pts = pts
+    return frame
+
+
+def _encode(av, path: str, ext: str, x: np.ndarray, rate: int, metadata: Mapping[str, str], quality: str) -> None:
+    layout = "mono" if x.shape[0] == 1 else "stereo"
+    if ext == ".flac":
+        container_format, codec, sample_fmt = "flac", "flac", "s16" if quality == "16" else "s32"
+    elif ext == ".wav":
+        container_format, sample_fmt = "wav", {"16": "s16", "24": "s32", "float": "flt"}[quality]
+        codec = {"16": "pcm_s16le", "24": "pcm_s24le", "float": "pcm_f32le"}[quality]
+    elif ext == ".mp3":
+        container_format, codec, sample_fmt = "mp3", "libmp3lame", "fltp"
+    else:
+        container_format, codec, sample_fmt = "opus", "libopus", "flt"
+    with av.open(path, mode="w", format=container_format) as container:
+        for key, value in metadata.items():
+            container.metadata[str(key)] = str(value)
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        stream.codec_context.format = sample_fmt
+        if ext == ".mp3" and quality.upper() == "V0":
+            stream.codec_context.qscale = True  # VBR with global quality 0 = LAME -V0, as ComfyUI sets it
+        elif ext in (".mp3", ".opus"):
+            stream.bit_rate = int(_BITRATE.match(quality.lower())[1]) * 1000
+        for start in range(0, x.shape[1], _CHUNK):
+            for packet in stream.encode(_frame(av, x[:, start:start + _CHUNK], layout, rate, start)):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def save_audio(
+    path: str | os.PathLike,
+    waveform,
+    sample_rate: int,
+    metadata: Mapping[str, str] | None = None,
+    quality: str | None = None,
+) -> str:
+    """Write ``waveform`` ([C, S] or [S], 1 or 2 channels) to ``path``; the extension picks the format.
+
+    * ``.flac``: 16-bit (default) or 24-bit; ``.wav``: 16-bit PCM (default), 24-bit or 32-bit float;
+      ``.mp3``: libmp3lame, V0 (default) or a bit rate; ``.opus``: libopus, 128k by default.
+    * MP3 and Opus only take some sample rates; other rates are resampled to 48 kHz first.
+    * ``metadata`` becomes container tags (Vorbis comments in flac, ID3 in mp3, OpusTags in opus; wav keeps
+      only standard INFO keys such as ``title``), the way ComfyUI stores ``prompt`` / ``workflow``.
+    * Integer formats clip to [-1, 1]; the float formats keep the values as given.
+
+    Atomic: the file is encoded under a temporary name in the same folder and renamed over ``path`` only
+    when complete, so a failure leaves no partial file and an existing file untouched. Returns the path.
+    """
+    av = _av()
+    path = os.fspath(path)
+    ext, quality = check_save_options(path, quality)
+    x = _as_waveform(waveform)
+    if x.shape[0] not in (1, 2):
+        raise ValueError(f"cannot save {x.shape[0]} channels to {path}; expected 1 (mono) or 2 (stereo)")
+    if x.shape[1] == 0:
+        raise ValueError(f"cannot save an empty waveform (0 samples) to {path}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"cannot save audio with NaN or infinite samples to {path}")
+    if isinstance(sample_rate, float) and sample_rate.is_integer():
+        sample_rate = int(sample_rate)
+    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise ValueError(f"sample_rate={sample_rate!r} is not allowed; expected a positive integer (Hz)")
+    allowed_rates = {".mp3": MP3_RATES, ".opus": OPUS_RATES}.get(ext)
+    if allowed_rates is not None and sample_rate not in allowed_rates:
+        x = resample(x, sample_rate, SAMPLE_RATE)
+        sample_rate = SAMPLE_RATE
+    if ext == ".flac" or (ext == ".wav" and quality != "float"):
+        x = x.clamp(-1.0, 1.0)
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.part")
+    # Created with os.open so the final file gets the usual umask-derived permissions (mkstemp's are 0600).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        _encode(av, tmp, ext, x.numpy(), sample_rate, metadata or {}, quality)
+        os.replace(tmp, path)
+    except av.FFmpegError as e:
+        _remove(tmp)
+        raise ValueError(f"encoding {path} failed: {e}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------- waveforms
+
+
+def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """torchaudio's default windowed-sinc resampler (Hann, width 6, rolloff 0.99), like the original's
+    ``torchaudio.transforms.Resample``."""
+    if orig_rate == new_rate:
+        return waveform
+    import torchaudio
+
+    return torchaudio.functional.resample(waveform, int(orig_rate), int(new_rate))
+
+
+def prepare_audio(
+    waveform,
+    sample_rate: int,
+    target_rate: int = SAMPLE_RATE,
+    name: str = "audio",
+    allow_silent: bool = False,
+) -> torch.Tensor:
+    """Any waveform → float32 stereo [2, S] at ``target_rate``, clamped to [-1, 1] (the original's
+    source/reference preparation): mono is duplicated, only the first two channels are kept.
+
+    ``name`` is used in error messages (e.g. "src_audio"). Non-finite samples are rejected; so is an all-silent
+    result (every |x| < 1e-6) unless ``allow_silent``: the original drops a silent reference.
+    """
+    if isinstance(sample_rate, float) and sample_rate.is_integer():
+        sample_rate = int(sample_rate)
+    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise ValueError(f"{name}: sample rate {sample_rate!r} is not allowed; expected a positive integer (Hz)")
+    x = _as_waveform(waveform, name)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected audio samples")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite samples")
+    if x.shape[0] == 1:
+        x = x.repeat(2, 1)
+    x = x[:2]
+    x = resample(x, sample_rate, target_rate).clamp(-1.0, 1.0)
+    if not allow_silent and bool((x.abs() < SILENCE_THRESHOLD).all()):
+        raise ValueError(f"{name} is silent (every sample below {SILENCE_THRESHOLD:g} in magnitude); "
+                         "give audio with content")
+    return x.contiguous()
+
+
+def reference_segments(waveform: torch.Tensor, seed: int | None, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """The original's timbre-reference recipe on a prepared [2, S] waveform → exactly 30 s [2, 30·rate].
+
+    Audio shorter than 30 s is first tiled (repeated whole) to at least 30 s. The length is split into thirds and
+    one 10 s segment is taken from each (front, middle, back), concatenated in that order.
+
+    Deviation: the original draws the three segment starts from Python's global, unseeded ``random``; here
+    they come from ``random.Random(seed)`` so a generation is reproducible. The draws are made in the same
+    order with the same ``randint`` bounds, so the seed plays the role of the global random state.
+    """
+    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 2 or waveform.shape[-1] == 0:
+        shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
+        raise ValueError(f"reference waveform has shape {shape}; expected a prepared [channels, samples] tensor")
+    target = REFERENCE_SECONDS * sample_rate
+    segment = REFERENCE_SEGMENT_SECONDS * sample_rate
+    if waveform.shape[-1] < target:
+        waveform = waveform.repeat(1, math.ceil(target / waveform.shape[-1]))
+    total = waveform.shape[-1]
+    third = total // 3
+    rng = random.Random(seed)
+    front = rng.randint(0, max(0, third - segment))
+    middle = third + rng.randint(0, max(0, third - segment))
+    back = 2 * third + rng.randint(0, max(0, (total - 2 * third) - segment))
+    return torch.cat([waveform[:, s:s + segment] for s in (front, middle, back)], dim=-1)
+
+
+def _peaks(audio: torch.Tensor) -> torch.Tensor:
+    """Per-item peak |x| as [B, 1, 1]."""
+    return audio.abs().amax(dim=(1, 2), keepdim=True)
+
+
+def postprocess(audio: torch.Tensor, normalize: bool = True, target_dbfs: float = -1.0) -> torch.Tensor:
+    """Decoded audio [B, C, S] (or [C, S]) → float32, anti-clipped and optionally peak-normalised.
+
+    Anti-clip: each item whose peak exceeds 1 is divided by its peak; the others are untouched
+    (``generate_music_decode.py``). Normalisation: each item is scaled so its peak is ``target_dbfs`` dBFS
+    (10^(dB/20)); items with a peak below 1e-6 are left alone (``audio_utils.normalize_audio``). The original
+    silently skips a positive target; here it is an error.
+    """
+    if target_dbfs > 0 or not math.isfinite(target_dbfs):
+        raise ValueError(f"target_dbfs={target_dbfs!r} is not allowed; expected a peak level <= 0 dBFS (e.g. -1.0)")
+    if audio.dim() not in (2, 3):
+        raise ValueError(f"audio has shape {tuple(audio.shape)}; expected [batch, channels, samples] or "
+                         "[channels, samples]")
+    squeeze = audio.dim() == 2
+    x = audio[None] if squeeze else audio
+    x = x.float()
+    peak = _peaks(x)
+    if bool((peak > 1.0).any()):
+        x = x / peak.clamp(min=1.0)
+    if normalize:
+        peak = _peaks(x)
+        target = 10.0 ** (target_dbfs / 20.0)
+        gain = torch.where(peak < 1e-6, torch.ones_like(peak), target / peak.clamp(min=1e-6))
+        x = x * gain
+    return x[0] if squeeze else x
+
+
+def repaint_splice(
+    generated: torch.Tensor,
+    original: torch.Tensor,
+    start_sample: int,
+    end_sample: int,
+    crossfade_samples: int,
+) -> torch.Tensor:
+    """Put the untouched source back outside a repainted region ([C, S] or [B, C, S], same region for all).
+
+    Inside [start, end) the generated audio is kept; outside it the original waveform replaces it (removing the
+    VAE's reconstruction error there). The crossfades lie *outside* the region: ``crossfade_samples`` before
+    ``start`` rise linearly towards 1 and as many after ``end`` fall towards 0, both without their end points
+    (``linspace(0, 1, n + 2)[1:-1]``), shortened at the edges of the audio. Lengths may differ: the overlap is
+    spliced and any extra generated tail is kept as is. A region covering everything returns ``generated``
+    unchanged. Mirrors ``repaint_waveform_splice.py`` of the original.
+    """
+    n = min(generated.shape[-1], original.shape[-1])
+    start = max(0, min(int(start_sample), n))
+    end = max(start, min(int(end_sample), n))
+    if start == 0 and end >= n:
+        return generated.clone()
+    mask = torch.zeros(n, device=generated.device, dtype=torch.float32)
+    mask[start:end] = 1.0
+    cf = int(crossfade_samples)
+    if cf > 0:
+        left = start - max(start - cf, 0)
+        if left > 0:
+            mask[start - left:start] = torch.linspace(0.0, 1.0, left + 2, device=mask.device)[1:-1]
+        right = min(end + cf, n) - end
+        if right > 0:
+            mask[end:end + right] = torch.linspace(1.0, 0.0, right + 2, device=mask.device)[1:-1]
+    src = original[..., :n].to(device=generated.device, dtype=torch.float32)
+    spliced = (mask * generated[..., :n].float() + (1.0 - mask) * src).to(generated.dtype)
+    if generated.shape[-1] > n:
+        spliced = torch.cat([spliced, generated[..., n:]], dim=-1)
+    return spliced
+
+
+def fade(audio: torch.Tensor, sample_rate: int, fade_in_s: float = 0.0, fade_out_s: float = 0.0) -> torch.Tensor:
+    """Linear fade-in / fade-out over the last dimension (``round(seconds · rate)`` samples each, ramps from
+    exactly 0 to 1 and 1 to 0, clipped to the audio length), as the original's ``apply_fade``."""
+    for label, value in (("fade_in_s", fade_in_s), ("fade_out_s", fade_out_s)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{label}={value!r} is not allowed; expected a number of seconds >= 0")
+    n_in, n_out = round(fade_in_s * sample_rate), round(fade_out_s * sample_rate)
+    if n_in <= 0 and n_out <= 0:
+        return audio
+    out = audio.clone()
+    total = out.shape[-1]
+    if n_in > 0:
+        n = min(n_in, total)
+        out[..., :n] *= torch.linspace(0.0, 1.0, n, dtype=out.dtype, device=out.device)
+    if n_out > 0:
+        n = min(n_out, total)
+        out[..., total - n:] *= torch.linspace(1.0, 0.0, n, dtype=out.dtype, device=out.device)
+    return out
