@@ -94,12 +94,16 @@ class GenerationResult:
 
 def parse_audio_codes(codes: str | Sequence[int]) -> list[int]:
     """Codes as ints or as ``<|audio_code_N|>`` text; values clamped to [0, 63999] like the original."""
-    if isinstance(codes, str):
-        values = [int(m) for m in _AUDIO_CODE.findall(codes)]
-        if not values and codes.strip():
-            values = [int(v) for v in re.split(r"[\s,]+", codes.strip())]
-    else:
-        values = [int(v) for v in codes]
+    try:
+        if isinstance(codes, str):
+            values = [int(m) for m in _AUDIO_CODE.findall(codes)]
+            if not values and codes.strip():
+                values = [int(v) for v in re.split(r"[\s,]+", codes.strip())]
+        else:
+            values = [int(v) for v in codes]
+    except (TypeError, ValueError):
+        shown = codes if isinstance(codes, str) and len(codes) < 60 else type(codes).__name__
+        raise _fail("audio_codes", shown, "integers 0–63999 or <|audio_code_N|> tokens") from None
     return [min(max(v, 0), MAX_CODES - 1) for v in values]
 
 
@@ -138,8 +142,6 @@ class AceStepPipeline:
         check_bpm(req.bpm)
         if not 1 <= req.batch_size <= 8:
             raise _fail("batch_size", req.batch_size, "1 to 8")
-        if req.task in TASKS_WITH_SOURCE and req.src_audio is None and not (req.task == "cover" and req.audio_codes):
-            raise ValueError(f"task={req.task!r} needs src_audio (the song to work on)")
         for name in ("src", "ref"):
             audio, rate = getattr(req, f"{name}_audio"), getattr(req, f"{name}_sample_rate")
             if audio is not None and (rate is None or rate <= 0):
@@ -153,6 +155,8 @@ class AceStepPipeline:
             raise _fail("tracks", tracks, f"exactly one track name for task={req.task!r}")
         if req.task not in ("extract", "lego", "complete") and tracks:
             raise _fail("tracks", tracks, "track names only with extract, lego or complete")
+        if req.task in TASKS_WITH_SOURCE and req.src_audio is None and not (req.task == "cover" and req.audio_codes):
+            raise ValueError(f"task={req.task!r} needs src_audio (the song to work on)")
         if req.repaint_mode not in REPAINT_MODES:
             raise _fail("repaint_mode", req.repaint_mode, f"one of {', '.join(REPAINT_MODES)}")
         if req.chunk_mask_mode not in CHUNK_MASK_MODES:

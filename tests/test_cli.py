@@ -366,3 +366,29 @@ def test_module_entry_point(tmp_path):
                        check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: no ACE-Step 1.5 models at")
+
+
+def test_real_round_trip_on_a_tiny_checkpoint(tmp_path, capsys, monkeypatch):
+    """No fake: the CLI loads a tiny official-layout checkpoint, generates, writes audio and latents."""
+    from safetensors.torch import load_file
+
+    from tests.fixtures import build_tensors, write_hf_layout
+
+    monkeypatch.setenv("ACESTEP_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_hf_layout(str(tmp_path / "models"), build_tensors("turbo", seed=0), "turbo")
+    out = tmp_path / "song.wav"
+    latents = tmp_path / "song.safetensors"
+    code = cli.main(["generate", "--checkpoint", root, "--caption", "calm piano", "--lyrics", "[verse]\nla",
+                     "--duration", "10", "--seed", "4", "--batch", "2", "--out", str(out),
+                     "--save-latents", str(latents)])
+    assert code == 0, capsys.readouterr().err
+    for path in (out, tmp_path / "song_1.wav"):
+        audio, rate = load_audio(str(path))
+        assert rate == 200 and audio.shape == (2, 10 * 200)
+    saved = load_file(str(latents))
+    assert saved["latents"].shape == (2, 250, 8) and saved["seeds"].tolist() == [4, 5]
+    # A bad request after loading: one error line, nothing written.
+    bad = tmp_path / "bad.wav"
+    code = cli.main(["generate", "--checkpoint", root, "--task", "repaint", "--out", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err[-1].startswith("error:") and not bad.exists()
