@@ -367,19 +367,20 @@ class AceStepPipeline:
         conditions = {"cover": (cond, context)}
         if non_cover is not None:
             conditions["plain"] = non_cover
-        kv_cache: dict[str, list] = {}
+        active: dict[str, tuple] = {}  # the condition in use: its cross-attention K/V and DiT context
 
         def velocity(x_t: torch.Tensor, t: float, step: int):
             key = "plain" if (non_cover is not None and step >= cover_steps) else "cover"
-            (enc, _), ctx = conditions[key]
-            if key not in kv_cache:  # K/V of the (batched cond + uncond) condition, once per generation
-                if use_cfg:
-                    enc = torch.cat([enc, model.null_condition_emb.expand_as(enc)])
-                kv_cache.clear()
-                kv_cache[key] = model.decoder.cross_kv(enc)
-            inputs, ctx_in = (torch.cat([x_t, x_t]), torch.cat([ctx, ctx])) if use_cfg else (x_t, ctx)
+            if key not in active:  # computed once per condition, not per step
+                (enc, _), ctx = conditions[key]
+                if use_cfg:  # one batched call: [cond; uncond], uncond = the learned null embedding
+                    enc, ctx = torch.cat([enc, model.null_condition_emb.expand_as(enc)]), torch.cat([ctx, ctx])
+                active.clear()
+                active[key] = (model.decoder.cross_kv(enc), ctx)
+            kv, ctx = active[key]
+            inputs = torch.cat([x_t, x_t]) if use_cfg else x_t
             tt = torch.full((inputs.shape[0],), t, device=device, dtype=dtype)
-            v = model.decoder(inputs, tt, ctx_in, kv_cache[key])
+            v = model.decoder(inputs, tt, ctx, kv)
             return (v[:b], v[b:]) if use_cfg else (v, None)
 
         injection_ratio, crossfade_frames, wav_crossfade = sampling.repaint_settings(req.repaint_mode,
