@@ -109,7 +109,8 @@ class DiT(nn.Module):
         h = torch.cat([context, x], dim=-1)
         if length % self.patch_size:
             h = F.pad(h, (0, 0, 0, self.patch_size - length % self.patch_size))
-        h = self.proj_in(h.transpose(1, 2)).transpose(1, 2)
+        # contiguous: a transposed residual stream makes every linear below copy its weight (2x slower bf16 on CPU)
+        h = self.proj_in(h.transpose(1, 2)).transpose(1, 2).contiguous()
 
         rope = self.rotary(h.shape[1], h.device, h.dtype)
         sliding = attention_mask(h.shape[1], h.device, self.sliding_window)
