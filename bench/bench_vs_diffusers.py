@@ -331,40 +331,13 @@ def load_diffusers_dit(root: str, dtype) -> dict:
     """transformer, condition_encoder, audio_tokenizer, audio_token_detokenizer from our DiT file, mapped to
     diffusers keys with the converter's renaming (tests/diffusers_ref.py)."""
     import torch
-    from diffusers import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder,
-                           AceStepTransformer1DModel)
 
-    from tests.diffusers_ref import split_for_diffusers
+    from tests.diffusers_ref import diffusers_modules, split_for_diffusers
 
     with open(os.path.join(root, DIT_DIR, "config.json")) as f:
         c = json.load(f)
-    enc = dict(hidden_size=c.get("encoder_hidden_size") or c["hidden_size"],
-               intermediate_size=c.get("encoder_intermediate_size") or c["intermediate_size"],
-               num_attention_heads=c.get("encoder_num_attention_heads") or c["num_attention_heads"],
-               num_key_value_heads=c.get("encoder_num_key_value_heads") or c["num_key_value_heads"],
-               head_dim=c["head_dim"], rope_theta=c["rope_theta"], rms_norm_eps=c["rms_norm_eps"],
-               sliding_window=c["sliding_window"])
     with _skip_init():
-        transformer = AceStepTransformer1DModel(
-            hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-            num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
-            num_key_value_heads=c["num_key_value_heads"], head_dim=c["head_dim"], in_channels=c["in_channels"],
-            audio_acoustic_hidden_dim=c["audio_acoustic_hidden_dim"], patch_size=c["patch_size"],
-            rope_theta=c["rope_theta"], rms_norm_eps=c["rms_norm_eps"], sliding_window=c["sliding_window"],
-            layer_types=c["layer_types"][: c["num_hidden_layers"]], encoder_hidden_size=enc["hidden_size"],
-            is_turbo=True, model_version="turbo")
-        cond = AceStepConditionEncoder(
-            text_hidden_dim=c["text_hidden_dim"], timbre_hidden_dim=c["timbre_hidden_dim"],
-            num_lyric_encoder_hidden_layers=c["num_lyric_encoder_hidden_layers"],
-            num_timbre_encoder_hidden_layers=c["num_timbre_encoder_hidden_layers"], **enc)
-        tok = AceStepAudioTokenizer(
-            audio_acoustic_hidden_dim=c["audio_acoustic_hidden_dim"], pool_window_size=c["pool_window_size"],
-            fsq_dim=c["fsq_dim"], fsq_input_levels=c["fsq_input_levels"],
-            fsq_input_num_quantizers=c["fsq_input_num_quantizers"],
-            num_attention_pooler_hidden_layers=c["num_attention_pooler_hidden_layers"], **enc)
-        detok = AceStepAudioTokenDetokenizer(
-            audio_acoustic_hidden_dim=c["audio_acoustic_hidden_dim"], pool_window_size=c["pool_window_size"],
-            num_attention_pooler_hidden_layers=c["num_attention_pooler_hidden_layers"], **enc)
+        transformer, cond, tok, detok = diffusers_modules(c, is_turbo=True)
     parts = split_for_diffusers(_read(os.path.join(root, DIT_DIR, "model.safetensors"), dtype))
     silence = torch.load(os.path.join(root, DIT_DIR, "silence_latent.pt"), weights_only=True)
     parts["condition_encoder"]["silence_latent"] = silence.transpose(1, 2).to(dtype).contiguous()

@@ -35,8 +35,9 @@ def split_for_diffusers(ckpt: dict[str, torch.Tensor]) -> dict[str, dict[str, to
     return parts
 
 
-def build_diffusers(config_json: dict, ckpt: dict[str, torch.Tensor], silence_latent_btc: torch.Tensor):
-    """(transformer, condition_encoder, audio_tokenizer, detokenizer) in float32 with our weights."""
+def diffusers_modules(config_json: dict, is_turbo: bool = False):
+    """(transformer, condition_encoder, audio_tokenizer, detokenizer) of diffusers for an original config.json,
+    with their own (random) initialisation; the caller loads weights."""
     from diffusers import (AceStepAudioTokenDetokenizer, AceStepAudioTokenizer, AceStepConditionEncoder,
                            AceStepTransformer1DModel)
 
@@ -57,6 +58,7 @@ def build_diffusers(config_json: dict, ckpt: dict[str, torch.Tensor], silence_la
         audio_acoustic_hidden_dim=c["audio_acoustic_hidden_dim"], patch_size=c["patch_size"],
         rope_theta=c["rope_theta"], rms_norm_eps=c["rms_norm_eps"], sliding_window=c["sliding_window"],
         layer_types=c["layer_types"][: c["num_hidden_layers"]], encoder_hidden_size=enc_hidden,
+        is_turbo=is_turbo,
     )
     cond = AceStepConditionEncoder(
         text_hidden_dim=c["text_hidden_dim"], timbre_hidden_dim=c["timbre_hidden_dim"],
@@ -73,6 +75,12 @@ def build_diffusers(config_json: dict, ckpt: dict[str, torch.Tensor], silence_la
         audio_acoustic_hidden_dim=c["audio_acoustic_hidden_dim"], pool_window_size=c["pool_window_size"],
         num_attention_pooler_hidden_layers=c["num_attention_pooler_hidden_layers"], **enc,
     )
+    return transformer, cond, tok, detok
+
+
+def build_diffusers(config_json: dict, ckpt: dict[str, torch.Tensor], silence_latent_btc: torch.Tensor):
+    """(transformer, condition_encoder, audio_tokenizer, detokenizer) in float32 with our weights."""
+    transformer, cond, tok, detok = diffusers_modules(config_json)
     parts = split_for_diffusers(ckpt)
     parts["condition_encoder"]["silence_latent"] = silence_latent_btc
     for module, name in ((transformer, "transformer"), (cond, "condition_encoder"), (tok, "audio_tokenizer"),
