@@ -217,8 +217,10 @@ class CheckpointPaths:
 
 
 def _is_dit_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "silence_latent.pt")) \
-        or bool(DIT_DIR_PATTERN.match(os.path.basename(os.path.normpath(path))))
+    """One model folder (acestep-v15-*, or any folder with config.json + silence_latent.pt), not a root."""
+    if DIT_DIR_PATTERN.match(os.path.basename(os.path.normpath(path))):
+        return True
+    return all(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "silence_latent.pt"))
 
 
 def _find_file(folder: str, preferred: list[str], marker) -> str | None:

@@ -195,33 +195,39 @@ class AceStepPipeline:
             return None
         return req.src_audio.shape[-1] / req.src_sample_rate
 
-    def _check_window(self, req: GenerationRequest) -> None:
+    def _window(self, req: GenerationRequest) -> tuple[float, float] | None:
+        """The repaint / extend / lego window (start, end) in seconds on the source's time axis, or None.
+
+        repaint and lego: end None or negative = end of source; extend: start defaults to the end of the source
+        and end to start + duration (30 s when none is given)."""
         src = self._source_seconds(req)
-        if req.task == "repaint":
+        if req.task == "extend":
+            start = src if req.repaint_start is None else req.repaint_start
+            end = req.repaint_end if req.repaint_end is not None else start + (req.duration or 30.0)
+            return start, end
+        if req.task == "repaint" or (req.task == "lego" and (req.repaint_start is not None
+                                                              or req.repaint_end is not None)):
             start = req.repaint_start or 0.0
             end = src if req.repaint_end is None or req.repaint_end < 0 else req.repaint_end
-            if not 0.0 <= start < end <= src + 1e-6:
-                raise _fail("repaint window", (start, end), f"0 ≤ start < end ≤ the source length {src:.2f} s "
-                            "(use task='extend' to go outside the source)")
-        elif req.task == "extend":
-            start, end = self._extend_window(req)
+            return start, end
+        return None
+
+    def _check_window(self, req: GenerationRequest) -> None:
+        window = self._window(req)
+        if window is None:
+            return
+        (start, end), src = window, self._source_seconds(req)
+        if req.task == "extend":
             if not start < end:
                 raise _fail("extend window", (start, end), "start < end")
             if start > src or end < 0:
                 raise _fail("extend window", (start, end), f"a window touching the source [0, {src:.2f}] s")
             if max(end, src) - min(start, 0.0) > DURATION_MAX:
                 raise _fail("extend window", (start, end), f"a result of at most {DURATION_MAX} s")
-        elif req.task == "lego" and (req.repaint_start is not None or req.repaint_end is not None):
-            start = req.repaint_start or 0.0
-            end = src if req.repaint_end is None else req.repaint_end
-            if not 0.0 <= start < end <= src + 1e-6:
-                raise _fail("lego window", (start, end), f"0 ≤ start < end ≤ {src:.2f} s")
-
-    def _extend_window(self, req: GenerationRequest) -> tuple[float, float]:
-        src = self._source_seconds(req)
-        start = src if req.repaint_start is None else req.repaint_start
-        end = req.repaint_end if req.repaint_end is not None else start + (req.duration or 30.0)
-        return start, end
+        elif not 0.0 <= start < end <= src + 1e-6:
+            hint = " (use task='extend' to go outside the source)" if req.task == "repaint" else ""
+            raise _fail(f"{req.task} window", (start, end),
+                        f"0 ≤ start < end ≤ the source length {src:.2f} s{hint}")
 
     # ------------------------------------------------------------------ inputs per task
 
@@ -248,38 +254,32 @@ class AceStepPipeline:
         return z[0].transpose(0, 1).to(self.model.dtype)
 
     def _target(self, req: GenerationRequest, seeds: list[int]):
-        """(target waveform [2, S] or None, target latents [T, 64], repaint window in frames or None,
-        hints from codes [T, 64] or None, left padding in samples)."""
+        """(target waveform [2, S] or None (zero-padded when outpainting), target latents [T, 64],
+        window (start, end) in seconds on the padded waveform or None, hints from codes [T, 64] or None)."""
         silence = self.ckpt.silence_latent
         if req.audio_codes is not None:
             codes = torch.tensor(parse_audio_codes(req.audio_codes), device=self.model.device)[None]
             with torch.no_grad():
                 hints = self.model.codes_to_hints(codes)[0]
-            return None, hints, None, hints, 0
+            return None, hints, None, hints
         if req.src_audio is None:  # text2music: silence of the requested length
             duration = DEFAULT_DURATION if req.duration is None else req.duration
             frames = int(round(duration, 1) * self.sample_rate) // self.hop
-            return None, silence_slice(silence, frames)[0], None, None, 0
+            return None, silence_slice(silence, frames)[0], None, None
 
         wav = prepare_audio(req.src_audio, req.src_sample_rate, self.sample_rate, name="src_audio", allow_silent=True)
-        window, left = None, 0
-        if req.task in ("repaint", "extend") or (req.task == "lego" and (req.repaint_start is not None
-                                                                          or req.repaint_end is not None)):
-            src_s = wav.shape[-1] / self.sample_rate
-            if req.task == "extend":
-                start, end = self._extend_window(req)
-            else:
-                start = req.repaint_start or 0.0
-                end = src_s if req.repaint_end is None or req.repaint_end < 0 else req.repaint_end
+        window = self._window(req)
+        if window is not None:
+            start, end = window
             left = int(max(0.0, -start) * self.sample_rate)
-            right = int(max(0.0, end - src_s) * self.sample_rate)
+            right = int(max(0.0, end - wav.shape[-1] / self.sample_rate) * self.sample_rate)
             if left or right:  # outpainting: pad the waveform with digital silence, shift the window
                 wav = torch.nn.functional.pad(wav, (left, right))
-            shift_s = max(0.0, -start)
-            window = (start + shift_s, end + shift_s)
+            shift = max(0.0, -start)
+            window = (start + shift, end + shift)
         padded_silent = wav.abs().max() < 1e-6
         latents = silence_slice(silence, wav.shape[-1] // self.hop)[0] if padded_silent else self._encode_audio(wav, seeds[0])
-        return wav, latents, window, None, left
+        return wav, latents, window, None
 
     # ------------------------------------------------------------------ the call
 
@@ -297,7 +297,7 @@ class AceStepPipeline:
         silence = self.ckpt.silence_latent
 
         # Target latents, padded to ≥ 128 frames with silence.
-        wav, target, window, hints, left = self._target(req, seeds)
+        wav, target, window, hints = self._target(req, seeds)
         t_len = max(MIN_LATENT_FRAMES, target.shape[0])
         if target.shape[0] < t_len:
             target = torch.cat([target, silence_slice(silence, t_len - target.shape[0])[0]])
@@ -305,16 +305,17 @@ class AceStepPipeline:
 
         # Chunk mask and source latents.
         task = "cover" if req.task == "text2music" and hints is not None else req.task
+        silence_t = silence_slice(silence, t_len)[0].to(dtype)
         chunk = torch.ones(t_len, device=device, dtype=dtype)
         repaint_mask = None
-        src = target.clone() if (wav is not None or hints is not None) else silence_slice(silence, t_len)[0].to(dtype)
+        src = target.clone() if (wav is not None or hints is not None) else silence_t
         if window is not None:
             start_f = max(0, min(int(window[0] * self.sample_rate // self.hop), t_len - 1))
             end_f = max(start_f + 1, min(int(window[1] * self.sample_rate // self.hop), t_len))
             chunk = torch.zeros_like(chunk)
             chunk[start_f:end_f] = 1
             if task != "lego":  # lego keeps the source audible inside the window
-                src[start_f:end_f] = silence_slice(silence, t_len)[0, start_f:end_f].to(dtype)
+                src[start_f:end_f] = silence_t[start_f:end_f]
             if task in ("repaint", "extend"):
                 repaint_mask = torch.zeros(b, t_len, dtype=torch.bool, device=device)
                 repaint_mask[:, start_f:end_f] = True
@@ -333,7 +334,7 @@ class AceStepPipeline:
 
         # Prompts and condition.
         instruction = task_instruction("repaint" if task == "extend" else task, req.tracks or None)
-        duration = self._metas_duration(req, wav, t_len, left)
+        duration = self._metas_duration(req, wav, t_len)
         metas = format_metas(req.bpm, req.timesignature, req.keyscale, duration)
         lyrics_prompt = format_lyrics_prompt(req.lyrics, req.language)
         refer = self._reference_latents(req, seeds)
@@ -341,9 +342,8 @@ class AceStepPipeline:
         non_cover = None
         if is_cover and req.audio_cover_strength < 1.0:
             plain = format_caption_prompt(req.caption, TASK_INSTRUCTIONS["text2music"], metas)
-            silent_src = silence_slice(silence, t_len)[0].to(dtype)
             non_cover = (self._condition(plain, lyrics_prompt, refer, b),
-                         torch.cat([silent_src, chunk[:, None].expand(-1, silent_src.shape[1])], -1)[None].expand(b, -1, -1))
+                         torch.cat([silence_t, chunk[:, None].expand(-1, silence_t.shape[1])], -1)[None].expand(b, -1, -1))
 
         # Schedule (turbo: the fixed table; base/SFT: linspace + shift in the model dtype) and start point.
         noise = torch.cat([torch.randn(1, t_len, target.shape[1], generator=torch.Generator().manual_seed(s))
@@ -412,14 +412,16 @@ class AceStepPipeline:
             audio = postprocess(audio, normalize=req.normalize)
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata)
 
-    def _metas_duration(self, req, wav, t_len, left) -> float | None:
-        if req.duration is not None and req.task in ("text2music",):
-            return req.duration
+    def _metas_duration(self, req, wav, t_len) -> float:
+        """The duration written into the metas: the source length for audio tasks (as the original), else the
+        requested duration, else the length of the audio codes, else the original's 120 s fallback."""
         if wav is not None:
             return wav.shape[-1] / self.sample_rate
+        if req.duration is not None:
+            return req.duration
         if req.audio_codes is not None:
-            return req.duration if req.duration is not None else t_len * self.hop / self.sample_rate
-        return DEFAULT_DURATION if req.duration is None else req.duration
+            return t_len * self.hop / self.sample_rate
+        return DEFAULT_DURATION
 
     def _reference_latents(self, req: GenerationRequest, seeds: list[int]) -> torch.Tensor:
         """Timbre reference latents [1, 750, 64]: 3 × 10 s from the thirds of the reference (segment choice
