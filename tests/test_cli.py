@@ -357,3 +357,26 @@ def test_real_round_trip_on_a_tiny_checkpoint(tmp_path, capsys, monkeypatch):
     code = cli.main(["generate", "--checkpoint", root, "--task", "repaint", "--out", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and err[-1].startswith("error:") and not bad.exists()
+
+
+@pytest.mark.parametrize("task_args, seconds", [
+    (["--task", "cover", "--cover-strength", "0.5"], 10),
+    (["--task", "repaint", "--start", "2", "--end", "5"], 10),
+    (["--task", "extend", "--start", "8", "--end", "14"], 14),
+    (["--task", "extract", "--track", "vocals"], 10),
+    (["--task", "lego", "--track", "drums"], 10),
+    (["--task", "complete", "--track", "bass", "--track", "drums"], 10),
+])
+def test_every_audio_task_through_the_cli(tmp_path, capsys, monkeypatch, task_args, seconds):
+    from tests.fixtures import build_tensors, write_hf_layout
+
+    monkeypatch.setenv("ACESTEP_CACHE_DIR", str(tmp_path / "cache"))
+    root = write_hf_layout(str(tmp_path / "models"), build_tensors("turbo", seed=0), "turbo")
+    src = tmp_path / "src.wav"
+    save_audio(str(src), 0.5 * torch.sin(torch.linspace(0, 300, 2000)).repeat(2, 1), 200)
+    out = tmp_path / "out.wav"
+    code = cli.main(["generate", "--checkpoint", root, "--src-audio", str(src), "--seed", "1", "--out", str(out),
+                     "--ref-audio", str(src), *task_args])
+    assert code == 0, capsys.readouterr().err
+    audio, rate = load_audio(str(out))
+    assert rate == 200 and audio.shape == (2, seconds * 200)
