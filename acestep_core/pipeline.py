@@ -73,6 +73,8 @@ class GenerationRequest:
     cfg_interval_start: float = 0.0
     cfg_interval_end: float = 1.0
     use_adg: bool = False
+    apg_momentum: float = sampling.APG_MOMENTUM
+    apg_norm_threshold: float = sampling.APG_NORM_THRESHOLD
     velocity_norm_threshold: float = 0.0
     seed: int | Sequence[int] | None = None
     batch_size: int = 1
@@ -117,6 +119,16 @@ class AceStepPipeline:
         # Rates come from the VAE (48 kHz, hop 1920 → 25 latent frames/s for the real model).
         self.sample_rate = checkpoint.vae.config.sampling_rate
         self.hop = checkpoint.vae.config.hop_length
+        # Called with the names of the parts about to be used ("text_encoder", "vae", "model") so a host
+        # application (ComfyUI) can move them onto its compute device first; None = use them where they are.
+        self.before_use: Callable[[tuple[str, ...]], None] | None = None
+
+    def _use(self, *parts: str) -> None:
+        if self.before_use is not None:
+            self.before_use(parts)
+        silence = self.ckpt.silence_latent
+        if "model" in parts and silence.device != self.model.device:
+            self.ckpt.silence_latent = silence.to(self.model.device)
 
     @classmethod
     def from_pretrained(cls, path: str, dtype="auto", device=None, **paths) -> "AceStepPipeline":
@@ -167,6 +179,10 @@ class AceStepPipeline:
                 raise _fail(name, value, "0.0 to 1.0")
         if not 0.0 <= req.cfg_interval_start <= req.cfg_interval_end <= 1.0:
             raise _fail("cfg_interval", (req.cfg_interval_start, req.cfg_interval_end), "0 ≤ start ≤ end ≤ 1")
+        if not -1.0 <= req.apg_momentum <= 1.0:
+            raise _fail("apg_momentum", req.apg_momentum, "-1.0 to 1.0 (the original uses -0.75)")
+        if req.apg_norm_threshold < 0:
+            raise _fail("apg_norm_threshold", req.apg_norm_threshold, "≥ 0 (0 = no clamp; the original uses 2.5)")
         if req.velocity_norm_threshold < 0:
             raise _fail("velocity_norm_threshold", req.velocity_norm_threshold, "≥ 0 (0 = off)")
         if req.decode_chunk < 16:
@@ -267,6 +283,14 @@ class AceStepPipeline:
             frames = int(round(duration, 1) * self.sample_rate) // self.hop
             return None, silence_slice(silence, frames)[0], None, None
 
+        wav, window = self._source(req)
+        padded_silent = wav.abs().max() < 1e-6
+        latents = silence_slice(silence, wav.shape[-1] // self.hop)[0] if padded_silent else self._encode_audio(wav, seeds[0])
+        return wav, latents, window, None
+
+    def _source(self, req: GenerationRequest):
+        """(source waveform [2, S] at the VAE rate, zero-padded when outpainting; the window (start, end) in
+        seconds on it or None)."""
         wav = prepare_audio(req.src_audio, req.src_sample_rate, self.sample_rate, name="src_audio", allow_silent=True)
         window = self._window(req)
         if window is not None:
@@ -277,9 +301,7 @@ class AceStepPipeline:
                 wav = torch.nn.functional.pad(wav, (left, right))
             shift = max(0.0, -start)
             window = (start + shift, end + shift)
-        padded_silent = wav.abs().max() < 1e-6
-        latents = silence_slice(silence, wav.shape[-1] // self.hop)[0] if padded_silent else self._encode_audio(wav, seeds[0])
-        return wav, latents, window, None
+        return wav, window
 
     # ------------------------------------------------------------------ the call
 
@@ -291,6 +313,7 @@ class AceStepPipeline:
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         req = self.validate(req)
+        self._use("text_encoder", "vae", "model")
         model, dtype, device = self.model, self.model.dtype, self.model.device
         seeds = self._seeds(req)
         b = req.batch_size
@@ -383,7 +406,7 @@ class AceStepPipeline:
             v = model.decoder(inputs, tt, ctx, kv)
             return (v[:b], v[b:]) if use_cfg else (v, None)
 
-        injection_ratio, crossfade_frames, wav_crossfade = sampling.repaint_settings(req.repaint_mode,
+        injection_ratio, crossfade_frames, _ = sampling.repaint_settings(req.repaint_mode,
                                                                                       req.repaint_strength)
         repaint = None
         if repaint_mask is not None:
@@ -393,24 +416,29 @@ class AceStepPipeline:
             x, schedule, velocity, turbo=self.is_turbo, guidance_scale=req.guidance if use_cfg else 1.0,
             cfg_interval_start=req.cfg_interval_start, cfg_interval_end=req.cfg_interval_end,
             use_adg=req.use_adg, velocity_norm_threshold=req.velocity_norm_threshold, repaint=repaint,
-            on_step=on_step, should_cancel=should_cancel,
+            apg_momentum=req.apg_momentum, apg_norm_threshold=req.apg_norm_threshold, on_step=on_step, should_cancel=should_cancel,
         )
 
         metadata = {"task": req.task, "variant": self.ckpt.variant, "steps": num_steps, "shift": req.shift,
                     "guidance": req.guidance if use_cfg else 1.0, "seeds": seeds, "instruction": instruction,
                     "metas": metas, "frames": t_len}
-        audio = None
-        if req.decode:
-            audio = self.decode(latents, req, normalize=False)  # anti-clipped only
-            if repaint_mask is not None and req.repaint_mode != "aggressive":
-                # Put the untouched source back outside the window (sample-exact edges, as the original),
-                # then normalise the whole song.
-                start_s, end_s = int(window[0] * self.sample_rate), int(window[1] * self.sample_rate)
-                original = torch.nn.functional.pad(wav, (0, max(0, audio.shape[-1] - wav.shape[-1])))[:, : audio.shape[-1]]
-                audio = torch.stack([repaint_splice(a, original.to(a), start_s, end_s,
-                                                    int(wav_crossfade * self.sample_rate)) for a in audio])
-            audio = postprocess(audio, normalize=req.normalize)
+        audio = self.render(latents, req, validated=True) if req.decode else None
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata)
+
+    def render(self, latents: torch.Tensor, req: GenerationRequest, validated: bool = False) -> torch.Tensor:
+        """Final latents [B, T, 64] of ``req`` → float32 audio [B, 2, S]: tiled VAE decode, anti-clip, for
+        repaint/extend (balanced, conservative) the untouched source spliced back outside the window with
+        sample-exact edges as the original does, then normalisation unless switched off."""
+        req = req if validated else self.validate(req)
+        audio = self.decode(latents, req, normalize=False)  # anti-clipped only
+        if req.task in ("repaint", "extend") and req.audio_codes is None and req.repaint_mode != "aggressive":
+            wav, window = self._source(req)
+            _, _, wav_crossfade = sampling.repaint_settings(req.repaint_mode, req.repaint_strength)
+            start_s, end_s = int(window[0] * self.sample_rate), int(window[1] * self.sample_rate)
+            original = torch.nn.functional.pad(wav, (0, max(0, audio.shape[-1] - wav.shape[-1])))[:, : audio.shape[-1]]
+            audio = torch.stack([repaint_splice(a, original.to(a), start_s, end_s,
+                                                int(wav_crossfade * self.sample_rate)) for a in audio])
+        return postprocess(audio, normalize=req.normalize)
 
     def _metas_duration(self, req, wav, t_len) -> float:
         """The duration written into the metas: the source length for audio tasks (as the original), else the
@@ -449,6 +477,7 @@ class AceStepPipeline:
         """Final latents [B, T, 64] → float32 audio [B, 2, T·1920]: optional latent shift/rescale, tiled VAE
         decode (overlap 64), anti-clip by true peak, and −1 dBFS peak normalisation unless switched off."""
         req = req or GenerationRequest()
+        self._use("vae")
         z = latents * req.latent_rescale + req.latent_shift
         if not torch.isfinite(z).all():
             raise ValueError("the generated latents contain NaN/Inf (try float32, or another seed)")

@@ -162,7 +162,8 @@ class APG:
         if self.running is not None:
             d = d + self.momentum * self.running
         self.running = d
-        d = d * (self.norm_threshold / d.norm(p=2, dim=1, keepdim=True)).clamp(max=1.0)
+        if self.norm_threshold > 0:  # 0 = no clamp
+            d = d * (self.norm_threshold / d.norm(p=2, dim=1, keepdim=True)).clamp(max=1.0)
         # Keep only the part of d orthogonal to v_cond (float64 projection, as the original).
         d64, u = d.double(), F.normalize(v_cond.double(), dim=1)
         d_perp = (d64 - (d64 * u).sum(dim=1, keepdim=True) * u).to(d.dtype)
@@ -280,6 +281,7 @@ VelocityFn = Callable[[Tensor, float, int], tuple[Tensor, Optional[Tensor]]]
 def sample(x: Tensor, schedule: Sequence[float], velocity: VelocityFn, *, turbo: bool,
            guidance_scale: float = 1.0, cfg_interval_start: float = 0.0, cfg_interval_end: float = 1.0,
            use_adg: bool = False, velocity_norm_threshold: float = 0.0, repaint: Repaint | None = None,
+           apg_momentum: float = APG_MOMENTUM, apg_norm_threshold: float = APG_NORM_THRESHOLD,
            on_step: Callable[[int, int], None] | None = None,
            should_cancel: Callable[[], bool] | None = None) -> Tensor:
     """Run the Euler ODE sampler from ``x`` ([B, T, C], model dtype) and return the final latents.
@@ -288,7 +290,8 @@ def sample(x: Tensor, schedule: Sequence[float], velocity: VelocityFn, *, turbo:
     :func:`base_schedule` (one step per pair, the last one ends at the final value, normally 0); possibly truncated
     by :func:`truncate_for_cover_noise`. Guidance (base/SFT only, ``guidance_scale > 1``) applies on steps whose t
     lies in [cfg_interval_start, cfg_interval_end] (compared in the model dtype, as the original); elsewhere
-    v = v_cond. APG by default, ADG with ``use_adg``. ``on_step(done, total)`` is called after every step;
+    v = v_cond. APG by default (the original's momentum −0.75 and norm threshold 2.5 unless given), ADG with
+    ``use_adg``. ``on_step(done, total)`` is called after every step;
     ``should_cancel()`` is checked before every step and raises :class:`GenerationCancelled` (``x`` is never
     modified in place, so nothing is half-applied).
     """
@@ -300,7 +303,7 @@ def sample(x: Tensor, schedule: Sequence[float], velocity: VelocityFn, *, turbo:
         raise ValueError(f"turbo models are guidance-distilled: guidance_scale must be <= 1 (no CFG), "
                          f"got {guidance_scale!r}")
     guided = guidance_scale > 1.0
-    apg = APG(guidance_scale) if guided and not use_adg else None
+    apg = APG(guidance_scale, apg_momentum, apg_norm_threshold) if guided and not use_adg else None
     cfg_lo, cfg_hi = cast_schedule([cfg_interval_start, cfg_interval_end], x.dtype)
     ends = schedule[1:] + [0.0] if turbo else schedule[1:]  # turbo's final x0 jump is an Euler step to t = 0
     inject_steps = round(repaint.injection_ratio * num_steps) if repaint is not None else 0
