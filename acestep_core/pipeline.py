@@ -113,6 +113,106 @@ def _fail(name: str, value, allowed: str) -> ValueError:
     return ValueError(f"{name}={value!r} is not allowed: {allowed}")
 
 
+def check_request(req: GenerationRequest) -> GenerationRequest:
+    """Check every input that needs no model (steps/shift/guidance only when given); returns the request with
+    ``tracks`` as a tuple. Errors name the input, the value and what is allowed."""
+    if req.task not in TASKS:
+        raise _fail("task", req.task, f"one of {', '.join(TASKS)}")
+    check_language(req.language)
+    check_keyscale(req.keyscale)
+    check_time_signature(req.timesignature)
+    check_bpm(req.bpm)
+    if not 1 <= req.batch_size <= 8:
+        raise _fail("batch_size", req.batch_size, "1 to 8")
+    for name in ("src", "ref"):
+        audio, rate = getattr(req, f"{name}_audio"), getattr(req, f"{name}_sample_rate")
+        if audio is not None and (rate is None or rate <= 0):
+            raise _fail(f"{name}_sample_rate", rate, f"the sample rate of {name}_audio (a positive integer)")
+    if req.duration is not None and not DURATION_MIN <= req.duration <= DURATION_MAX:
+        raise _fail("duration", req.duration, f"{DURATION_MIN} to {DURATION_MAX} seconds")
+    tracks = list(req.tracks)
+    for track in tracks:
+        check_track_name(track)
+    if req.task in ("extract", "lego") and len(tracks) != 1:
+        raise _fail("tracks", tracks, f"exactly one track name for task={req.task!r}")
+    if req.task not in ("extract", "lego", "complete") and tracks:
+        raise _fail("tracks", tracks, "track names only with extract, lego or complete")
+    if req.task in TASKS_WITH_SOURCE and req.src_audio is None and not (req.task == "cover" and req.audio_codes):
+        raise ValueError(f"task={req.task!r} needs src_audio (the song to work on)")
+    if req.repaint_mode not in REPAINT_MODES:
+        raise _fail("repaint_mode", req.repaint_mode, f"one of {', '.join(REPAINT_MODES)}")
+    if req.chunk_mask_mode not in CHUNK_MASK_MODES:
+        raise _fail("chunk_mask_mode", req.chunk_mask_mode, f"one of {', '.join(CHUNK_MASK_MODES)}")
+    for name in ("repaint_strength", "audio_cover_strength", "cover_noise_strength"):
+        value = getattr(req, name)
+        if not 0.0 <= value <= 1.0:
+            raise _fail(name, value, "0.0 to 1.0")
+    if not 0.0 <= req.cfg_interval_start <= req.cfg_interval_end <= 1.0:
+        raise _fail("cfg_interval", (req.cfg_interval_start, req.cfg_interval_end), "0 ≤ start ≤ end ≤ 1")
+    if not -1.0 <= req.apg_momentum <= 1.0:
+        raise _fail("apg_momentum", req.apg_momentum, "-1.0 to 1.0 (the original uses -0.75)")
+    if req.apg_norm_threshold < 0:
+        raise _fail("apg_norm_threshold", req.apg_norm_threshold, "≥ 0 (0 = no clamp; the original uses 2.5)")
+    if req.velocity_norm_threshold < 0:
+        raise _fail("velocity_norm_threshold", req.velocity_norm_threshold, "≥ 0 (0 = off)")
+    if req.decode_chunk < 16:
+        raise _fail("decode_chunk", req.decode_chunk, "at least 16 latent frames")
+    if req.audio_codes is not None and not parse_audio_codes(req.audio_codes):
+        raise _fail("audio_codes", req.audio_codes if isinstance(req.audio_codes, str) else "[]",
+                    "integers 0–63999 or <|audio_code_N|> tokens")
+    if req.steps is not None and not 1 <= req.steps <= 200:
+        raise _fail("steps", req.steps, "1 to 200")
+    if req.shift is not None and not 0.1 <= req.shift <= 10:
+        raise _fail("shift", req.shift, "0.1 to 10")
+    if req.guidance is not None and not 1.0 <= req.guidance <= 30.0:
+        raise _fail("guidance", req.guidance, "1.0 (off) to 30")
+    req = replace(req, tracks=tuple(tracks))
+    _check_window(req)
+    return req
+
+
+def _source_seconds(req: GenerationRequest) -> float | None:
+    if req.src_audio is None:
+        return None
+    return req.src_audio.shape[-1] / req.src_sample_rate
+
+
+def _window(req: GenerationRequest) -> tuple[float, float] | None:
+    """The repaint / extend / lego window (start, end) in seconds on the source's time axis, or None.
+
+    repaint and lego: end None or negative = end of source; extend: start defaults to the end of the source
+    and end to start + duration (30 s when none is given)."""
+    src = _source_seconds(req)
+    if req.task == "extend":
+        start = src if req.repaint_start is None else req.repaint_start
+        end = req.repaint_end if req.repaint_end is not None else start + (req.duration or 30.0)
+        return start, end
+    if req.task == "repaint" or (req.task == "lego" and (req.repaint_start is not None
+                                                          or req.repaint_end is not None)):
+        start = req.repaint_start or 0.0
+        end = src if req.repaint_end is None or req.repaint_end < 0 else req.repaint_end
+        return start, end
+    return None
+
+
+def _check_window(req: GenerationRequest) -> None:
+    window = _window(req)
+    if window is None:
+        return
+    (start, end), src = window, _source_seconds(req)
+    if req.task == "extend":
+        if not start < end:
+            raise _fail("extend window", (start, end), "start < end")
+        if start > src or end < 0:
+            raise _fail("extend window", (start, end), f"a window touching the source [0, {src:.2f}] s")
+        if max(end, src) - min(start, 0.0) > DURATION_MAX:
+            raise _fail("extend window", (start, end), f"a result of at most {DURATION_MAX} s")
+    elif not 0.0 <= start < end <= src + 1e-6:
+        hint = " (use task='extend' to go outside the source)" if req.task == "repaint" else ""
+        raise _fail(f"{req.task} window", (start, end),
+                    f"0 ≤ start < end ≤ the source length {src:.2f} s{hint}")
+
+
 class AceStepPipeline:
     def __init__(self, checkpoint: AceStepCheckpoint):
         self.ckpt = checkpoint
@@ -146,104 +246,11 @@ class AceStepPipeline:
 
     def validate(self, req: GenerationRequest) -> GenerationRequest:
         """Check every input before any model work; returns the request with variant defaults filled in."""
-        if req.task not in TASKS:
-            raise _fail("task", req.task, f"one of {', '.join(TASKS)}")
-        check_language(req.language)
-        check_keyscale(req.keyscale)
-        check_time_signature(req.timesignature)
-        check_bpm(req.bpm)
-        if not 1 <= req.batch_size <= 8:
-            raise _fail("batch_size", req.batch_size, "1 to 8")
-        for name in ("src", "ref"):
-            audio, rate = getattr(req, f"{name}_audio"), getattr(req, f"{name}_sample_rate")
-            if audio is not None and (rate is None or rate <= 0):
-                raise _fail(f"{name}_sample_rate", rate, f"the sample rate of {name}_audio (a positive integer)")
-        if req.duration is not None and not DURATION_MIN <= req.duration <= DURATION_MAX:
-            raise _fail("duration", req.duration, f"{DURATION_MIN} to {DURATION_MAX} seconds")
-        tracks = list(req.tracks)
-        for track in tracks:
-            check_track_name(track)
-        if req.task in ("extract", "lego") and len(tracks) != 1:
-            raise _fail("tracks", tracks, f"exactly one track name for task={req.task!r}")
-        if req.task not in ("extract", "lego", "complete") and tracks:
-            raise _fail("tracks", tracks, "track names only with extract, lego or complete")
-        if req.task in TASKS_WITH_SOURCE and req.src_audio is None and not (req.task == "cover" and req.audio_codes):
-            raise ValueError(f"task={req.task!r} needs src_audio (the song to work on)")
-        if req.repaint_mode not in REPAINT_MODES:
-            raise _fail("repaint_mode", req.repaint_mode, f"one of {', '.join(REPAINT_MODES)}")
-        if req.chunk_mask_mode not in CHUNK_MASK_MODES:
-            raise _fail("chunk_mask_mode", req.chunk_mask_mode, f"one of {', '.join(CHUNK_MASK_MODES)}")
-        for name in ("repaint_strength", "audio_cover_strength", "cover_noise_strength"):
-            value = getattr(req, name)
-            if not 0.0 <= value <= 1.0:
-                raise _fail(name, value, "0.0 to 1.0")
-        if not 0.0 <= req.cfg_interval_start <= req.cfg_interval_end <= 1.0:
-            raise _fail("cfg_interval", (req.cfg_interval_start, req.cfg_interval_end), "0 ≤ start ≤ end ≤ 1")
-        if not -1.0 <= req.apg_momentum <= 1.0:
-            raise _fail("apg_momentum", req.apg_momentum, "-1.0 to 1.0 (the original uses -0.75)")
-        if req.apg_norm_threshold < 0:
-            raise _fail("apg_norm_threshold", req.apg_norm_threshold, "≥ 0 (0 = no clamp; the original uses 2.5)")
-        if req.velocity_norm_threshold < 0:
-            raise _fail("velocity_norm_threshold", req.velocity_norm_threshold, "≥ 0 (0 = off)")
-        if req.decode_chunk < 16:
-            raise _fail("decode_chunk", req.decode_chunk, "at least 16 latent frames")
-        if req.audio_codes is not None and not parse_audio_codes(req.audio_codes):
-            raise _fail("audio_codes", req.audio_codes if isinstance(req.audio_codes, str) else "[]",
-                        "integers 0–63999 or <|audio_code_N|> tokens")
-
         defaults = VARIANT_DEFAULTS[self.ckpt.variant]
-        steps = defaults.steps if req.steps is None else req.steps
-        shift = defaults.shift if req.shift is None else req.shift
-        guidance = defaults.guidance if req.guidance is None else req.guidance
-        if not 1 <= steps <= 200:
-            raise _fail("steps", steps, "1 to 200")
-        if not 0.1 <= shift <= 10:
-            raise _fail("shift", shift, "0.1 to 10")
-        if not 1.0 <= guidance <= 30.0:
-            raise _fail("guidance", guidance, "1.0 (off) to 30")
-        req = replace(req, steps=steps, shift=shift, guidance=guidance, tracks=tuple(tracks))
-        self._check_window(req)
-        return req
-
-    @staticmethod
-    def _source_seconds(req: GenerationRequest) -> float | None:
-        if req.src_audio is None:
-            return None
-        return req.src_audio.shape[-1] / req.src_sample_rate
-
-    def _window(self, req: GenerationRequest) -> tuple[float, float] | None:
-        """The repaint / extend / lego window (start, end) in seconds on the source's time axis, or None.
-
-        repaint and lego: end None or negative = end of source; extend: start defaults to the end of the source
-        and end to start + duration (30 s when none is given)."""
-        src = self._source_seconds(req)
-        if req.task == "extend":
-            start = src if req.repaint_start is None else req.repaint_start
-            end = req.repaint_end if req.repaint_end is not None else start + (req.duration or 30.0)
-            return start, end
-        if req.task == "repaint" or (req.task == "lego" and (req.repaint_start is not None
-                                                              or req.repaint_end is not None)):
-            start = req.repaint_start or 0.0
-            end = src if req.repaint_end is None or req.repaint_end < 0 else req.repaint_end
-            return start, end
-        return None
-
-    def _check_window(self, req: GenerationRequest) -> None:
-        window = self._window(req)
-        if window is None:
-            return
-        (start, end), src = window, self._source_seconds(req)
-        if req.task == "extend":
-            if not start < end:
-                raise _fail("extend window", (start, end), "start < end")
-            if start > src or end < 0:
-                raise _fail("extend window", (start, end), f"a window touching the source [0, {src:.2f}] s")
-            if max(end, src) - min(start, 0.0) > DURATION_MAX:
-                raise _fail("extend window", (start, end), f"a result of at most {DURATION_MAX} s")
-        elif not 0.0 <= start < end <= src + 1e-6:
-            hint = " (use task='extend' to go outside the source)" if req.task == "repaint" else ""
-            raise _fail(f"{req.task} window", (start, end),
-                        f"0 ≤ start < end ≤ the source length {src:.2f} s{hint}")
+        req = replace(req, steps=defaults.steps if req.steps is None else req.steps,
+                      shift=defaults.shift if req.shift is None else req.shift,
+                      guidance=defaults.guidance if req.guidance is None else req.guidance)
+        return check_request(req)
 
     # ------------------------------------------------------------------ inputs per task
 
@@ -292,7 +299,7 @@ class AceStepPipeline:
         """(source waveform [2, S] at the VAE rate, zero-padded when outpainting; the window (start, end) in
         seconds on it or None)."""
         wav = prepare_audio(req.src_audio, req.src_sample_rate, self.sample_rate, name="src_audio", allow_silent=True)
-        window = self._window(req)
+        window = _window(req)
         if window is not None:
             start, end = window
             left = int(max(0.0, -start) * self.sample_rate)
@@ -471,6 +478,18 @@ class AceStepPipeline:
         enc, mask = self.model.encoder(text.to(dtype).expand(batch, -1, -1), text_mask.expand(batch, -1),
                                        lyr.to(dtype).expand(batch, -1, -1), lyr_mask.expand(batch, -1), refs, order)
         return enc, mask
+
+    @torch.no_grad()
+    def encode(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio [B, C, S] (or [C, S]) at any rate → VAE latents [B, T, 64] (float32, posterior mean, tiled):
+        each item made stereo and resampled to the VAE rate first."""
+        items = waveform[None] if waveform.dim() == 2 else waveform
+        if items.dim() != 3:
+            raise ValueError(f"audio waveform has shape {tuple(waveform.shape)}; expected [batch, channels, samples]")
+        self._use("vae")
+        wav = torch.stack([prepare_audio(w, sample_rate, self.sample_rate, name="audio", allow_silent=True)
+                           for w in items])
+        return tiled_encode(self.ckpt.vae, wav).transpose(1, 2).float()
 
     def decode(self, latents: torch.Tensor, req: GenerationRequest | None = None, normalize: bool | None = None
                ) -> torch.Tensor:
