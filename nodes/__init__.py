@@ -1,0 +1,13 @@
+"""ComfyUI registration (V3 API): the extension listing the pack's nodes."""
+from comfy_api.latest import ComfyExtension, io
+
+from .acestep_nodes import NODES
+
+
+class AceStepExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> AceStepExtension:
+    return AceStepExtension()

@@ -1,0 +1,642 @@
+"""The ACE-Step 1.5 nodes (ComfyUI V3 API). Each node is a schema and an ``execute`` that hands its inputs to
+``acestep_core``; all model work happens there, all ComfyUI services come through ``comfy_adapter``.
+
+Graph: Model Loader → Caption & Lyrics (→ Timbre Reference) → an init-latent node (Empty Latent, or a task node
+fed with a source AUDIO) → Sampler → VAE Decode → Save Audio / any native audio node.
+
+Latents are ComfyUI's standard ``LATENT`` (``{"samples": [B, 64, T], "type": "audio"}``, 25 frames/s), so they
+chain with native audio nodes; our init-latent nodes add the task under ``LATENT_TASK_KEY``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import torch
+from comfy_api.latest import io
+
+from ..acestep_core.constants import (
+    BPM_MAX, BPM_MIN, DURATION_MAX, DURATION_MIN, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, TIME_SIGNATURES,
+    TRACK_NAMES, VALID_LANGUAGES,
+)
+from . import comfy_adapter as host
+from . import models
+
+CATEGORY = "audio/ACE-Step 1.5"
+PREFIX = "AceStep15_"
+LATENT_TASK_KEY = "acestep_request"  # GenerationRequest carried inside a LATENT dict
+LATENT_CHANNELS = 64  # ACE-Step 1.5 VAE latent channels (canvas of the init-latent nodes)
+MAX_BATCH = 8
+AUTO = "auto"
+KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
+TIME_SIGNATURE_CHOICES = (AUTO,) + TIME_SIGNATURES
+REPAINT_MODES = ("balanced", "conservative", "aggressive")
+SAVE_FORMATS = ("flac", "mp3", "opus", "wav")
+SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "192k", "256k", "320k")
+
+AceStepModel = io.Custom("ACESTEP_MODEL")
+AceStepText = io.Custom("ACESTEP_TEXT")
+
+_MODEL_TIP = "The ACE-Step 1.5 model from the ACE-Step 1.5 Model Loader."
+_BATCH_TIP = f"How many songs to generate at once (1–{MAX_BATCH}); each gets its own seed (seed, seed+1, …)."
+
+
+def _request(**fields):
+    from ..acestep_core.pipeline import GenerationRequest
+
+    return GenerationRequest(**fields)
+
+
+def _check(req):
+    """Model-free validation (raises ValueError naming the input, the value and what is allowed)."""
+    from ..acestep_core.pipeline import check_request
+
+    return check_request(req)
+
+
+def _canvas(frames: int, batch: int) -> dict:
+    return {"samples": torch.zeros(batch, LATENT_CHANNELS, frames), "type": "audio"}
+
+
+def _audio_item(audio: dict, name: str) -> tuple[torch.Tensor, int]:
+    """First item of an AUDIO input as ([C, S] float32, rate), with a clear error for anything else."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise ValueError(f"{name}: expected an AUDIO value ({{'waveform': [B, C, S], 'sample_rate': int}})")
+    wav = audio["waveform"]
+    if wav.dim() != 3 or wav.shape[0] < 1:
+        raise ValueError(f"{name}: waveform has shape {tuple(wav.shape)}; expected [batch, channels, samples]")
+    return wav[0].float().cpu(), int(audio["sample_rate"])
+
+
+def _seconds(wav: torch.Tensor, rate: int) -> float:
+    return wav.shape[-1] / rate
+
+
+def _task_latent(req, seconds: float) -> io.NodeOutput:
+    """Validate a task request and return it inside a LATENT canvas of the result's length."""
+    req = _check(req)
+    return io.NodeOutput({**_canvas(max(1, round(seconds * LATENT_RATE)), req.batch_size), LATENT_TASK_KEY: req})
+
+
+# ---------------------------------------------------------------------------------------------------- loader
+
+class ModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "ModelLoader",
+            display_name="ACE-Step 1.5 Model Loader",
+            category=CATEGORY,
+            description="Loads an ACE-Step 1.5 model (turbo, base, SFT or XL) with its VAE and text encoder, from "
+                        "the official folders in models/acestep/ or the Comfy-Org files in diffusion_models/ "
+                        "(text_encoders/, vae/) or checkpoints/ (all-in-one). Shows the detected variant.",
+            inputs=[
+                io.Combo.Input("model", options=models.model_choices(),
+                               tooltip="acestep/…: an official model folder (acestep-v15-turbo, …) under "
+                                       "models/acestep/. diffusion_models/…: a Comfy-Org DiT file. checkpoints/…: "
+                                       "the all-in-one file."),
+                io.Combo.Input("text_encoder", options=models.component_choices("text_encoders"), default=AUTO,
+                               tooltip="Qwen3-Embedding-0.6B text encoder. auto: the official folder's own, or "
+                                       "qwen_0.6b_ace15.safetensors from models/text_encoders/."),
+                io.Combo.Input("vae", options=models.component_choices("vae"), default=AUTO,
+                               tooltip="The ACE-Step 1.5 VAE. auto: the official folder's own, or "
+                                       "ace_1.5_vae.safetensors from models/vae/."),
+                io.Combo.Input("dtype", options=list(models.DTYPES), default=AUTO,
+                               tooltip="Weight precision. auto: bf16 where the GPU supports it (as the original "
+                                       "runs), else fp32. fp16 can overflow into silence on some inputs."),
+            ],
+            outputs=[
+                AceStepModel.Output(display_name="model", tooltip="The loaded model for the other ACE-Step nodes."),
+                io.String.Output(display_name="variant",
+                                 tooltip="turbo, base, sft, xl_turbo, xl_base or xl_sft (how it was detected is "
+                                         "shown on the node)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, text_encoder=AUTO, vae=AUTO, dtype=AUTO) -> io.NodeOutput:
+        loaded = models.load_model(model, text_encoder, vae, dtype)
+        return io.NodeOutput(loaded, loaded.variant, ui={"text": [loaded.describe()]})
+
+
+# ---------------------------------------------------------------------------------------------------- text
+
+class TextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "TextEncode",
+            display_name="ACE-Step 1.5 Caption & Lyrics",
+            category=CATEGORY,
+            description="The song's description: caption (style, instruments, mood), lyrics with [Verse]/[Chorus] "
+                        "tags, and optional metadata. The task instruction is added by the latent node, and the "
+                        "length comes from the latent. Encoded by the sampler with the model's text encoder.",
+            inputs=[
+                io.String.Input("caption", multiline=True, default="",
+                                tooltip="Style and sound, e.g. 'upbeat synth-pop, female vocals, punchy drums'."),
+                io.String.Input("lyrics", multiline=True, default="",
+                                tooltip="Lyrics with section tags ([Verse], [Chorus], [Bridge]…); '[Instrumental]' "
+                                        "or empty for no vocals."),
+                io.Combo.Input("language", options=list(VALID_LANGUAGES), default="en",
+                               tooltip="Language of the lyrics (ISO code; 'unknown' if mixed)."),
+                io.Int.Input("bpm", default=0, min=0, max=BPM_MAX,
+                             tooltip=f"Tempo in beats per minute ({BPM_MIN}–{BPM_MAX}); 0 = let the model decide."),
+                io.Combo.Input("keyscale", options=list(KEYSCALE_CHOICES), default=AUTO,
+                               tooltip="Key and scale, e.g. 'E minor'; auto = let the model decide."),
+                io.Combo.Input("timesignature", options=list(TIME_SIGNATURE_CHOICES), default=AUTO,
+                               tooltip="Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8); auto = let the model "
+                                       "decide."),
+            ],
+            outputs=[AceStepText.Output(display_name="conditioning",
+                                        tooltip="Caption, lyrics and metadata for the ACE-Step 1.5 Sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, bpm=0, **_) -> bool | str:
+        if bpm and not BPM_MIN <= bpm <= BPM_MAX:
+            return f"bpm={bpm} is not allowed: 0 (auto) or {BPM_MIN} to {BPM_MAX}"
+        return True
+
+    @classmethod
+    def execute(cls, caption, lyrics, language="en", bpm=0, keyscale=AUTO, timesignature=AUTO) -> io.NodeOutput:
+        text = {"caption": caption, "lyrics": lyrics, "language": language, "bpm": bpm or None,
+                "keyscale": None if keyscale == AUTO else keyscale,
+                "timesignature": None if timesignature == AUTO else timesignature}
+        _check(_request(**text))
+        return io.NodeOutput(text)
+
+
+class TimbreReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "TimbreReference",
+            display_name="ACE-Step 1.5 Timbre Reference",
+            category=CATEGORY,
+            description="Adds a reference recording whose timbre (voice, instruments, mix) the song should follow. "
+                        "Three 10-second pieces are taken from its thirds (the choice follows the seed).",
+            inputs=[
+                AceStepText.Input("conditioning", tooltip="From ACE-Step 1.5 Caption & Lyrics."),
+                io.Audio.Input("audio", tooltip="Reference audio from Load Audio or any audio node (the first "
+                                                "item of a batch is used); must not be silent."),
+            ],
+            outputs=[AceStepText.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, audio) -> io.NodeOutput:
+        wav, rate = _audio_item(audio, "audio")
+        return io.NodeOutput({**conditioning, "ref_audio": wav, "ref_sample_rate": rate})
+
+
+# ---------------------------------------------------------------------------------------------------- latents
+
+class EmptyLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "EmptyLatent",
+            display_name="ACE-Step 1.5 Empty Latent",
+            category=CATEGORY,
+            description="Starts a new song (text to music): sets its length and how many to make. The sampler "
+                        "fills the context with the model's silence latent, as the original does.",
+            inputs=[
+                io.Float.Input("duration", default=60.0, min=DURATION_MIN, max=DURATION_MAX, step=0.1,
+                               tooltip=f"Song length in seconds ({DURATION_MIN}–{DURATION_MAX}); also written into "
+                                       "the prompt's metadata. Quality is best up to about 4 minutes."),
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, duration, batch_size=1) -> io.NodeOutput:
+        return _task_latent(_request(task="text2music", duration=float(duration), batch_size=batch_size), duration)
+
+
+class CoverLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "CoverLatent",
+            display_name="ACE-Step 1.5 Cover (from audio)",
+            category=CATEGORY,
+            description="Re-creates a song in a new style: the source's melody and structure (as 5 Hz semantic "
+                        "hints) guide a new performance described by the caption and lyrics.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The song to cover (first item of a batch)."),
+                io.Float.Input("cover_strength", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Share of the steps that follow the source's structure; lower values hand "
+                                       "the last steps to the caption alone (looser cover)."),
+                io.Float.Input("noise_strength", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="0 = start from pure noise. Higher values start from the source audio "
+                                       "itself, partly noised (closer to the original sound)."),
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1) -> io.NodeOutput:
+        wav, rate = _audio_item(audio, "audio")
+        req = _request(task="cover", src_audio=wav, src_sample_rate=rate, audio_cover_strength=cover_strength,
+                       cover_noise_strength=noise_strength, batch_size=batch_size)
+        return _task_latent(req, _seconds(wav, rate))
+
+
+class RepaintLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "RepaintLatent",
+            display_name="ACE-Step 1.5 Repaint (from audio)",
+            category=CATEGORY,
+            description="Regenerates one time window of a song (new lyrics, a better chorus, a fixed glitch) and "
+                        "keeps the rest; the window's edges are blended into the original.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The song to edit (first item of a batch)."),
+                io.Float.Input("start", default=0.0, min=0.0, max=DURATION_MAX, step=0.1,
+                               tooltip="Start of the window to regenerate, in seconds."),
+                io.Float.Input("end", default=-1.0, min=-1.0, max=DURATION_MAX, step=0.1,
+                               tooltip="End of the window in seconds; -1 = the end of the song."),
+                io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
+                               tooltip="balanced: blend the edges; conservative: keep more of the original near the "
+                                       "edges; aggressive: no blending, the whole output is regenerated audio."),
+                io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="How far the window may move away from the original (balanced/conservative)."),
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start=0.0, end=-1.0, **_) -> bool | str:
+        if end >= 0 and end <= start:
+            return f"end={end} must be after start={start} (or -1 for the end of the song)"
+        return True
+
+    @classmethod
+    def execute(cls, audio, start=0.0, end=-1.0, mode="balanced", strength=0.5, batch_size=1) -> io.NodeOutput:
+        wav, rate = _audio_item(audio, "audio")
+        req = _request(task="repaint", src_audio=wav, src_sample_rate=rate, repaint_start=float(start),
+                       repaint_end=None if end < 0 else float(end), repaint_mode=mode, repaint_strength=strength,
+                       batch_size=batch_size)
+        return _task_latent(req, _seconds(wav, rate))
+
+
+class ExtendLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "ExtendLatent",
+            display_name="ACE-Step 1.5 Extend (from audio)",
+            category=CATEGORY,
+            description="Continues a song: adds new music after its end (or before its start), matching what is "
+                        "there. A little overlap lets the model smooth the join.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The song to extend (first item of a batch)."),
+                io.Combo.Input("direction", options=["after the end", "before the start"], default="after the end",
+                               tooltip="Where the new music goes."),
+                io.Float.Input("seconds", default=30.0, min=1.0, max=DURATION_MAX, step=0.5,
+                               tooltip="How many seconds of new music."),
+                io.Float.Input("overlap", default=0.0, min=0.0, max=60.0, step=0.5,
+                               tooltip="Seconds of the existing song next to the join that may be regenerated too."),
+                io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
+                               tooltip="How the join is blended (as in Repaint)."),
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, audio, direction="after the end", seconds=30.0, overlap=0.0, mode="balanced",
+                batch_size=1) -> io.NodeOutput:
+        wav, rate = _audio_item(audio, "audio")
+        length = _seconds(wav, rate)
+        overlap = min(overlap, length)
+        if direction == "after the end":
+            start, end = length - overlap, length + seconds
+        else:
+            start, end = -seconds, overlap
+        req = _request(task="extend", src_audio=wav, src_sample_rate=rate, repaint_start=start, repaint_end=end,
+                       repaint_mode=mode, batch_size=batch_size)
+        return _task_latent(req, length + seconds)
+
+
+class StemLatent(io.ComfyNode):
+    STEM_TASKS = ("extract", "lego", "complete")
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "StemLatent",
+            display_name="ACE-Step 1.5 Stems: Extract / Lego / Complete",
+            category=CATEGORY,
+            description="Track-level tasks (base model recommended). extract: isolate one track (e.g. vocals). "
+                        "lego: add one new track to the song. complete: build a full arrangement around the source "
+                        "from the listed tracks.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The source song or track (first item of a batch)."),
+                io.Combo.Input("task", options=list(cls.STEM_TASKS), default="extract",
+                               tooltip="extract, lego or complete (see the node description)."),
+                io.Combo.Input("track", options=list(TRACK_NAMES), default="vocals",
+                               tooltip="The track to extract or to add (lego); the first track for complete."),
+                io.String.Input("more_tracks", default="",
+                                tooltip="complete only: further track names, comma-separated (e.g. 'drums, bass')."),
+                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @staticmethod
+    def _tracks(task: str, track: str, more_tracks: str) -> list[str]:
+        extra = [t.strip().lower() for t in more_tracks.split(",") if t.strip()]
+        if extra and task != "complete":
+            raise ValueError(f"more_tracks={more_tracks!r} is only used with task='complete'; clear it for {task}")
+        for t in extra:
+            if t not in TRACK_NAMES:
+                raise ValueError(f"more_tracks: {t!r} is not a track name; allowed: {', '.join(TRACK_NAMES)}")
+        return list(dict.fromkeys([track, *extra]))
+
+    @classmethod
+    def validate_inputs(cls, task="extract", track="vocals", more_tracks="", **_) -> bool | str:
+        try:
+            cls._tracks(task, track, more_tracks or "")
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, audio, task="extract", track="vocals", more_tracks="", batch_size=1) -> io.NodeOutput:
+        wav, rate = _audio_item(audio, "audio")
+        req = _request(task=task, src_audio=wav, src_sample_rate=rate, tracks=cls._tracks(task, track, more_tracks),
+                       batch_size=batch_size)
+        return _task_latent(req, _seconds(wav, rate))
+
+
+# ---------------------------------------------------------------------------------------------------- sampler
+
+def _parse_timesteps(text: str) -> list[float] | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"timesteps={text!r} is not allowed: numbers between 0 and 1 separated by commas, "
+                         "e.g. '1, 0.95, 0.9, 0.83, 0.75, 0.64, 0.5, 0.3'") from None
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "Sampler",
+            display_name="ACE-Step 1.5 Sampler",
+            category=CATEGORY,
+            description="Generates the song's latents for the latent's task. Turbo models run their fixed 8-step "
+                        "schedule without guidance; base/SFT use APG guidance as the official pipeline. 0 in steps, "
+                        "shift or guidance = the variant's default (turbo 8/3.0/off, base 32/3.0/7.0, SFT "
+                        "50/3.0/7.0).",
+            inputs=[
+                AceStepModel.Input("model", tooltip=_MODEL_TIP),
+                AceStepText.Input("conditioning", tooltip="From Caption & Lyrics (or Timbre Reference)."),
+                io.Latent.Input("latent", tooltip="From an ACE-Step 1.5 latent node (the task), or any audio "
+                                                  "LATENT (then: text to music of that length and batch)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed; the same seed gives the same song on CPU and GPU."),
+                io.Int.Input("steps", default=0, min=0, max=200,
+                             tooltip="Denoising steps; 0 = the variant's default. Turbo always runs 8."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=10.0, step=0.1,
+                               tooltip="Timestep shift; 0 = default (3.0). Turbo snaps to 1, 2 or 3."),
+                io.Float.Input("guidance", default=0.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Guidance scale for base/SFT; 0 = default (7.0), 1 = off. Ignored by turbo."),
+                io.Combo.Input("guidance_method", options=["apg", "adg"], default="apg",
+                               tooltip="apg: adaptive projected guidance (the official default); adg: angle-based "
+                                       "guidance."),
+                io.Float.Input("apg_momentum", default=-0.75, min=-1.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="APG momentum (official: -0.75)."),
+                io.Float.Input("apg_norm_threshold", default=2.5, min=0.0, max=20.0, step=0.1, advanced=True,
+                               tooltip="APG norm clamp (official: 2.5; 0 = no clamp)."),
+                io.Float.Input("cfg_interval_start", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="Guidance only for timesteps t ≥ this (t runs from 1 down to 0)."),
+                io.Float.Input("cfg_interval_end", default=1.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="Guidance only for timesteps t ≤ this."),
+                io.Float.Input("velocity_norm_threshold", default=0.0, min=0.0, max=100.0, step=0.1, advanced=True,
+                               tooltip="Clamp the velocity's norm (0 = off)."),
+                io.String.Input("timesteps", default="", advanced=True,
+                                tooltip="Custom schedule (turbo and SFT), comma-separated from 1 towards 0; empty = "
+                                        "the default schedule."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="Generated latents; decode with ACE-Step 1.5 VAE Decode.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, timesteps="", cfg_interval_start=0.0, cfg_interval_end=1.0, **_) -> bool | str:
+        try:
+            values = _parse_timesteps(timesteps or "")
+        except ValueError as e:
+            return str(e)
+        if values and not all(0.0 <= v <= 1.0 for v in values):
+            return f"timesteps={timesteps!r} is not allowed: every value between 0 and 1"
+        if cfg_interval_start > cfg_interval_end:
+            return (f"cfg_interval_start={cfg_interval_start} must not be above "
+                    f"cfg_interval_end={cfg_interval_end}")
+        return True
+
+    @classmethod
+    def execute(cls, model, conditioning, latent, seed=0, steps=0, shift=0.0, guidance=0.0, guidance_method="apg",
+                apg_momentum=-0.75, apg_norm_threshold=2.5, cfg_interval_start=0.0, cfg_interval_end=1.0,
+                velocity_norm_threshold=0.0, timesteps="") -> io.NodeOutput:
+        from ..acestep_core.pipeline import GenerationRequest
+
+        samples = latent["samples"]
+        if samples.dim() != 3:
+            raise ValueError(f"latent: samples have shape {tuple(samples.shape)}; expected an audio latent "
+                             "[batch, channels, frames]")
+        batch, frames = samples.shape[0], samples.shape[-1]
+        task = latent.get(LATENT_TASK_KEY)
+        if task is None:  # a plain audio LATENT: text to music of its length
+            task = GenerationRequest(task="text2music", duration=round(frames / LATENT_RATE, 2), batch_size=batch)
+        if batch > MAX_BATCH:
+            raise ValueError(f"latent: batch of {batch} is not allowed: at most {MAX_BATCH} songs per run")
+        req = replace(
+            task, **{k: v for k, v in conditioning.items()}, seed=int(seed), batch_size=batch,
+            steps=steps or None, shift=shift or None, guidance=guidance or None, use_adg=guidance_method == "adg",
+            apg_momentum=apg_momentum, apg_norm_threshold=apg_norm_threshold, cfg_interval_start=cfg_interval_start,
+            cfg_interval_end=cfg_interval_end, velocity_norm_threshold=velocity_norm_threshold,
+            timesteps=_parse_timesteps(timesteps), decode=False)
+        pipe = model.pipeline
+        req = pipe.validate(req)  # every input checked before any model work
+        progress = host.Progress(req.steps, node_id=cls.hidden.unique_id)
+        result = pipe(req, on_step=progress, should_cancel=host.check_interrupted)
+        meta = result.metadata
+        summary = (f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
+                   f"guidance {meta['guidance']} · seeds {', '.join(map(str, result.seeds))}")
+        out = {"samples": result.latents.transpose(1, 2).contiguous().cpu(), "type": "audio",
+               LATENT_TASK_KEY: replace(req, seed=result.seeds)}
+        return io.NodeOutput(out, ui={"text": [summary]})
+
+
+# ---------------------------------------------------------------------------------------------------- VAE
+
+class VAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "VAEDecode",
+            display_name="ACE-Step 1.5 VAE Decode",
+            category=CATEGORY,
+            description="Latents → 48 kHz stereo AUDIO for Save/Preview or any audio node. Decodes in tiles (long "
+                        "songs fit in little VRAM), removes clipping, and for repaint/extend puts the untouched "
+                        "parts of the source back sample-exactly.",
+            inputs=[
+                AceStepModel.Input("model", tooltip=_MODEL_TIP),
+                io.Latent.Input("latent", tooltip="From the ACE-Step 1.5 Sampler (or any ACE-Step 1.5 audio "
+                                                  "LATENT)."),
+                io.Boolean.Input("normalize", default=True,
+                                 tooltip="Peak-normalise each song to -1 dBFS (the original's default)."),
+                io.Int.Input("tile_frames", default=512, min=16, max=4096, step=16, advanced=True,
+                             tooltip="Latent frames per decode tile (25 per second); lower = less VRAM."),
+            ],
+            outputs=[io.Audio.Output(display_name="audio")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, normalize=True, tile_frames=512) -> io.NodeOutput:
+        from ..acestep_core.pipeline import GenerationRequest
+
+        samples = latent["samples"]
+        if samples.dim() != 3:
+            raise ValueError(f"latent: samples have shape {tuple(samples.shape)}; expected an audio latent")
+        pipe = model.pipeline
+        channels = pipe.ckpt.vae.config.decoder_input_channels
+        if samples.shape[1] != channels:
+            raise ValueError(f"latent: {samples.shape[1]} channels; this VAE decodes {channels}-channel latents")
+        latents = samples.transpose(1, 2).float()
+        task = latent.get(LATENT_TASK_KEY)
+        if task is not None and task.src_audio is not None:
+            audio = pipe.render(latents, replace(task, normalize=normalize, decode_chunk=tile_frames))
+        else:
+            audio = pipe.decode(latents, GenerationRequest(normalize=normalize, decode_chunk=tile_frames))
+        return io.NodeOutput({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate})
+
+
+class VAEEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "VAEEncode",
+            display_name="ACE-Step 1.5 VAE Encode",
+            category=CATEGORY,
+            description="AUDIO → ACE-Step 1.5 latents (posterior mean, tiled), e.g. for native latent nodes. "
+                        "For cover/repaint/extend use the task latent nodes, which take AUDIO directly.",
+            inputs=[
+                AceStepModel.Input("model", tooltip=_MODEL_TIP),
+                io.Audio.Input("audio", tooltip="Any audio; resampled to 48 kHz stereo first."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, audio) -> io.NodeOutput:
+        if not isinstance(audio, dict) or "waveform" not in audio:
+            raise ValueError("audio: expected an AUDIO value ({'waveform': [B, C, S], 'sample_rate': int})")
+        latents = model.pipeline.encode(audio["waveform"].float().cpu(), int(audio["sample_rate"]))
+        return io.NodeOutput({"samples": latents.transpose(1, 2).contiguous().cpu(), "type": "audio"})
+
+
+# ---------------------------------------------------------------------------------------------------- save
+
+def _write_audio(cls, audio: dict, prefix: str, directory: str, folder_type: str, fmt: str, quality: str) -> list:
+    """One file per batch item named like ComfyUI's savers, prompt/workflow embedded; returns the UI entries."""
+    from ..acestep_core.audio import check_save_options, save_audio
+
+    if fmt not in SAVE_FORMATS:
+        raise ValueError(f"format={fmt!r} is not allowed: one of {', '.join(SAVE_FORMATS)}")
+    quality = None if quality in (None, "", "default") else quality
+    check_save_options(f"x.{fmt}", quality)  # before writing anything
+    waveform = audio["waveform"]
+    if waveform.dim() == 2:
+        waveform = waveform[None]
+    metadata = {}
+    if host.metadata_enabled() and cls.hidden is not None:
+        if cls.hidden.prompt is not None:
+            metadata["prompt"] = json.dumps(cls.hidden.prompt)
+        for key, value in (cls.hidden.extra_pnginfo or {}).items():
+            metadata[key] = json.dumps(value)
+    target = host.save_target(prefix, directory)
+    results = []
+    for i, item in enumerate(waveform.float().cpu()):
+        name = f"{target.filename.replace('%batch_num%', str(i))}_{target.counter + i:05}_.{fmt}"
+        save_audio(os.path.join(target.folder, name), item, int(audio["sample_rate"]), metadata, quality)
+        results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
+    return results
+
+
+class SaveAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "SaveAudio",
+            display_name="ACE-Step 1.5 Save Audio",
+            category=CATEGORY,
+            description="Saves each song of the batch to ComfyUI's output folder as FLAC, MP3, Opus or WAV, with "
+                        "the workflow embedded (drag the file back into ComfyUI to get the graph), and plays it.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="Audio to save."),
+                io.String.Input("filename_prefix", default="audio/ACE-Step",
+                                tooltip="Sub-folder and file name start inside output/; %batch_num% is replaced by "
+                                        "the item number."),
+                io.Combo.Input("format", options=list(SAVE_FORMATS), default="flac",
+                               tooltip="flac: lossless; mp3/opus: small files; wav: uncompressed (keeps no "
+                                       "workflow)."),
+                io.Combo.Input("quality", options=list(SAVE_QUALITIES), default="default",
+                               tooltip="default: flac/wav 16-bit, mp3 V0, opus 128k. flac: 16/24; wav: 16/24/float; "
+                                       "mp3: V0 or a bit rate; opus: a bit rate."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, format="flac", quality="default", **_) -> bool | str:
+        from ..acestep_core.audio import check_save_options
+
+        try:
+            check_save_options(f"x.{format}", None if quality == "default" else quality)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, audio, filename_prefix="audio/ACE-Step", format="flac", quality="default") -> io.NodeOutput:
+        files = _write_audio(cls, audio, filename_prefix, host.output_directory(), "output", format, quality)
+        return io.NodeOutput(ui={"audio": files})
+
+
+class PreviewAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "PreviewAudio",
+            display_name="ACE-Step 1.5 Preview Audio",
+            category=CATEGORY,
+            description="Plays the audio on the node without keeping a file in output/ (a temporary FLAC).",
+            inputs=[io.Audio.Input("audio", tooltip="Audio to play.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, audio) -> io.NodeOutput:
+        prefix = "ACE-Step_temp_" + os.urandom(3).hex()
+        files = _write_audio(cls, audio, prefix, host.temp_directory(), "temp", "flac", "default")
+        return io.NodeOutput(ui={"audio": files})
+
+
+NODES = [ModelLoader, TextEncode, TimbreReference, EmptyLatent, CoverLatent, RepaintLatent, ExtendLatent, StemLatent,
+         Sampler, VAEDecode, VAEEncode, SaveAudio, PreviewAudio]

@@ -1,0 +1,206 @@
+"""Every ``comfy.*`` / ``folder_paths`` import of the pack lives here.
+
+Inside ComfyUI the nodes use its device and dtype choices, its model manager (our modules wrapped in
+``ModelPatcher`` and loaded with ``load_models_gpu``, so ComfyUI offloads them like its own models and
+``/free`` releases them), its progress bar, its interrupt flag and its folders. Outside ComfyUI (tests, a plain
+Python session) the same functions fall back to plain PyTorch: CUDA when available, folders under the current
+directory (or ``$ACESTEP_MODELS_DIR`` / ``$ACESTEP_OUTPUT_DIR``), no progress UI and a ``cancel_event``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import torch
+
+try:  # ComfyUI (or a stand-in providing the same modules)
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _utils
+    import folder_paths as _folders
+    from comfy.cli_args import args as _args
+except ImportError:  # plain Python: the fallback below
+    _mm = _patcher = _utils = _folders = _args = None
+
+HF_FOLDER = "acestep"  # models/acestep/: official Hugging Face layout folders
+MODEL_EXTENSIONS = (".safetensors", ".sft")
+cancel_event = threading.Event()  # fallback cancel switch (ComfyUI uses its own interrupt flag)
+
+
+def in_comfyui() -> bool:
+    return _mm is not None
+
+
+# ---------------------------------------------------------------------- devices and dtypes
+
+def compute_device() -> torch.device:
+    if in_comfyui():
+        return _mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if in_comfyui() else torch.device("cpu")
+
+
+def auto_dtype() -> str:
+    """bf16 where the device supports it (as the original runs), else fp32. fp16 is never picked on its own:
+    the model overflows in fp16 on some inputs (silent output), so it is only used when asked for."""
+    if in_comfyui():
+        return "bf16" if _mm.should_use_bf16(compute_device()) else "fp32"
+    device = compute_device()
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+# ---------------------------------------------------------------------- model placement
+
+class _Held(torch.nn.Module):
+    """ModelPatcher writes bookkeeping attributes (``device``, ``model_loaded_weight_memory``, …) onto the module
+    it manages; this bare container takes them instead of our model classes (whose ``device`` is read-only)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.device = None
+
+
+class ManagedModules:
+    """Named modules of one loaded model, moved to the compute device on demand.
+
+    ``use(names)`` makes sure those modules are on the compute device: in ComfyUI through ``load_models_gpu``
+    (full load: our layers are plain ``nn.Module`` and must sit on one device; ComfyUI frees other models to make
+    room), outside by ``module.to(device)``."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.modules = modules
+        self.patchers = {}
+        if in_comfyui():
+            for name, module in modules.items():
+                self.patchers[name] = _patcher.ModelPatcher(_Held(module), load_device=compute_device(),
+                                                            offload_device=offload_device())
+
+    def use(self, names) -> None:
+        names = [n for n in names if n in self.modules]
+        if in_comfyui():
+            _mm.load_models_gpu([self.patchers[n] for n in names], force_full_load=True)
+            return
+        device = compute_device()
+        for n in names:
+            self.modules[n].to(device)
+
+
+# ---------------------------------------------------------------------- progress and cancel
+
+class Progress:
+    """Per-step progress: ComfyUI's progress bar on the node, or nothing outside ComfyUI."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.bar = _utils.ProgressBar(total, node_id=node_id) if in_comfyui() else None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(done, total)
+
+
+def check_interrupted() -> bool:
+    """Raises ComfyUI's interrupt exception after the user pressed Cancel (ComfyUI then reports the run as
+    interrupted); outside ComfyUI returns whether ``cancel_event`` is set."""
+    if in_comfyui():
+        _mm.throw_exception_if_processing_interrupted()
+        return False
+    return cancel_event.is_set()
+
+
+# ---------------------------------------------------------------------- folders
+
+def _fallback_models_dir() -> str:
+    return os.environ.get("ACESTEP_MODELS_DIR", os.path.join(os.getcwd(), "models"))
+
+
+def register_model_folder() -> None:
+    """Register ``models/acestep`` (official layout folders) with ComfyUI's folder_paths, once."""
+    if in_comfyui() and HF_FOLDER not in _folders.folder_names_and_paths:
+        _folders.add_model_folder_path(HF_FOLDER, os.path.join(_folders.models_dir, HF_FOLDER), is_default=True)
+
+
+def folder_paths_for(kind: str) -> list[str]:
+    """Folders searched for ``kind`` (acestep, diffusion_models, text_encoders, vae, checkpoints)."""
+    if in_comfyui():
+        register_model_folder()
+        try:
+            return list(_folders.get_folder_paths(kind))
+        except KeyError:
+            return []
+    base = _fallback_models_dir()
+    extra = {"diffusion_models": ["unet"], "text_encoders": ["clip"]}.get(kind, [])
+    return [os.path.join(base, name) for name in [kind, *extra]]
+
+
+def model_files(kind: str) -> list[str]:
+    """Model files under the ``kind`` folders, relative paths with ``/`` (ComfyUI's own listing when inside)."""
+    if in_comfyui():
+        register_model_folder()
+        try:
+            names = _folders.get_filename_list(kind)
+        except KeyError:
+            return []
+        return sorted(n for n in names if n.lower().endswith(MODEL_EXTENSIONS))
+    found = set()
+    for root in folder_paths_for(kind):
+        for dirpath, _, files in os.walk(root, followlinks=True):
+            for f in files:
+                if f.lower().endswith(MODEL_EXTENSIONS):
+                    found.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def full_path(kind: str, name: str) -> str | None:
+    for root in folder_paths_for(kind):
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def output_directory() -> str:
+    if in_comfyui():
+        return _folders.get_output_directory()
+    return os.environ.get("ACESTEP_OUTPUT_DIR", os.path.join(os.getcwd(), "output"))
+
+
+def temp_directory() -> str:
+    if in_comfyui():
+        return _folders.get_temp_directory()
+    return os.path.join(output_directory(), "temp")
+
+
+@dataclass
+class SaveTarget:
+    folder: str  # absolute folder to write into
+    filename: str  # file name stem ("%batch_num%" still in it)
+    counter: int  # first free counter
+    subfolder: str  # relative to the output/temp directory, as the UI wants it
+
+
+def save_target(prefix: str, directory: str) -> SaveTarget:
+    """ComfyUI's naming: ``{prefix}_{counter:05}_.{ext}`` with the counter continuing existing files."""
+    if in_comfyui():
+        folder, filename, counter, subfolder, _ = _folders.get_save_image_path(prefix, directory)
+        return SaveTarget(folder, filename, counter, subfolder)
+    subfolder, filename = os.path.split(os.path.normpath(prefix))
+    folder = os.path.join(directory, subfolder)
+    if os.path.commonpath([os.path.abspath(directory), os.path.abspath(folder)]) != os.path.abspath(directory):
+        raise ValueError(f"filename_prefix={prefix!r} is not allowed: it must stay inside {directory}")
+    os.makedirs(folder, exist_ok=True)
+    counter = 1
+    stem = filename + "_"
+    for f in os.listdir(folder):
+        if f.startswith(stem) and f[len(stem):len(stem) + 5].isdigit():
+            counter = max(counter, int(f[len(stem):len(stem) + 5]) + 1)
+    return SaveTarget(folder, filename, counter, subfolder)
+
+
+def metadata_enabled() -> bool:
+    """False when ComfyUI runs with --disable-metadata."""
+    return not (in_comfyui() and getattr(_args, "disable_metadata", False))

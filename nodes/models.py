@@ -1,0 +1,140 @@
+"""Model choices for the loader and the loaded-model cache. No tensor math: paths, caching and the hand-over to
+``acestep_core``'s loader; device placement goes through the adapter."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from . import comfy_adapter as host
+
+AUTO = "auto"
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+_HEADER_CACHE: dict[tuple[str, float], bool] = {}
+_LOADED: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+MAX_CACHED_MODELS = 2  # e.g. a turbo and a base model in one graph; older ones are dropped
+
+
+def _is_acestep_dit_file(path: str) -> bool:
+    """True for a Comfy-Org diffusion-model or all-in-one file holding the ACE-Step 1.5 DiT (header read only)."""
+    from ..acestep_core.weights import safetensors_keys
+
+    try:
+        key = (path, os.path.getmtime(path))
+    except OSError:
+        return False
+    if key not in _HEADER_CACHE:
+        try:
+            keys = safetensors_keys(path)
+            _HEADER_CACHE[key] = any("encoder.lyric_encoder.layers.0." in k for k in keys) and any(
+                "decoder.layers.0." in k for k in keys)
+        except Exception:  # not a safetensors file we can read: not offered
+            _HEADER_CACHE[key] = False
+    return _HEADER_CACHE[key]
+
+
+def _dit_folders(root: str, depth: int = 3) -> list[str]:
+    """Official-layout DiT folders (config.json + weights) under ``root``, relative paths with ``/``."""
+    found = []
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        rel = os.path.relpath(dirpath, root)
+        if rel.count(os.sep) >= depth:
+            dirnames[:] = []
+        if "config.json" in files and any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json")
+                                          for f in files) and rel != ".":
+            with open(os.path.join(dirpath, "config.json"), encoding="utf-8") as f:
+                head = f.read(4096)
+            if "AceStep" in head or "acestep" in head.lower():
+                found.append(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def model_choices() -> list[str]:
+    """Entries for the loader's ``model`` dropdown: ``acestep/<folder>`` (official layout),
+    ``diffusion_models/<file>`` (Comfy-Org split files) and ``checkpoints/<file>`` (all-in-one)."""
+    choices = []
+    for root in host.folder_paths_for(host.HF_FOLDER):
+        if os.path.isdir(root):
+            choices += [f"{host.HF_FOLDER}/{rel}" for rel in _dit_folders(root)]
+    for kind in ("diffusion_models", "checkpoints"):
+        for name in host.model_files(kind):
+            path = host.full_path(kind, name)
+            if path and _is_acestep_dit_file(path):
+                choices.append(f"{kind}/{name}")
+    return sorted(set(choices), key=choices.index)
+
+
+def component_choices(kind: str) -> list[str]:
+    return [AUTO] + host.model_files(kind)
+
+
+def resolve_choice(choice: str) -> str:
+    kind, _, name = choice.partition("/")
+    path = host.full_path(kind, name) if name else None
+    if path is None:
+        raise ValueError(
+            f"model={choice!r} was not found. Put the official Hugging Face folders under models/acestep/ "
+            "(acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/) or the Comfy-Org files under models/diffusion_models/, "
+            "models/text_encoders/ and models/vae/ (or the all-in-one file under models/checkpoints/), then refresh.")
+    return path
+
+
+def _component_path(kind: str, choice: str, preferred: str) -> str | None:
+    """A file picked in a dropdown; with "auto", the usual Comfy-Org file name when present (else the core looks
+    next to the model)."""
+    if choice != AUTO:
+        path = host.full_path(kind, choice)
+        if path is None:
+            raise ValueError(f"{kind} file {choice!r} was not found in models/{kind}/; refresh the node list")
+        return path
+    return host.full_path(kind, preferred)
+
+
+@dataclass
+class LoadedModel:
+    """What the ACESTEP_MODEL socket carries: the core pipeline plus its host-managed modules."""
+
+    pipeline: object  # acestep_core.pipeline.AceStepPipeline
+    modules: host.ManagedModules
+    variant: str
+    dtype: str
+    paths: dict
+
+    def describe(self) -> str:
+        p = self.paths
+        return (f"variant: {self.variant} · dtype: {self.dtype}\nDiT: {p['dit']}\nVAE: {p['vae']}\n"
+                f"text encoder: {p['text_encoder']}")
+
+
+def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str = AUTO) -> LoadedModel:
+    """Load (or reuse) the model picked in the loader."""
+    from ..acestep_core.checkpoint import load_checkpoint
+    from ..acestep_core.pipeline import AceStepPipeline
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not allowed: one of {', '.join(DTYPES)}")
+    path = resolve_choice(model)
+    is_file = os.path.isfile(path)
+    te_path = _component_path("text_encoders", text_encoder, "qwen_0.6b_ace15.safetensors") if is_file or text_encoder != AUTO else None
+    vae_path = _component_path("vae", vae, "ace_1.5_vae.safetensors") if is_file or vae != AUTO else None
+    chosen = host.auto_dtype() if dtype == AUTO else dtype
+    key = (path, te_path, vae_path, chosen, _mtime(path))
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    ckpt = load_checkpoint(path, dtype=chosen, device=host.offload_device(), vae=vae_path, text_encoder=te_path)
+    pipe = AceStepPipeline(ckpt)
+    modules = host.ManagedModules({"model": ckpt.model, "text_encoder": ckpt.text_encoder, "vae": ckpt.vae})
+    pipe.before_use = modules.use
+    loaded = LoadedModel(pipe, modules, ckpt.variant, chosen, dict(ckpt.paths))
+    _LOADED[key] = loaded
+    while len(_LOADED) > MAX_CACHED_MODELS:
+        _LOADED.popitem(last=False)
+    return loaded
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
