@@ -153,8 +153,8 @@ class TextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, bpm=0, **_) -> bool | str:
-        if bpm and not BPM_MIN <= bpm <= BPM_MAX:
+    def validate_inputs(cls, bpm=None) -> bool | str:
+        if bpm is not None and bpm != 0 and not BPM_MIN <= bpm <= BPM_MAX:
             return f"bpm={bpm} is not allowed: 0 (auto) or {BPM_MIN} to {BPM_MAX}"
         return True
 
@@ -271,7 +271,13 @@ class RepaintLatent(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start=0.0, end=-1.0, **_) -> bool | str:
+    def validate_inputs(cls, start=None, end=None) -> bool | str:
+        if start is None or end is None:  # linked from another node: checked when the node runs
+            return True
+        if not 0.0 <= start <= DURATION_MAX:
+            return f"start={start} is not allowed: 0 to {DURATION_MAX} seconds"
+        if not (end == -1.0 or 0.0 <= end <= DURATION_MAX):
+            return f"end={end} is not allowed: -1 (end of the song) or 0 to {DURATION_MAX} seconds"
         if end >= 0 and end <= start:
             return f"end={end} must be after start={start} (or -1 for the end of the song)"
         return True
@@ -360,7 +366,13 @@ class StemLatent(io.ComfyNode):
         return list(dict.fromkeys([track, *extra]))
 
     @classmethod
-    def validate_inputs(cls, task="extract", track="vocals", more_tracks="", **_) -> bool | str:
+    def validate_inputs(cls, task=None, track=None, more_tracks=None) -> bool | str:
+        if task is None or track is None:  # linked from another node: checked when the node runs
+            return True
+        if task not in cls.STEM_TASKS:
+            return f"task={task!r} is not allowed: one of {', '.join(cls.STEM_TASKS)}"
+        if track not in TRACK_NAMES:
+            return f"track={track!r} is not allowed: one of {', '.join(TRACK_NAMES)}"
         try:
             cls._tracks(task, track, more_tracks or "")
         except ValueError as e:
@@ -435,13 +447,18 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, timesteps="", cfg_interval_start=0.0, cfg_interval_end=1.0, **_) -> bool | str:
+    def validate_inputs(cls, timesteps=None, cfg_interval_start=None, cfg_interval_end=None) -> bool | str:
         try:
             values = _parse_timesteps(timesteps or "")
         except ValueError as e:
             return str(e)
         if values and not all(0.0 <= v <= 1.0 for v in values):
             return f"timesteps={timesteps!r} is not allowed: every value between 0 and 1"
+        if cfg_interval_start is None or cfg_interval_end is None:
+            return True
+        for name, value in (("cfg_interval_start", cfg_interval_start), ("cfg_interval_end", cfg_interval_end)):
+            if not 0.0 <= value <= 1.0:
+                return f"{name}={value} is not allowed: 0.0 to 1.0"
         if cfg_interval_start > cfg_interval_end:
             return (f"cfg_interval_start={cfg_interval_start} must not be above "
                     f"cfg_interval_end={cfg_interval_end}")
@@ -603,9 +620,14 @@ class SaveAudio(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, format="flac", quality="default", **_) -> bool | str:
+    def validate_inputs(cls, format=None, quality=None) -> bool | str:
+        # Only the inputs named here skip ComfyUI's own checks (a **kwargs signature would skip them all).
         from ..acestep_core.audio import check_save_options
 
+        if format is None or quality is None:
+            return True
+        if format not in SAVE_FORMATS:
+            return f"format={format!r} is not allowed: one of {', '.join(SAVE_FORMATS)}"
         try:
             check_save_options(f"x.{format}", None if quality == "default" else quality)
         except ValueError as e:

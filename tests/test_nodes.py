@@ -264,3 +264,14 @@ def test_adapter_fallback_runs_the_graph_without_comfyui(graph, tmp_path, monkey
             run(P + "Sampler", hidden={}, model=model, conditioning=text, latent=latent, seed=0)
     finally:
         host.cancel_event.clear()
+
+
+def test_validate_inputs_names_its_inputs_so_comfyui_keeps_its_own_checks(comfy):
+    """ComfyUI skips its min/max/option checks for every input a validate_inputs takes, and for all inputs when
+    it takes **kwargs."""
+    import inspect
+
+    for node_id, cls in comfy[0].items():
+        if "validate_inputs" in vars(cls):
+            params = inspect.signature(cls.validate_inputs).parameters.values()
+            assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params), node_id
