@@ -1,0 +1,366 @@
+"""Optional integration test against a real ComfyUI server.
+
+Skipped unless ``COMFYUI_DIR`` points at a ComfyUI checkout (the folder with ``main.py``). The server runs with
+``COMFYUI_PYTHON`` (default: this interpreter; it needs ComfyUI's requirements and this pack's) and the extra
+arguments in ``COMFYUI_ARGS`` (default ``--cpu``), over a temporary ``--base-directory`` holding tiny random
+models, the workflows' placeholder input audio and ``custom_nodes/ComfyUI-ACE-Step-1.5`` (a symlink to this
+repository), so the ComfyUI checkout itself is not touched. Every workflow in ``workflows/`` is converted to an
+API prompt with the server's own ``/object_info``, queued through ``POST /prompt`` and must finish with
+decodable audio. HTTP uses only the standard library.
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/ComfyUI/venv/bin/python pytest tests/test_comfyui_server.py
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.comfy_harness import NOTE_TYPES, ROOT, ui_to_api
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+pytestmark = pytest.mark.skipif(
+    not (COMFYUI_DIR and os.path.isfile(os.path.join(COMFYUI_DIR, "main.py"))),
+    reason="real-ComfyUI integration test: set COMFYUI_DIR to a ComfyUI checkout (the folder with main.py), "
+           "and COMFYUI_PYTHON to its Python if that is not this one")
+
+PACK_FOLDER = "ComfyUI-ACE-Step-1.5"  # the pack's folder name under custom_nodes
+PREFIX = "AceStep15_"
+CATEGORY = "audio/ACE-Step 1.5"
+START_TIMEOUT = 120.0
+RUN_TIMEOUT = 300.0
+WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+AUDIO_EXTENSIONS = (".flac", ".mp3", ".opus", ".ogg", ".wav")
+TEXT2MUSIC = os.path.join(ROOT, "workflows", "acestep15_text2music_turbo.json")
+
+
+def _expected_node_ids() -> set[str]:
+    """The 13 nodes of the pack, plus every AceStep15_ node a workflow uses or the node module defines."""
+    ids = {PREFIX + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
+                                "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
+                                "SaveAudio", "PreviewAudio")}
+    for path in WORKFLOWS:
+        with open(path, encoding="utf-8") as f:
+            ids |= {n["type"] for n in json.load(f)["nodes"] if n["type"].startswith(PREFIX)}
+    with open(os.path.join(ROOT, "nodes", "acestep_nodes.py"), encoding="utf-8") as f:
+        ids |= {PREFIX + m for m in re.findall(r'node_id\s*=\s*PREFIX\s*\+\s*"(\w+)"', f.read())}
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------ HTTP helpers
+
+class Server:
+    def __init__(self, url: str, proc: subprocess.Popen, log_path: str, dirs: dict, start_seconds: float):
+        self.url, self.proc, self.log_path, self.dirs, self.start_seconds = url, proc, log_path, dirs, start_seconds
+        self._object_info = None
+
+    def request(self, method: str, path: str, body=None, timeout: float = 30.0) -> tuple[int, bytes]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def get_json(self, path: str):
+        status, body = self.request("GET", path)
+        assert status == 200, f"GET {path}: HTTP {status}: {body[:2000]!r}\n{self.log_tail()}"
+        return json.loads(body)
+
+    def object_info(self) -> dict:
+        if self._object_info is None:
+            self._object_info = self.get_json("/object_info")
+        return self._object_info
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return "---- server log (tail) ----\n" + self.log()[-chars:]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.comfy_harness import make_comfy_tree
+
+    base = str(tmp_path_factory.mktemp("comfyui_base"))
+    t_tree = time.monotonic()
+    dirs = make_comfy_tree(base)
+    t_tree = time.monotonic() - t_tree
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK_FOLDER), target_is_directory=True)
+    log_path = os.path.join(base, "server.log")
+    port = _free_port()
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", base,
+           "--disable-auto-launch", *shlex.split(os.environ.get("COMFYUI_ARGS", "--cpu"))]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)  # the server imports the pack from custom_nodes, not from this checkout
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log_path, dirs, 0.0)
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with code {proc.returncode} while starting: {cmd}\n{srv.log_tail()}")
+            try:
+                status, _ = srv.request("GET", "/object_info", timeout=10)
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"ComfyUI did not answer GET /object_info within {START_TIMEOUT:.0f} s: {cmd}\n"
+                            f"{srv.log_tail()}")
+            time.sleep(0.5)
+        srv.start_seconds = time.monotonic() - t0
+        print(f"\ntiny model tree in {t_tree:.1f} s; ComfyUI up in {srv.start_seconds:.1f} s at {srv.url} "
+              f"(log: {log_path})")
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+# ------------------------------------------------------------------------------------------------ registration
+
+def test_pack_imports_and_registers_every_node(server):
+    log = server.log()
+    failed = [line for line in log.splitlines()
+              if PACK_FOLDER in line and ("IMPORT FAILED" in line or "Cannot import" in line)]
+    assert not failed, "\n".join(failed) + "\n" + server.log_tail()
+    assert "Error while calling comfy_entrypoint" not in log, server.log_tail()
+
+    info = server.object_info()
+    missing = _expected_node_ids() - set(info)
+    assert not missing, f"not in /object_info: {sorted(missing)}\n{server.log_tail()}"
+    ours = {k: v for k, v in info.items() if k.startswith(PREFIX)}
+    assert set(ours) == _expected_node_ids()
+    for node_id, entry in ours.items():
+        assert entry["category"] == CATEGORY, (node_id, entry["category"])
+        assert entry["python_module"] == f"custom_nodes.{PACK_FOLDER}", (node_id, entry["python_module"])
+        assert entry["display_name"].startswith("ACE-Step 1.5 "), (node_id, entry["display_name"])
+
+
+def test_loader_lists_the_tiny_models(server):
+    spec = server.object_info()[PREFIX + "ModelLoader"]["input"]["required"]
+
+    def options(name):
+        kind, opts = spec[name][0], (spec[name][1] if len(spec[name]) > 1 else {})
+        return kind if isinstance(kind, list) else opts["options"]
+
+    assert options("model") == [
+        "acestep/acestep-v15-base", "acestep/acestep-v15-sft", "acestep/acestep-v15-turbo",
+        "diffusion_models/acestep_v1.5_turbo.safetensors", "checkpoints/ace_step_1.5_turbo_aio.safetensors"]
+    assert "qwen_0.6b_ace15.safetensors" in options("text_encoder")
+    assert options("vae") == ["auto", "ace_1.5_vae.safetensors"]
+
+
+def test_workflow_templates_are_served(server):
+    templates = server.get_json("/api/workflow_templates")  # {custom_nodes folder name: [workflow names]}
+    expected = sorted(os.path.splitext(os.path.basename(p))[0] for p in WORKFLOWS)
+    assert sorted(templates.get(PACK_FOLDER, [])) == expected, templates
+    name = os.path.basename(WORKFLOWS[0])
+    workflow = server.get_json(f"/api/workflow_templates/{urllib.parse.quote(PACK_FOLDER)}/{name}")
+    with open(WORKFLOWS[0], encoding="utf-8") as f:
+        assert workflow == json.load(f)
+
+
+def test_web_extension_is_served(server):
+    scripts = server.get_json("/extensions")
+    path = f"/extensions/{PACK_FOLDER}/acestep.js"
+    assert path in scripts, scripts
+    # Served once: a `web` entry in pyproject's [tool.comfy] would serve it again under the project name.
+    assert [s for s in scripts if s.endswith("/acestep.js")] == [path], scripts
+    status, body = server.request("GET", urllib.parse.quote(path))
+    assert status == 200 and body, status
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+
+def _prompt(server, path: str) -> tuple[dict, dict]:
+    with open(path, encoding="utf-8") as f:
+        workflow = json.load(f)
+    info = server.object_info()
+    types = {n["type"] for n in workflow["nodes"] if n["type"] not in NOTE_TYPES}
+    unknown = types - set(info)
+    assert not unknown, f"{os.path.basename(path)}: node types the server does not know: {sorted(unknown)}"
+    return ui_to_api(workflow, {t: info[t] for t in types}), workflow
+
+
+def _queue(server, prompt: dict, workflow: dict) -> tuple[int, dict]:
+    body = {"prompt": prompt, "client_id": uuid.uuid4().hex, "extra_data": {"extra_pnginfo": {"workflow": workflow}}}
+    status, raw = server.request("POST", "/prompt", body)
+    try:
+        return status, json.loads(raw)
+    except json.JSONDecodeError:
+        return status, {"raw": raw.decode(errors="replace")}
+
+
+def _wait(server, prompt_id: str) -> dict:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < RUN_TIMEOUT:
+        history = server.get_json(f"/history/{prompt_id}")
+        entry = history.get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None and (
+                entry["status"].get("status_str") in ("success", "error")):
+            return entry
+        time.sleep(0.5)
+    pytest.fail(f"prompt {prompt_id} not done within {RUN_TIMEOUT:.0f} s\n{server.log_tail()}")
+
+
+def _audio_outputs(outputs: dict) -> list[dict]:
+    found = []
+    for node_outputs in outputs.values():
+        for entries in node_outputs.values():
+            if isinstance(entries, list):
+                found += [e for e in entries if isinstance(e, dict) and "filename" in e
+                          and e["filename"].lower().endswith(AUDIO_EXTENSIONS)]
+    return found
+
+
+def _download_and_check(server, item: dict, tmp_path) -> None:
+    """GET /view for one {filename, subfolder, type} output entry; the file must be non-empty, decodable audio."""
+    query = urllib.parse.urlencode({k: item.get(k, "") for k in ("filename", "subfolder", "type")})
+    code, data = server.request("GET", "/view?" + query, timeout=60)
+    assert code == 200 and data, f"GET /view?{query}: HTTP {code}, {len(data)} bytes"
+    _check_audio_file(data, item["filename"], tmp_path)
+
+
+def _check_audio_file(data: bytes, name: str, tmp_path) -> None:
+    ext = os.path.splitext(name)[1].lower()
+    magic = {".flac": (b"fLaC",), ".opus": (b"OggS",), ".ogg": (b"OggS",), ".wav": (b"RIFF",),
+             ".mp3": (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")}[ext]
+    assert data.startswith(magic), f"{name}: starts with {data[:8]!r}, not an {ext} file"
+    file = tmp_path / f"download{ext}"
+    file.write_bytes(data)
+    try:
+        from acestep_core.audio import load_audio
+    except ImportError:  # no PyAV/torch here: the header check above has to do
+        return
+    wav, rate = load_audio(str(file))
+    assert wav.shape[-1] > 0 and rate > 0, (name, tuple(wav.shape), rate)
+    import torch
+
+    assert torch.isfinite(wav).all(), name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
+def test_workflow_runs_on_the_server(server, path, tmp_path):
+    prompt, workflow = _prompt(server, path)
+    t0 = time.monotonic()
+    status, reply = _queue(server, prompt, workflow)
+    assert status == 200, f"POST /prompt: HTTP {status}: {json.dumps(reply, indent=1)[:4000]}"
+    assert not reply.get("node_errors"), reply["node_errors"]
+    entry = _wait(server, reply["prompt_id"])
+    seconds = time.monotonic() - t0
+    print(f"\n{os.path.basename(path)}: {entry['status']['status_str']} in {seconds:.1f} s")
+    errors = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", (
+        json.dumps(errors, indent=1)[:6000] + "\n" + server.log_tail())
+
+    audio = _audio_outputs(entry["outputs"])
+    assert audio, f"no audio in the outputs: {entry['outputs']}"
+    for item in audio:
+        _download_and_check(server, item, tmp_path)
+
+
+def _defaults(server, node_type: str, **inputs) -> dict:
+    """An API-prompt node with every widget at its /object_info default, then ``inputs`` on top."""
+    info = server.object_info()[node_type]
+    values = {}
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            opts = (spec[1] if len(spec) > 1 else {}) or {}
+            if "default" in opts:
+                values[name] = opts["default"]
+            elif isinstance(spec[0], list) and spec[0]:
+                values[name] = spec[0][0]
+    return {"class_type": node_type, "inputs": {**values, **inputs}}
+
+
+def test_encode_decode_and_preview_run_on_the_server(server, tmp_path):
+    """The nodes no workflow uses: VAE Encode (audio → latent) and Preview Audio (a temp file)."""
+    from tests.comfy_harness import SOURCE_FILE
+
+    prompt = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": SOURCE_FILE}},
+        "2": _defaults(server, PREFIX + "ModelLoader", model="diffusion_models/acestep_v1.5_turbo.safetensors"),
+        "3": _defaults(server, PREFIX + "VAEEncode", model=["2", 0], audio=["1", 0]),
+        "4": _defaults(server, PREFIX + "VAEDecode", model=["2", 0], latent=["3", 0]),
+        "5": _defaults(server, PREFIX + "PreviewAudio", audio=["4", 0]),
+    }
+    status, reply = _queue(server, prompt, {})
+    assert status == 200 and not reply.get("node_errors"), f"HTTP {status}: {json.dumps(reply, indent=1)[:4000]}"
+    entry = _wait(server, reply["prompt_id"])
+    errors = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", json.dumps(errors, indent=1)[:6000] + "\n" + server.log_tail()
+    audio = _audio_outputs(entry["outputs"])
+    assert [a["type"] for a in audio] == ["temp"], entry["outputs"]
+    _download_and_check(server, audio[0], tmp_path)
+
+
+def _rejected(server, node_type: str, name: str, value) -> tuple[str, list[dict]]:
+    """Queue the text2music workflow with one widget of one node changed; it must fail validation (HTTP 400).
+    Returns the node's id and its errors."""
+    prompt, workflow = _prompt(server, TEXT2MUSIC)
+    matches = [k for k, v in prompt.items() if v["class_type"] == node_type]
+    assert len(matches) == 1, matches
+    prompt[matches[0]]["inputs"][name] = value
+    status, reply = _queue(server, prompt, workflow)
+    assert status == 400, f"{node_type}.{name}={value!r} was accepted: HTTP {status}: {reply}"
+    node_errors = reply.get("node_errors", {})
+    assert matches[0] in node_errors, reply
+    return matches[0], node_errors[matches[0]]["errors"]
+
+
+def test_invalid_timesteps_are_rejected_at_validation(server):
+    _, errors = _rejected(server, PREFIX + "Sampler", "timesteps", "1, abc")
+    assert errors and all(e["type"] == "custom_validation_failed" for e in errors), errors
+    assert any("timesteps='1, abc' is not allowed" in e["details"] for e in errors), errors
+
+
+@pytest.mark.parametrize("node, name, value, error_type", [
+    ("Sampler", "steps", 999, "value_bigger_than_max"),
+    ("Sampler", "shift", -1.0, "value_smaller_than_min"),
+    ("Sampler", "guidance_method", "bogus", "value_not_in_list"),
+    ("EmptyLatent", "batch_size", 0, "value_smaller_than_min"),
+    ("TextEncode", "language", "xx", "value_not_in_list"),
+    ("TextEncode", "bpm", 5, "custom_validation_failed"),
+    ("SaveAudio", "format", "xyz", "custom_validation_failed"),
+])
+def test_bad_widget_values_are_rejected_at_validation(server, node, name, value, error_type):
+    """ComfyUI skips its own min/max/option checks for every input a node's validate_inputs names (and for all
+    inputs when it takes **kwargs): those the node names must be checked by the node, the others keep ComfyUI's."""
+    _, errors = _rejected(server, PREFIX + node, name, value)
+    assert {e["type"] for e in errors} == {error_type}, errors
+    if error_type == "custom_validation_failed":  # reported once per input the node's validate_inputs names
+        assert any(f"{name}=" in e["details"] for e in errors), errors
+    else:
+        assert [e["extra_info"]["input_name"] for e in errors] == [name], errors
