@@ -12,7 +12,9 @@ AUTO = "auto"
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 _HEADER_CACHE: dict[tuple[str, float], bool] = {}
 _LOADED: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
-MAX_CACHED_MODELS = 2  # e.g. a turbo and a base model in one graph; older ones are dropped
+# Reused when the loader runs again with the same choice (ComfyUI keeps node outputs between runs itself, so
+# this matters only after its cache dropped them); one at a time keeps RAM to one model's worth.
+MAX_CACHED_MODELS = 1
 
 
 def _is_acestep_dit_file(path: str) -> bool:
