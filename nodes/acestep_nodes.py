@@ -79,6 +79,18 @@ def _task_latent(req, seconds: float) -> io.NodeOutput:
     return io.NodeOutput({**_canvas(max(1, round(seconds * LATENT_RATE)), req.batch_size), LATENT_TASK_KEY: req})
 
 
+def _source_task_latent(audio: dict, task: str, added_seconds: float = 0.0, **fields) -> io.NodeOutput:
+    """A task on a source song: its first item becomes ``src_audio``; the canvas is the source length plus
+    ``added_seconds`` (extend)."""
+    wav, rate = _audio_item(audio, "audio")
+    req = _request(task=task, src_audio=wav, src_sample_rate=rate, **fields)
+    return _task_latent(req, _seconds(wav, rate) + added_seconds)
+
+
+def _batch_input() -> io.Int.Input:
+    return io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP)
+
+
 # ---------------------------------------------------------------------------------------------------- loader
 
 class ModelLoader(io.ComfyNode):
@@ -205,7 +217,7 @@ class EmptyLatent(io.ComfyNode):
                 io.Float.Input("duration", default=60.0, min=DURATION_MIN, max=DURATION_MAX, step=0.1,
                                tooltip=f"Song length in seconds ({DURATION_MIN}–{DURATION_MAX}); also written into "
                                        "the prompt's metadata. Quality is best up to about 4 minutes."),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+                _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -232,17 +244,15 @@ class CoverLatent(io.ComfyNode):
                 io.Float.Input("noise_strength", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="0 = start from pure noise. Higher values start from the source audio "
                                        "itself, partly noised (closer to the original sound)."),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+                _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1) -> io.NodeOutput:
-        wav, rate = _audio_item(audio, "audio")
-        req = _request(task="cover", src_audio=wav, src_sample_rate=rate, audio_cover_strength=cover_strength,
-                       cover_noise_strength=noise_strength, batch_size=batch_size)
-        return _task_latent(req, _seconds(wav, rate))
+        return _source_task_latent(audio, "cover", audio_cover_strength=cover_strength,
+                                   cover_noise_strength=noise_strength, batch_size=batch_size)
 
 
 class RepaintLatent(io.ComfyNode):
@@ -265,7 +275,7 @@ class RepaintLatent(io.ComfyNode):
                                        "edges; aggressive: no blending, the whole output is regenerated audio."),
                 io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="How far the window may move away from the original (balanced/conservative)."),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+                _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -284,11 +294,9 @@ class RepaintLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, start=0.0, end=-1.0, mode="balanced", strength=0.5, batch_size=1) -> io.NodeOutput:
-        wav, rate = _audio_item(audio, "audio")
-        req = _request(task="repaint", src_audio=wav, src_sample_rate=rate, repaint_start=float(start),
-                       repaint_end=None if end < 0 else float(end), repaint_mode=mode, repaint_strength=strength,
-                       batch_size=batch_size)
-        return _task_latent(req, _seconds(wav, rate))
+        return _source_task_latent(audio, "repaint", repaint_start=float(start),
+                                   repaint_end=None if end < 0 else float(end), repaint_mode=mode,
+                                   repaint_strength=strength, batch_size=batch_size)
 
 
 class ExtendLatent(io.ComfyNode):
@@ -310,7 +318,7 @@ class ExtendLatent(io.ComfyNode):
                                tooltip="Seconds of the existing song next to the join that may be regenerated too."),
                 io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
                                tooltip="How the join is blended (as in Repaint)."),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+                _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -318,16 +326,14 @@ class ExtendLatent(io.ComfyNode):
     @classmethod
     def execute(cls, audio, direction="after the end", seconds=30.0, overlap=0.0, mode="balanced",
                 batch_size=1) -> io.NodeOutput:
-        wav, rate = _audio_item(audio, "audio")
-        length = _seconds(wav, rate)
+        length = _seconds(*_audio_item(audio, "audio"))
         overlap = min(overlap, length)
         if direction == "after the end":
             start, end = length - overlap, length + seconds
         else:
             start, end = -seconds, overlap
-        req = _request(task="extend", src_audio=wav, src_sample_rate=rate, repaint_start=start, repaint_end=end,
-                       repaint_mode=mode, batch_size=batch_size)
-        return _task_latent(req, length + seconds)
+        return _source_task_latent(audio, "extend", added_seconds=seconds, repaint_start=start, repaint_end=end,
+                                   repaint_mode=mode, batch_size=batch_size)
 
 
 class StemLatent(io.ComfyNode):
@@ -350,7 +356,7 @@ class StemLatent(io.ComfyNode):
                                tooltip="The track to extract or to add (lego); the first track for complete."),
                 io.String.Input("more_tracks", default="",
                                 tooltip="complete only: further track names, comma-separated (e.g. 'drums, bass')."),
-                io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP),
+                _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -381,10 +387,7 @@ class StemLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, task="extract", track="vocals", more_tracks="", batch_size=1) -> io.NodeOutput:
-        wav, rate = _audio_item(audio, "audio")
-        req = _request(task=task, src_audio=wav, src_sample_rate=rate, tracks=cls._tracks(task, track, more_tracks),
-                       batch_size=batch_size)
-        return _task_latent(req, _seconds(wav, rate))
+        return _source_task_latent(audio, task, tracks=cls._tracks(task, track, more_tracks), batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
