@@ -17,12 +17,17 @@ app.registerExtension({
       let widget = this.widgets?.find((w) => w.name === INFO);
       if (!widget) {
         widget = ComfyWidgets["STRING"](this, INFO, ["STRING", { multiline: true }], app).widget;
-        widget.inputEl.readOnly = true;
-        widget.inputEl.style.opacity = 0.8;
+        const el = widget.element ?? widget.inputEl;
+        if (el) {
+          el.readOnly = true;
+          el.style.opacity = 0.8;
+        }
         widget.serialize = false; // display only: never saved into the workflow's widgets_values
       }
       widget.value = Array.isArray(text) ? text.join("\n") : String(text);
-      this.setSize?.(this.computeSize());
+      // Grow to fit the new widget, never narrower than the user (or the workflow) made the node.
+      const [w, h] = this.computeSize?.() ?? [0, 0];
+      this.setSize?.([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
       app.graph?.setDirtyCanvas(true, true);
     };
   },
