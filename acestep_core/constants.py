@@ -55,6 +55,8 @@ TRACK_NAMES = (
     "woodwinds", "brass", "fx", "synth", "strings", "percussion",
     "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
 )
+REPAINT_MODES = ("balanced", "conservative", "aggressive")  # how a repainted window meets the kept audio
+MAX_BATCH_SIZE = 8  # songs per generation
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metadata vocabularies and ranges

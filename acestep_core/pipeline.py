@@ -23,7 +23,7 @@ from . import sampling
 from .audio import postprocess, prepare_audio, reference_segments, repaint_splice
 from .checkpoint import AceStepCheckpoint, load_checkpoint
 from .constants import (
-    DURATION_MAX, DURATION_MIN, SAMPLE_RATE, TASK_INSTRUCTIONS, VARIANT_DEFAULTS,
+    DURATION_MAX, DURATION_MIN, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLE_RATE, TASK_INSTRUCTIONS, VARIANT_DEFAULTS,
 )
 from .silence import silence_slice
 from .text_encoder import (
@@ -38,7 +38,6 @@ MIN_LATENT_FRAMES = 128  # the original never generates fewer than 128 frames (5
 REFERENCE_SECONDS = 30  # 750 latent frames; the silence slice of that length stands in when there is none
 DEFAULT_DURATION = 120.0  # the original's fallback when no duration is given
 MAX_CODES = 64000
-REPAINT_MODES = ("balanced", "conservative", "aggressive")
 CHUNK_MASK_MODES = ("explicit", "auto")
 _AUDIO_CODE = re.compile(r"<\|audio_code_(\d+)\|>")
 
@@ -122,8 +121,8 @@ def check_request(req: GenerationRequest) -> GenerationRequest:
     check_keyscale(req.keyscale)
     check_time_signature(req.timesignature)
     check_bpm(req.bpm)
-    if not 1 <= req.batch_size <= 8:
-        raise _fail("batch_size", req.batch_size, "1 to 8")
+    if not 1 <= req.batch_size <= MAX_BATCH_SIZE:
+        raise _fail("batch_size", req.batch_size, f"1 to {MAX_BATCH_SIZE}")
     for name in ("src", "ref"):
         audio, rate = getattr(req, f"{name}_audio"), getattr(req, f"{name}_sample_rate")
         if audio is not None and (rate is None or rate <= 0):
@@ -429,17 +428,19 @@ class AceStepPipeline:
         metadata = {"task": req.task, "variant": self.ckpt.variant, "steps": num_steps, "shift": req.shift,
                     "guidance": req.guidance if use_cfg else 1.0, "seeds": seeds, "instruction": instruction,
                     "metas": metas, "frames": t_len}
-        audio = self.render(latents, req, validated=True) if req.decode else None
+        audio = self.render(latents, req, validated=True, source=(wav, window)) if req.decode else None
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata)
 
-    def render(self, latents: torch.Tensor, req: GenerationRequest, validated: bool = False) -> torch.Tensor:
+    def render(self, latents: torch.Tensor, req: GenerationRequest, validated: bool = False,
+               source: tuple | None = None) -> torch.Tensor:
         """Final latents [B, T, 64] of ``req`` → float32 audio [B, 2, S]: tiled VAE decode, anti-clip, for
         repaint/extend (balanced, conservative) the untouched source spliced back outside the window with
-        sample-exact edges as the original does, then normalisation unless switched off."""
+        sample-exact edges as the original does, then normalisation unless switched off. ``source``: the
+        (waveform, window) pair the generation already prepared, instead of preparing it again."""
         req = req if validated else self.validate(req)
         audio = self.decode(latents, req, normalize=False)  # anti-clipped only
         if req.task in ("repaint", "extend") and req.audio_codes is None and req.repaint_mode != "aggressive":
-            wav, window = self._source(req)
+            wav, window = source if source is not None else self._source(req)
             _, _, wav_crossfade = sampling.repaint_settings(req.repaint_mode, req.repaint_strength)
             start_s, end_s = int(window[0] * self.sample_rate), int(window[1] * self.sample_rate)
             original = torch.nn.functional.pad(wav, (0, max(0, audio.shape[-1] - wav.shape[-1])))[:, : audio.shape[-1]]

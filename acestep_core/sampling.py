@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .constants import REPAINT_MODES
+
 # The turbo checkpoints are distilled on these fixed 8-step schedules (t = s·u/(1+(s−1)u), u = 1 − i/8, the final
 # t = 0 left out: the last step jumps straight to x0). Values are the original's Python floats.
 TURBO_TABLES: dict[float, list[float]] = {
@@ -34,7 +36,6 @@ APG_MOMENTUM = -0.75
 APG_NORM_THRESHOLD = 2.5
 ADG_ANGLE_CLIP = 3.14 / 6  # the original's "pi/6"
 
-REPAINT_MODES = ("aggressive", "balanced", "conservative")
 
 
 class GenerationCancelled(Exception):

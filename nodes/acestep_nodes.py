@@ -16,9 +16,10 @@ from dataclasses import replace
 import torch
 from comfy_api.latest import io
 
+from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DURATION_MAX, DURATION_MIN, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, TIME_SIGNATURES,
-    TRACK_NAMES, VALID_LANGUAGES,
+    BPM_MAX, BPM_MIN, DURATION_MAX, DURATION_MIN, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE,
+    REPAINT_MODES, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES,
 )
 from . import comfy_adapter as host
 from . import models
@@ -27,19 +28,17 @@ CATEGORY = "audio/ACE-Step 1.5"
 PREFIX = "AceStep15_"
 LATENT_TASK_KEY = "acestep_request"  # GenerationRequest carried inside a LATENT dict
 LATENT_CHANNELS = 64  # ACE-Step 1.5 VAE latent channels (canvas of the init-latent nodes)
-MAX_BATCH = 8
 AUTO = "auto"
 KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
 TIME_SIGNATURE_CHOICES = (AUTO,) + TIME_SIGNATURES
-REPAINT_MODES = ("balanced", "conservative", "aggressive")
-SAVE_FORMATS = ("flac", "mp3", "opus", "wav")
+SAVE_FORMATS = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
 SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "192k", "256k", "320k")
 
 AceStepModel = io.Custom("ACESTEP_MODEL")
 AceStepText = io.Custom("ACESTEP_TEXT")
 
 _MODEL_TIP = "The ACE-Step 1.5 model from the ACE-Step 1.5 Model Loader."
-_BATCH_TIP = f"How many songs to generate at once (1–{MAX_BATCH}); each gets its own seed (seed, seed+1, …)."
+_BATCH_TIP = f"How many songs to generate at once (1–{MAX_BATCH_SIZE}); each gets its own seed (seed, seed+1, …)."
 
 
 def _request(**fields):
@@ -53,6 +52,11 @@ def _check(req):
     from ..acestep_core.pipeline import check_request
 
     return check_request(req)
+
+
+def _latent(latents: torch.Tensor) -> dict:
+    """Core latents [B, T, C] → ComfyUI's audio LATENT ({"samples": [B, C, T] on the CPU, "type": "audio"})."""
+    return {"samples": latents.transpose(1, 2).contiguous().cpu(), "type": "audio"}
 
 
 def _canvas(frames: int, batch: int) -> dict:
@@ -88,7 +92,7 @@ def _source_task_latent(audio: dict, task: str, added_seconds: float = 0.0, **fi
 
 
 def _batch_input() -> io.Int.Input:
-    return io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH, tooltip=_BATCH_TIP)
+    return io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH_SIZE, tooltip=_BATCH_TIP)
 
 
 # ---------------------------------------------------------------------------------------------------- loader
@@ -481,10 +485,10 @@ class Sampler(io.ComfyNode):
         task = latent.get(LATENT_TASK_KEY)
         if task is None:  # a plain audio LATENT: text to music of its length
             task = GenerationRequest(task="text2music", duration=round(frames / LATENT_RATE, 2), batch_size=batch)
-        if batch > MAX_BATCH:
-            raise ValueError(f"latent: batch of {batch} is not allowed: at most {MAX_BATCH} songs per run")
+        if batch > MAX_BATCH_SIZE:
+            raise ValueError(f"latent: batch of {batch} is not allowed: at most {MAX_BATCH_SIZE} songs per run")
         req = replace(
-            task, **{k: v for k, v in conditioning.items()}, seed=int(seed), batch_size=batch,
+            task, **conditioning, seed=int(seed), batch_size=batch,
             steps=steps or None, shift=shift or None, guidance=guidance or None, use_adg=guidance_method == "adg",
             apg_momentum=apg_momentum, apg_norm_threshold=apg_norm_threshold, cfg_interval_start=cfg_interval_start,
             cfg_interval_end=cfg_interval_end, velocity_norm_threshold=velocity_norm_threshold,
@@ -496,8 +500,7 @@ class Sampler(io.ComfyNode):
         meta = result.metadata
         summary = (f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
                    f"guidance {meta['guidance']} · seeds {', '.join(map(str, result.seeds))}")
-        out = {"samples": result.latents.transpose(1, 2).contiguous().cpu(), "type": "audio",
-               LATENT_TASK_KEY: replace(req, seed=result.seeds)}
+        out = {**_latent(result.latents), LATENT_TASK_KEY: replace(req, seed=result.seeds)}
         return io.NodeOutput(out, ui={"text": [summary]})
 
 
@@ -566,15 +569,13 @@ class VAEEncode(io.ComfyNode):
         if not isinstance(audio, dict) or "waveform" not in audio:
             raise ValueError("audio: expected an AUDIO value ({'waveform': [B, C, S], 'sample_rate': int})")
         latents = model.pipeline.encode(audio["waveform"].float().cpu(), int(audio["sample_rate"]))
-        return io.NodeOutput({"samples": latents.transpose(1, 2).contiguous().cpu(), "type": "audio"})
+        return io.NodeOutput(_latent(latents))
 
 
 # ---------------------------------------------------------------------------------------------------- save
 
 def _write_audio(cls, audio: dict, prefix: str, directory: str, folder_type: str, fmt: str, quality: str) -> list:
     """One file per batch item named like ComfyUI's savers, prompt/workflow embedded; returns the UI entries."""
-    from ..acestep_core.audio import check_save_options, save_audio
-
     if fmt not in SAVE_FORMATS:
         raise ValueError(f"format={fmt!r} is not allowed: one of {', '.join(SAVE_FORMATS)}")
     quality = None if quality in (None, "", "default") else quality
@@ -625,8 +626,6 @@ class SaveAudio(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, format=None, quality=None) -> bool | str:
         # Only the inputs named here skip ComfyUI's own checks (a **kwargs signature would skip them all).
-        from ..acestep_core.audio import check_save_options
-
         if format is None or quality is None:
             return True
         if format not in SAVE_FORMATS:

@@ -63,7 +63,7 @@ def model_choices() -> list[str]:
             path = host.full_path(kind, name)
             if path and _is_acestep_dit_file(path):
                 choices.append(f"{kind}/{name}")
-    return sorted(set(choices), key=choices.index)
+    return list(dict.fromkeys(choices))
 
 
 def component_choices(kind: str) -> list[str]:

@@ -49,6 +49,11 @@ def load_audio(key, name):
     return (key, "LoadAudio", {"audio": name}, {})
 
 
+def stems(task, track, more_tracks=""):
+    return ("latent", P + "StemLatent", {"task": task, "track": track, "more_tracks": more_tracks, "batch_size": 1},
+            {"audio": ("src", 0)})
+
+
 def sampler(cond="text", latent="latent", **w):
     widgets = {"seed": 42, "steps": 0, "shift": 0.0, "guidance": 0.0, "guidance_method": "apg",
                "apg_momentum": -0.75, "apg_norm_threshold": 2.5, "cfg_interval_start": 0.0,
@@ -126,8 +131,7 @@ WORKFLOWS = {
         f"Load the song ({SOURCE} is a placeholder) and pick the track. The caption can describe the track.\n\n"
         + MODELS_NOTE,
         [loader(BASE), text(caption="clean lead vocals", lyrics=LYRICS), load_audio("src", SOURCE),
-         ("latent", P + "StemLatent", {"task": "extract", "track": "vocals", "more_tracks": "", "batch_size": 1},
-          {"audio": ("src", 0)}),
+         stems("extract", "vocals"),
          sampler(), decode(), save("audio/ACE-Step_extract")]),
     "acestep15_lego": (
         "Lego: add one new track (here drums) to an existing song or stem, in time with it. Base model "
@@ -136,8 +140,7 @@ WORKFLOWS = {
         + MODELS_NOTE,
         [loader(BASE), text(caption="tight funk drums, crisp snare, groovy hi-hats", lyrics="[Instrumental]"),
          load_audio("src", SOURCE),
-         ("latent", P + "StemLatent", {"task": "lego", "track": "drums", "more_tracks": "", "batch_size": 1},
-          {"audio": ("src", 0)}),
+         stems("lego", "drums"),
          sampler(), decode(), save("audio/ACE-Step_lego")]),
     "acestep15_complete": (
         "Complete: build a full arrangement around a single track (e.g. a vocal or a guitar idea) from the listed "
@@ -146,8 +149,7 @@ WORKFLOWS = {
         "names: woodwinds, brass, fx, synth, strings, percussion, keyboard, guitar, bass, drums, backing_vocals, "
         "vocals).\n\n" + MODELS_NOTE,
         [loader(BASE), text(caption="warm indie rock band arrangement"), load_audio("src", SOURCE),
-         ("latent", P + "StemLatent", {"task": "complete", "track": "drums", "more_tracks": "bass, guitar, keyboard",
-                                       "batch_size": 1}, {"audio": ("src", 0)}),
+         stems("complete", "drums", "bass, guitar, keyboard"),
          sampler(), decode(), save("audio/ACE-Step_complete")]),
     "acestep15_native_audio_chain": (
         "Chaining with ComfyUI's own audio nodes: native Load Audio → ACE-Step 1.5 Cover → native Save Audio.\n\n"
