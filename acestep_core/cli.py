@@ -304,7 +304,7 @@ def write_outputs(result, paths: list[str], kwargs: dict, checkpoint: str, quali
 def _precheck(args) -> None:
     """Cheap checks of the metadata fields before the (slow) model load; the pipeline's validate() has the
     final word after it."""
-    from .text_encoder import (
+    from .request import (
         check_bpm,
         check_duration,
         check_keyscale,

@@ -21,16 +21,15 @@ import torch
 
 from . import sampling
 from .audio import postprocess, prepare_audio, reference_segments, repaint_splice
-from .checkpoint import AceStepCheckpoint, load_checkpoint
 from .constants import (
     DURATION_MAX, DURATION_MIN, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLE_RATE, TASK_INSTRUCTIONS, VARIANT_DEFAULTS,
 )
-from .silence import silence_slice
-from .text_encoder import (
-    check_bpm, check_keyscale, check_language, check_time_signature, check_track_name, encode_text_inputs,
-    format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction,
-)
-from .vae import tiled_decode, tiled_encode
+from .loading.checkpoint import AceStepCheckpoint, load_checkpoint
+from .loading.silence import silence_slice
+from .models.text_encoder import encode_text_inputs
+from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
+from .request import check_bpm, check_keyscale, check_language, check_time_signature, check_track_name
+from .models.vae import tiled_decode, tiled_encode
 
 TASKS = ("text2music", "cover", "repaint", "extend", "extract", "lego", "complete")
 TASKS_WITH_SOURCE = ("cover", "repaint", "extend", "extract", "lego", "complete")

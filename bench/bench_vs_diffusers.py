@@ -220,7 +220,7 @@ def _skip_init():
 
 
 def _config_json(smoke: bool) -> dict:
-    from acestep_core.config import AceStepConfig
+    from acestep_core.models.config import AceStepConfig
 
     cfg = dataclasses.asdict(AceStepConfig(**(SMOKE_DIT if smoke else {})))
     cfg.update(architectures=["AceStepConditionGenerationModel"], model_type="acestep", is_turbo=True,
@@ -236,8 +236,8 @@ def write_weights(root: str, smoke: bool) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from acestep_core.config import AceStepConfig
-    from acestep_core.model import AceStepModel, to_checkpoint_keys
+    from acestep_core.models.config import AceStepConfig
+    from acestep_core.models.model import AceStepModel, to_checkpoint_keys
     from tests.fixtures import _copy_tokenizer_files
 
     t0 = time.perf_counter()
@@ -317,7 +317,7 @@ def write_weights(root: str, smoke: bool) -> dict:
 
 
 def _read(path: str, dtype, select=None) -> dict:
-    from acestep_core.weights import read_safetensors
+    from acestep_core.loading.weights import read_safetensors
 
     return read_safetensors(path, dtype, "cpu", select=select)
 
@@ -458,7 +458,7 @@ def run_child(job: dict) -> dict:
 
     if row in ("dit_step", "condition"):
         if impl == "ours":
-            from acestep_core.checkpoint import load_dit
+            from acestep_core.loading.checkpoint import load_dit
 
             model = load_dit(os.path.join(root, DIT_DIR), dtype, "cpu").model
         else:
@@ -502,8 +502,8 @@ def run_child(job: dict) -> dict:
     elif row in ("vae_decode_tiled", "vae_decode_untiled"):
         tiled = row.endswith("_tiled")
         if impl == "ours":
-            from acestep_core.checkpoint import load_vae
-            from acestep_core.vae import tiled_decode
+            from acestep_core.loading.checkpoint import load_vae
+            from acestep_core.models.vae import tiled_decode
 
             vae = load_vae(os.path.join(root, "vae"), dtype, "cpu")
             call = ((lambda z: tiled_decode(vae, z, chunk_size=512, overlap=64)) if tiled

@@ -19,7 +19,7 @@ MAX_CACHED_MODELS = 1
 
 def _is_acestep_dit_file(path: str) -> bool:
     """True for a Comfy-Org diffusion-model or all-in-one file holding the ACE-Step 1.5 DiT (header read only)."""
-    from ..acestep_core.weights import safetensors_keys
+    from ..acestep_core.loading.weights import safetensors_keys
 
     try:
         key = (path, os.path.getmtime(path))
@@ -110,7 +110,7 @@ class LoadedModel:
 
 def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str = AUTO) -> LoadedModel:
     """Load (or reuse) the model picked in the loader."""
-    from ..acestep_core.checkpoint import load_checkpoint
+    from ..acestep_core.loading.checkpoint import load_checkpoint
     from ..acestep_core.pipeline import AceStepPipeline
 
     if dtype not in DTYPES:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from acestep_core.checkpoint import detect_variant, load_checkpoint, load_dit, resolve_paths
-from acestep_core.silence import silence_latent_for_vae, silence_slice
-from acestep_core.weights import CheckpointError
+from acestep_core.loading.checkpoint import detect_variant, load_checkpoint, load_dit, resolve_paths
+from acestep_core.loading.silence import silence_latent_for_vae, silence_slice
+from acestep_core.errors import CheckpointError
 from tests.fixtures import build_tensors, write_comfy_layout, write_hf_layout
 
 
@@ -93,7 +93,7 @@ def test_derived_silence_latent_is_cached_on_disk(loaded, tmp_path, monkeypatch)
     first = silence_latent_for_vae(vae, frames=37)
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].startswith("silence_latent-")
-    import acestep_core.silence as silence_module
+    import acestep_core.loading.silence as silence_module
 
     silence_module._memory_cache.clear()
     again = silence_latent_for_vae(vae, frames=37)  # read back from disk

@@ -203,7 +203,7 @@ def test_allow_download_without_hub_or_network(fake, capsys, monkeypatch, tmp_pa
 
 
 def test_checkpoint_error_is_one_line(fake, capsys, monkeypatch):
-    from acestep_core.weights import CheckpointError
+    from acestep_core.errors import CheckpointError
 
     def broken(path, dtype="auto", device=None):
         raise CheckpointError(f"{path}: no acestep-v15-* model folder inside")

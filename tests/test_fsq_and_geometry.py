@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acestep_core.audio_tokens import FSQ
-from acestep_core.config import AceStepConfig
-from acestep_core.model import AceStepModel
+from acestep_core.models.audio_tokens import FSQ
+from acestep_core.models.config import AceStepConfig
+from acestep_core.models.model import AceStepModel
 
 
 def _original_quantizer(dim=32, levels=(8, 8, 8, 5, 5, 5)):
@@ -89,7 +89,7 @@ def test_parameter_counts_at_full_geometry(config, expected):
 @pytest.mark.parametrize("xl", [False, True], ids=["2B", "XL"])
 def test_geometry_inferred_from_full_size_shapes(xl):
     """Comfy-Org files carry no config: the geometry read off the tensor shapes must be the published one."""
-    from acestep_core.model import to_checkpoint_keys
+    from acestep_core.models.model import to_checkpoint_keys
 
     published = AceStepConfig(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
                               encoder_hidden_size=2048, encoder_intermediate_size=6144,
@@ -105,7 +105,7 @@ def test_geometry_inferred_from_full_size_shapes(xl):
 
 def test_rope_frequencies_are_rounded_like_a_bf16_model():
     """model.to(bf16) rounds the original's inv_freq buffer; a bf16 load must see the same angles."""
-    from acestep_core.layers import Rotary
+    from acestep_core.models.layers import Rotary
 
     rope = Rotary(128, 1_000_000.0)
     exact = rope.inv_freq("cpu")

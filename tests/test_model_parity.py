@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acestep_core.config import AceStepConfig
-from acestep_core.model import AceStepModel
+from acestep_core.models.config import AceStepConfig
+from acestep_core.models.model import AceStepModel
 from tests.diffusers_ref import build_diffusers
 from tests.tiny import random_dit_checkpoint, tiny_config_json
 

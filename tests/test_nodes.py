@@ -74,7 +74,7 @@ def test_importing_the_pack_loads_no_model_and_touches_no_gpu(comfy):
         "h.node_classes()\n"
         "import torch\n"
         "heavy = [m for m in sys.modules if m.startswith(('transformers', 'acestep15_pack.acestep_core.pipeline',"
-        " 'acestep15_pack.acestep_core.dit', 'acestep15_pack.acestep_core.vae'))]\n"
+        " 'acestep15_pack.acestep_core.models.dit', 'acestep15_pack.acestep_core.models.vae'))]\n"
         "assert not heavy, heavy\n"
         "assert not torch.cuda.is_initialized()\n"
         "print('ok')\n"

@@ -15,7 +15,7 @@ import torch
 
 from acestep_core import pipeline as pipeline_module
 from acestep_core.pipeline import AceStepPipeline, GenerationRequest
-from acestep_core.silence import silence_slice
+from acestep_core.loading.silence import silence_slice
 from tests.diffusers_ref import build_diffusers
 from tests.fixtures import TINY_QWEN3_CONFIG, TINY_VAE_CONFIG, build_tensors, write_hf_layout
 

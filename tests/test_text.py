@@ -14,9 +14,16 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 
 from acestep_core import constants as C
-from acestep_core.text_encoder import (
-    BUNDLED_TOKENIZER,
-    TextEncoder,
+from acestep_core.loading.text import BUNDLED_TOKENIZER, load_text_encoder, load_tokenizer, strip_text_encoder_prefix
+from acestep_core.models.text_encoder import TextEncoder, encode_text_inputs, infer_qwen3_config
+from acestep_core.prompts import (
+    extract_caption,
+    format_caption_prompt,
+    format_lyrics_prompt,
+    format_metas,
+    task_instruction,
+)
+from acestep_core.request import (
     check_bpm,
     check_duration,
     check_keyscale,
@@ -24,18 +31,8 @@ from acestep_core.text_encoder import (
     check_task,
     check_time_signature,
     check_track_name,
-    encode_text_inputs,
-    extract_caption,
-    format_caption_prompt,
-    format_lyrics_prompt,
-    format_metas,
-    infer_qwen3_config,
-    load_text_encoder,
-    load_tokenizer,
-    strip_text_encoder_prefix,
-    task_instruction,
 )
-from acestep_core.weights import CheckpointError
+from acestep_core.errors import CheckpointError
 
 EOT = 151643
 

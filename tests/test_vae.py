@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import AutoencoderOobleck
 
-from acestep_core.vae import (
+from acestep_core.models.vae import (
     OobleckVAE,
     VaeConfig,
     derive_silence_latent,
@@ -14,7 +14,7 @@ from acestep_core.vae import (
     tiled_encode,
     vae_state_dict,
 )
-from acestep_core.weights import CheckpointError
+from acestep_core.errors import CheckpointError
 from tests.fixtures import to_parametrizations, to_stable_audio_names
 
 CFG = VaeConfig(

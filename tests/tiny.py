@@ -10,8 +10,8 @@ import hashlib
 
 import torch
 
-from acestep_core.config import AceStepConfig
-from acestep_core.model import AceStepModel, to_checkpoint_keys
+from acestep_core.models.config import AceStepConfig
+from acestep_core.models.model import AceStepModel, to_checkpoint_keys
 
 
 def tiny_config_json(xl: bool = False, variant: str = "turbo") -> dict:

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .constants import LATENT_RATE
-from .weights import CheckpointError, assign_state_dict
+from ..constants import LATENT_RATE
+from ..errors import CheckpointError
+from ..loading.weights import assign_state_dict
 
 
 @dataclass(frozen=True)

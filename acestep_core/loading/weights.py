@@ -15,9 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file or folder cannot be used; the message names the file and what is wrong."""
+from ..errors import CheckpointError
 
 
 def _open(path: str):

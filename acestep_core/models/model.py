@@ -10,7 +10,7 @@ from .condition import ConditionEncoder
 from .config import AceStepConfig
 from .dit import DiT
 from .layers import Rotary
-from .weights import assign_state_dict
+from ..loading.weights import assign_state_dict
 
 # The original wraps the DiT's patch convolutions in Sequential(transpose, conv, transpose).
 _CHECKPOINT_RENAMES = {"decoder.proj_in.1.": "decoder.proj_in.", "decoder.proj_out.1.": "decoder.proj_out."}

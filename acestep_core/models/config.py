@@ -10,7 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from .weights import CheckpointError
+from ..errors import CheckpointError
 
 
 def alternating_layer_types(n: int) -> list[str]:

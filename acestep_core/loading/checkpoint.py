@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import AceStepConfig
-from .constants import VARIANT_DEFAULTS
-from .model import AceStepModel
+from ..constants import VARIANT_DEFAULTS
+from ..errors import CheckpointError
+from ..models.config import AceStepConfig
+from ..models.model import AceStepModel
+from ..models.text_encoder import TextEncoder
+from ..models.vae import OobleckVAE, VaeConfig
 from .silence import load_silence_latent_file, silence_latent_for_vae
-from .text_encoder import TextEncoder, load_text_encoder, load_tokenizer
-from .vae import OobleckVAE, VaeConfig
-from .weights import CheckpointError, read_safetensors, safetensors_keys, sharded_files
+from .text import load_text_encoder, load_tokenizer
+from .weights import read_safetensors, safetensors_keys, sharded_files
 
 DIT_PREFIX = "model.diffusion_model."
 AIO_VAE_PREFIX = "vae."

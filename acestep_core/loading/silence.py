@@ -12,8 +12,8 @@ import os
 
 import torch
 
-from .vae import OobleckVAE, derive_silence_latent
-from .weights import CheckpointError
+from ..models.vae import OobleckVAE, derive_silence_latent
+from ..errors import CheckpointError
 
 SILENCE_FRAMES = 15000  # the shipped file's length: 600 s at 25 Hz
 _memory_cache: dict[str, torch.Tensor] = {}
