@@ -238,7 +238,7 @@ def write_weights(root: str, smoke: bool) -> dict:
 
     from acestep_core.models.config import AceStepConfig
     from acestep_core.models.model import AceStepModel, to_checkpoint_keys
-    from tests.fixtures import _copy_tokenizer_files
+    from devtools.fixtures import _copy_tokenizer_files
 
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(1234)
@@ -329,10 +329,10 @@ def _assign(module, state: dict, dtype):
 
 def load_diffusers_dit(root: str, dtype) -> dict:
     """transformer, condition_encoder, audio_tokenizer, audio_token_detokenizer from our DiT file, mapped to
-    diffusers keys with the converter's renaming (tests/diffusers_ref.py)."""
+    diffusers keys with the converter's renaming (devtools/diffusers_ref.py)."""
     import torch
 
-    from tests.diffusers_ref import diffusers_modules, split_for_diffusers
+    from devtools.diffusers_ref import diffusers_modules, split_for_diffusers
 
     with open(os.path.join(root, DIT_DIR, "config.json")) as f:
         c = json.load(f)

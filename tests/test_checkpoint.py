@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from acestep_core.loading.checkpoint import detect_variant, load_checkpoint, load_dit, resolve_paths
 from acestep_core.loading.silence import silence_latent_for_vae, silence_slice
 from acestep_core.errors import CheckpointError
-from tests.fixtures import build_tensors, write_comfy_layout, write_hf_layout
+from devtools.fixtures import build_tensors, write_comfy_layout, write_hf_layout
 
 
 @pytest.fixture(scope="module")

@@ -337,7 +337,7 @@ def test_real_round_trip_on_a_tiny_checkpoint(tmp_path, capsys, monkeypatch):
     """No fake: the CLI loads a tiny official-layout checkpoint, generates, writes audio and latents."""
     from safetensors.torch import load_file
 
-    from tests.fixtures import build_tensors, write_hf_layout
+    from devtools.fixtures import build_tensors, write_hf_layout
 
     monkeypatch.setenv("ACESTEP_CACHE_DIR", str(tmp_path / "cache"))
     root = write_hf_layout(str(tmp_path / "models"), build_tensors("turbo", seed=0), "turbo")
@@ -368,7 +368,7 @@ def test_real_round_trip_on_a_tiny_checkpoint(tmp_path, capsys, monkeypatch):
     (["--task", "complete", "--track", "bass", "--track", "drums"], 10),
 ])
 def test_every_audio_task_through_the_cli(tmp_path, capsys, monkeypatch, task_args, seconds):
-    from tests.fixtures import build_tensors, write_hf_layout
+    from devtools.fixtures import build_tensors, write_hf_layout
 
     monkeypatch.setenv("ACESTEP_CACHE_DIR", str(tmp_path / "cache"))
     root = write_hf_layout(str(tmp_path / "models"), build_tensors("turbo", seed=0), "turbo")

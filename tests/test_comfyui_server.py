@@ -28,7 +28,7 @@ import uuid
 
 import pytest
 
-from tests.comfy_harness import NOTE_TYPES, ROOT, ui_to_api
+from devtools.comfy_harness import NOTE_TYPES, ROOT, ui_to_api
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 pytestmark = pytest.mark.skipif(
@@ -102,7 +102,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.comfy_harness import make_comfy_tree
+    from devtools.comfy_harness import make_comfy_tree
 
     base = str(tmp_path_factory.mktemp("comfyui_base"))
     t_tree = time.monotonic()
@@ -307,7 +307,7 @@ def _defaults(server, node_type: str, **inputs) -> dict:
 
 def test_encode_decode_and_preview_run_on_the_server(server, tmp_path):
     """The nodes no workflow uses: VAE Encode (audio → latent) and Preview Audio (a temp file)."""
-    from tests.comfy_harness import SOURCE_FILE
+    from devtools.comfy_harness import SOURCE_FILE
 
     prompt = {
         "1": {"class_type": "LoadAudio", "inputs": {"audio": SOURCE_FILE}},

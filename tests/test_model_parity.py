@@ -10,8 +10,8 @@ import torch
 
 from acestep_core.models.config import AceStepConfig
 from acestep_core.models.model import AceStepModel
-from tests.diffusers_ref import build_diffusers
-from tests.tiny import random_dit_checkpoint, tiny_config_json
+from devtools.diffusers_ref import build_diffusers
+from devtools.tiny import random_dit_checkpoint, tiny_config_json
 
 REL = 1e-5
 

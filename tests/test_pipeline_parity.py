@@ -16,8 +16,8 @@ import torch
 from acestep_core import pipeline as pipeline_module
 from acestep_core.pipeline import AceStepPipeline, GenerationRequest
 from acestep_core.loading.silence import silence_slice
-from tests.diffusers_ref import build_diffusers
-from tests.fixtures import TINY_QWEN3_CONFIG, TINY_VAE_CONFIG, build_tensors, write_hf_layout
+from devtools.diffusers_ref import build_diffusers
+from devtools.fixtures import TINY_QWEN3_CONFIG, TINY_VAE_CONFIG, build_tensors, write_hf_layout
 
 REL = 1e-4
 CAPTION = "A beautiful piano piece"

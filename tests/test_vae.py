@@ -15,7 +15,7 @@ from acestep_core.models.vae import (
     vae_state_dict,
 )
 from acestep_core.errors import CheckpointError
-from tests.fixtures import to_parametrizations, to_stable_audio_names
+from devtools.fixtures import to_parametrizations, to_stable_audio_names
 
 CFG = VaeConfig(
     audio_channels=2,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from acestep_core.audio import load_audio, save_audio
-from tests.comfy_harness import (
+from devtools.comfy_harness import (
     CORE_WIDGETS, NOTE_TYPES, ROOT, run_node, topological_order, ui_to_api, widget_names,
 )
 

@@ -158,7 +158,7 @@ def make_comfy_tree(base: str) -> dict:
     split turbo files and all-in-one file, and the official folders for turbo, base and SFT; plus the
     placeholder input audio. Returns the folders."""
     from acestep_core.audio import save_audio
-    from tests.fixtures import build_tensors, write_comfy_layout, write_hf_layout
+    from devtools.fixtures import build_tensors, write_comfy_layout, write_hf_layout
 
     dirs = {name: os.path.join(base, name) for name in ("models", "input", "output", "temp")}
     for d in dirs.values():

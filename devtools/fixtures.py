@@ -20,7 +20,7 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from tests.tiny import _generator, random_dit_checkpoint, random_tensor, tiny_config_json
+from devtools.tiny import _generator, random_dit_checkpoint, random_tensor, tiny_config_json
 
 TINY_VAE_CONFIG = {
     "_class_name": "AutoencoderOobleck",
