@@ -18,9 +18,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-SAMPLE_RATE = 48000  # the VAE's rate
-REFERENCE_SECONDS = 30  # timbre reference length fed to the VAE
-REFERENCE_SEGMENT_SECONDS = 10  # one segment from each third of the reference
+from .constants import REFERENCE_SECONDS, REFERENCE_SEGMENT_SECONDS, SAMPLE_RATE
+from .errors import InputError
+
 SILENCE_THRESHOLD = 1e-6  # |x| below this everywhere = silent (the original's is_silence)
 
 SUPPORTED_EXTENSIONS = (".flac", ".wav", ".mp3", ".opus")
@@ -48,36 +48,64 @@ def _av():
 # --------------------------------------------------------------------------------------------------- files
 
 
-def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+def load_audio(path: str | os.PathLike, max_seconds: float | None = None,
+               name: str = "audio") -> tuple[torch.Tensor, int]:
     """Decode the first audio stream of any file ffmpeg reads → (float32 waveform [C, S], sample rate).
 
-    Integer PCM is scaled to [-1, 1) (s16 / 32768, s32 / 2^31), as ComfyUI's LoadAudio does.
+    Integer PCM is scaled to [-1, 1) (s16 / 32768, s32 / 2^31), as ComfyUI's LoadAudio does. With
+    ``max_seconds``, a longer file is refused from its header before anything is decoded, and decoding stops as
+    soon as more than that has come out (for files whose header does not tell or lies), so any file size is
+    safe. ``name`` is the input the file was given as, for messages.
     """
     av = _av()
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"audio file not found: {path}")
+        raise FileNotFoundError(f"{name}: audio file not found: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"audio file {path} is a folder, not a file")
+        raise ValueError(f"{name}: {path} is a folder, not an audio file")
     try:
         with av.open(path) as container:
             if not container.streams.audio:
-                raise ValueError(f"audio file {path} has no audio stream")
+                raise ValueError(f"{name}: {path} has no audio stream")
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate
+            if max_seconds is not None:
+                _refuse_long(name, path, _header_seconds(container, stream), max_seconds)
+            limit = None if max_seconds is None or not rate else int((max_seconds + 1) * rate)
             to_float = av.AudioResampler(format="fltp")  # same layout and rate: only the sample format changes
-            chunks = []
+            chunks, decoded = [], 0
             for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray() for f in to_float.resample(frame))
+                for f in to_float.resample(frame):
+                    chunks.append(f.to_ndarray())
+                    decoded += chunks[-1].shape[-1]
+                if limit is not None and decoded > limit:
+                    _refuse_long(name, path, decoded / rate, max_seconds, "at least ")
             chunks.extend(f.to_ndarray() for f in to_float.resample(None))
     except av.FFmpegError as e:
-        raise ValueError(f"audio file {path} cannot be decoded: {e}") from None
+        raise ValueError(f"{name}: {path} cannot be decoded: {e}") from None
     if not chunks or not rate:
-        raise ValueError(f"audio file {path} contains no audio samples")
+        raise ValueError(f"{name}: {path} contains no audio samples")
     wav = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32, copy=False))
     if wav.shape[-1] == 0:
-        raise ValueError(f"audio file {path} contains no audio samples")
+        raise ValueError(f"{name}: {path} contains no audio samples")
+    if max_seconds is not None:
+        _refuse_long(name, path, wav.shape[-1] / rate, max_seconds)
     return wav, int(rate)
+
+
+def _header_seconds(container, stream) -> float | None:
+    """The length the file's header declares (stream, then container), or None."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _refuse_long(name: str, path: str, seconds: float | None, max_seconds: float, prefix: str = "") -> None:
+    if seconds is not None and seconds > max_seconds + 0.05:
+        raise InputError(name, f"{path} ({prefix}{seconds:.1f} s)", f"audio of at most {max_seconds:g} s "
+                                                                     "(trim it first)")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -123,13 +151,15 @@ def check_save_options(path: str | os.PathLike, quality: str | None = None) -> t
     return ext, _check_quality(ext, quality)
 
 
-def _as_waveform(waveform, name: str = "waveform") -> torch.Tensor:
+def as_waveform(waveform, name: str = "waveform") -> torch.Tensor:
     """Tensor / ndarray [S] or [C, S] → float32 CPU tensor [C, S]; integer PCM scaled to [-1, 1)."""
+    if not isinstance(waveform, (torch.Tensor, np.ndarray)):
+        raise InputError(name, waveform, "a waveform tensor [channels, samples] or [samples]")
     x = torch.as_tensor(waveform).detach().cpu()
     if x.dim() == 1:
         x = x[None]
     if x.dim() != 2:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected [channels, samples] or [samples]")
+        raise InputError(name, x, "a waveform [channels, samples] or [samples]")
     if x.dtype == torch.int16:
         x = x.float() / 32768.0
     elif x.dtype == torch.int32:
@@ -137,7 +167,7 @@ def _as_waveform(waveform, name: str = "waveform") -> torch.Tensor:
     elif x.dtype == torch.uint8:
         x = (x.float() - 128.0) / 128.0
     elif not x.is_floating_point():
-        raise ValueError(f"{name} has dtype {x.dtype}; expected floating point, int16, int32 or uint8 samples")
+        raise InputError(f"{name} dtype", str(x.dtype), "floating point, int16, int32 or uint8 samples")
     return x.float()
 
 
@@ -198,7 +228,7 @@ def save_audio(
     av = _av()
     path = os.fspath(path)
     ext, quality = check_save_options(path, quality)
-    x = _as_waveform(waveform)
+    x = as_waveform(waveform)
     if x.shape[0] not in (1, 2):
         raise ValueError(f"cannot save {x.shape[0]} channels to {path}; expected 1 (mono) or 2 (stereo)")
     if x.shape[1] == 0:
@@ -270,7 +300,7 @@ def prepare_audio(
         sample_rate = int(sample_rate)
     if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
         raise ValueError(f"{name}: sample rate {sample_rate!r} is not allowed; expected a positive integer (Hz)")
-    x = _as_waveform(waveform, name)
+    x = as_waveform(waveform, name)
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected audio samples")
     if not torch.isfinite(x).all():

@@ -1,8 +1,11 @@
-"""Command line: ``python -m acestep_core generate --caption "..." --lyrics-file song.txt --duration 60 --out song.flac``.
+"""Command line: ``acestep generate --caption "..." --lyrics-file song.txt --duration 60 --out song.flac``
+(``python -m acestep_core generate …`` from the pack folder does the same).
 
-Every bad input (argument, file, checkpoint, request) ends the run with exit status 1 (2 for unparseable
-arguments) and one line ``error: <reason>`` on stderr; outputs are written only when the whole batch has been
-generated and encoded, each file atomically, so a failed run leaves no partial file behind.
+Order of work: every argument, file and request field is checked first (output paths included), then the model
+is found and its variant read from its config or file header (settings the variant cannot take are refused
+there), then one line says which model runs where, and only then is anything loaded. Every bad input ends the
+run with exit status 1 (2 for unparseable arguments) and one line ``error: <reason>`` on stderr. Outputs are
+written only when the whole batch has been generated and encoded, all or nothing, each file atomically.
 """
 from __future__ import annotations
 
@@ -14,15 +17,28 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from .audio import check_save_options, fade, load_audio, save_audio
+from .audio import check_save_options, load_audio, save_audio
+from .constants import DTYPES, DURATION_MAX, GUIDANCE_METHODS, REPAINT_MODES
+from .errors import InputError, shown
+from .request import SOURCE_TASKS, TASKS, request
 
 HF_REPO = "ACE-Step/Ace-Step1.5"
-DEFAULT_CHECKPOINT = os.path.join(".", "models", "acestep", "Ace-Step1.5")
-# The components of the main repository the pipeline uses (it also holds a 5 Hz LM we do not need).
-HF_ALLOW_PATTERNS = ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*"]
-TASK_HELP = "text2music (default), cover, repaint, extend, extract, lego, complete"
-DTYPES = ("auto", "bf16", "fp16", "fp32")
-TIME_SIGNATURE_FRACTIONS = {"2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}
+DEFAULT_CHECKPOINT = os.path.join(".", "models", "acestep")  # ComfyUI's models/acestep, run from the ComfyUI folder
+HF_ALLOW_PATTERNS = ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*"]  # not the 5 Hz LM
+HF_COMMAND = f'hf download {HF_REPO} --local-dir {{path}} --exclude "acestep-5Hz-lm-*"'
+# The command line's name for each request field, so that a message names the flag the user typed.
+FLAGS = {
+    "caption": "--caption", "lyrics": "--lyrics", "language": "--language", "bpm": "--bpm", "keyscale": "--key",
+    "timesignature": "--timesig", "task": "--task", "duration": "--duration", "start": "--start", "end": "--end",
+    "repaint_mode": "--repaint-mode", "repaint_strength": "--repaint-strength", "tracks": "--track",
+    "cover_strength": "--cover-strength", "cover_noise": "--cover-noise", "audio_codes": "--audio-codes",
+    "batch_size": "--batch", "seed": "--seed", "steps": "--steps", "shift": "--shift", "guidance": "--guidance",
+    "guidance_method": "--guidance-method", "apg_momentum": "--apg-momentum",
+    "apg_norm_threshold": "--apg-norm-threshold", "cfg_interval_start": "--cfg-interval",
+    "cfg_interval_end": "--cfg-interval", "velocity_norm_threshold": "--velocity-norm-threshold",
+    "timesteps": "--timesteps", "tile_frames": "--tile-frames", "fade_in": "--fade-in", "fade_out": "--fade-out",
+    "src_audio": "--src-audio", "ref_audio": "--ref-audio",
+}
 
 
 class UsageError(Exception):
@@ -42,17 +58,22 @@ def default_checkpoint() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m acestep_core", description="ACE-Step 1.5: caption + lyrics -> 48 kHz stereo song.")
+    parser = _Parser(prog="acestep", description="ACE-Step 1.5: caption + lyrics -> 48 kHz stereo song. "
+                                                 "Also runs as: python -m acestep_core")
     parser.add_argument("--version", action="version", version=f"acestep_core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="generate audio", description="Generate audio with ACE-Step 1.5.")
 
     io = g.add_argument_group("model and output")
     io.add_argument("--checkpoint", default=None,
-                    help="official layout folder (.../Ace-Step1.5), one acestep-v15-* folder, a Comfy-Org diffusion "
-                         "model file or an all-in-one file (default: $ACESTEP_MODELS or ./models/acestep/Ace-Step1.5)")
+                    help="models folder holding acestep-v15-*/, vae/, Qwen3-Embedding-0.6B/ (default: "
+                         "$ACESTEP_MODELS or ./models/acestep), one acestep-v15-* folder, a Comfy-Org diffusion "
+                         "model file or an all-in-one file")
+    io.add_argument("--model", default=None,
+                    help="which model folder of --checkpoint: turbo (default), base, sft, xl-turbo, xl-base, "
+                         "xl-sft, or a folder name; extract/lego/complete use base when it is there")
     io.add_argument("--allow-download", action="store_true",
-                    help=f"download {HF_REPO} (DiT turbo, VAE, text encoder) into --checkpoint when it is missing")
+                    help=f"download {HF_REPO} (turbo, VAE, text encoder) into --checkpoint when it is missing")
     io.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on a capable GPU, else fp32")
     io.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps ... (default: cuda if available)")
     io.add_argument("--out", default="song.flac",
@@ -62,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save-latents", default=None, metavar="FILE.safetensors",
                     help="also write the final latents [B, T, 64] and the seeds")
     io.add_argument("--no-normalize", action="store_true", help="skip the -1 dBFS peak normalisation")
-    io.add_argument("--fade-in", type=float, default=0.0, metavar="SECONDS", help="linear fade-in")
-    io.add_argument("--fade-out", type=float, default=0.0, metavar="SECONDS", help="linear fade-out")
+    io.add_argument("--fade-in", type=float, default=None, metavar="SECONDS", help="linear fade-in")
+    io.add_argument("--fade-out", type=float, default=None, metavar="SECONDS", help="linear fade-out")
+    io.add_argument("--tile-frames", type=int, default=None, help="latent frames per VAE decode tile (default 512; "
+                                                                   "lower = less VRAM)")
 
     text = g.add_argument_group("what to generate")
     text.add_argument("--caption", default=None, help="style / description of the music")
@@ -76,13 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--duration", type=float, default=None, help="seconds, 10-600 (text2music default 120)")
 
     task = g.add_argument_group("task and source audio")
-    task.add_argument("--task", default=None, help=TASK_HELP)
-    task.add_argument("--src-audio", default=None, help="source audio file (cover, repaint, extend, extract, lego, complete)")
-    task.add_argument("--ref-audio", default=None, help="timbre reference audio file")
-    task.add_argument("--start", type=float, default=None, help="repaint / extend / lego window start, seconds")
-    task.add_argument("--end", type=float, default=None, help="window end, seconds (default: end of the source)")
-    task.add_argument("--track", action="append", default=None, help="track name for extract / lego / complete (repeatable)")
-    task.add_argument("--repaint-mode", default=None, help="balanced (default), conservative or aggressive")
+    task.add_argument("--task", default=None, help=", ".join(TASKS) + " (default text2music)")
+    task.add_argument("--src-audio", default=None, help="source audio file, at most 600 s (cover, repaint, extend, "
+                                                         "extract, lego, complete; needs --task)")
+    task.add_argument("--ref-audio", default=None, help="timbre reference audio file, at most 600 s")
+    task.add_argument("--start", type=float, default=None,
+                      help="repaint / lego window start, seconds; extend: where the new part starts (negative = "
+                           "before the song)")
+    task.add_argument("--end", type=float, default=None,
+                      help="window end, seconds (repaint default: end of the source; extend default: start + 30)")
+    task.add_argument("--track", action="append", default=None,
+                      help="track name for extract / lego / complete (repeatable)")
+    task.add_argument("--repaint-mode", default=None, help=", ".join(REPAINT_MODES) + " (default balanced)")
     task.add_argument("--repaint-strength", type=float, default=None, help="0-1, for balanced mode (default 0.5)")
     task.add_argument("--cover-strength", type=float, default=None,
                       help="fraction of the steps that follow the source (audio_cover_strength, default 1.0)")
@@ -92,9 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="5 Hz audio codes ('<|audio_code_N|>...' or integers); @FILE reads them from a file")
 
     s = g.add_argument_group("sampling")
-    s.add_argument("--steps", type=int, default=None, help="diffusion steps (variant default: turbo 8)")
+    s.add_argument("--steps", type=int, default=None, help="diffusion steps (variant default: turbo 8, base 32, sft 50)")
     s.add_argument("--shift", type=float, default=None, help="timestep shift (default 3.0)")
-    s.add_argument("--guidance", type=float, default=None, help="CFG scale for base/sft models (turbo: unused)")
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale for base/sft models (turbo: none)")
+    s.add_argument("--guidance-method", default=None, help=", ".join(GUIDANCE_METHODS) + " (default apg)")
+    s.add_argument("--apg-momentum", type=float, default=None, help="APG momentum (default -0.75)")
+    s.add_argument("--apg-norm-threshold", type=float, default=None, help="APG norm clamp (default 2.5; 0 = off)")
+    s.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="guidance only for timesteps START <= t <= END (default 0 1)")
+    s.add_argument("--velocity-norm-threshold", type=float, default=None, help="velocity norm clamp (default 0 = off)")
+    s.add_argument("--timesteps", default=None, help="custom schedule, e.g. '1,0.9,0.75,0.5,0.3' (turbo and sft)")
     s.add_argument("--seed", default=None, help="integer, or comma-separated seeds, one per batch item (default random)")
     s.add_argument("--batch", type=int, default=None, help="number of songs, 1-8 (default 1)")
     return parser
@@ -103,16 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------- pieces
 
 
-def _read_text(path: str, what: str) -> str:
+def _read_text(path: str, flag: str) -> str:
     if path == "-":
         return sys.stdin.read()
     if not os.path.isfile(path):
-        raise UsageError(f"{what} file not found: {path}")
+        raise UsageError(f"{flag} {path}: file not found")
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError:
-        raise UsageError(f"{what} file {path} is not UTF-8 text") from None
+        raise UsageError(f"{flag} {path}: not UTF-8 text") from None
 
 
 def _parse_seed(text: str | None):
@@ -121,9 +156,9 @@ def _parse_seed(text: str | None):
     try:
         seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
-        raise UsageError(f"--seed {text!r} is not allowed; use an integer or comma-separated integers") from None
-    if not seeds or any(s < 0 or s >= 2**64 for s in seeds):
-        raise UsageError(f"--seed {text!r} is not allowed; seeds are integers from 0 to 2^64-1")
+        raise UsageError(f"--seed {text!r} is not allowed: an integer 0 … 2^64-1, or comma-separated integers") from None
+    if not seeds:
+        raise UsageError(f"--seed {text!r} is not allowed: an integer 0 … 2^64-1, or comma-separated integers")
     return seeds[0] if len(seeds) == 1 else seeds
 
 
@@ -133,12 +168,26 @@ def output_paths(out: str, count: int) -> list[str]:
     return [out if i == 0 else f"{stem}_{i}{ext}" for i in range(count)]
 
 
-def _pipeline_api():
-    """(AceStepPipeline, GenerationRequest); imported late so ``--help`` and input errors stay fast, and so tests
-    can put a fake pipeline here."""
-    from .pipeline import AceStepPipeline, GenerationRequest
-
-    return AceStepPipeline, GenerationRequest
+def check_output_paths(paths: list[tuple[str, str]]) -> None:
+    """(flag, path) pairs: each a file name (not a folder) in a folder that exists or can be made and written,
+    all different; checked before any work so a run never ends without its files."""
+    seen = {}
+    for flag, path in paths:
+        full = os.path.abspath(path)
+        if full in seen:
+            raise UsageError(f"{flag} {path}: the same file as {seen[full]}")
+        seen[full] = flag
+        if os.path.isdir(path):
+            raise UsageError(f"{flag} {path}: is a folder; give a file name such as "
+                             f"{os.path.join(path, 'song.flac')}")
+        folder = os.path.dirname(full)
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UsageError(f"{flag} {path}: {existing} is a file, so the folder {folder} cannot be made")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {path}: the folder {existing} is not writable")
 
 
 def _looks_like_file(path: str) -> bool:
@@ -146,9 +195,9 @@ def _looks_like_file(path: str) -> bool:
 
 
 def missing_checkpoint_message(path: str) -> str:
-    return (f"no ACE-Step 1.5 models at {path}; put the official layout there "
-            f"(huggingface-cli download {HF_REPO} --local-dir {path}: acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/), "
-            "or pass --checkpoint models/diffusion_models/acestep_v1.5_turbo.safetensors (Comfy-Org files, with "
+    return (f"no ACE-Step 1.5 models at {path}; download them with: {HF_COMMAND.format(path=path)} (older "
+            "huggingface_hub: huggingface-cli download …), or pass --checkpoint "
+            "models/diffusion_models/acestep_v1.5_turbo.safetensors (Comfy-Org files, with "
             "models/text_encoders/qwen_0.6b_ace15.safetensors and models/vae/ace_1.5_vae.safetensors) "
             "or an all-in-one models/checkpoints/ace_step_1.5_turbo_aio.safetensors, or add --allow-download")
 
@@ -162,7 +211,7 @@ def download_checkpoint(path: str) -> str:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise UsageError("--allow-download needs huggingface_hub (pip install huggingface_hub), or download by hand: "
-                         f"huggingface-cli download {HF_REPO} --local-dir {path}") from None
+                         f"{HF_COMMAND.format(path=path)}") from None
     staging = os.path.normpath(path) + ".download"
     print(f"downloading {HF_REPO} into {path} ...", file=sys.stderr)
     try:
@@ -170,7 +219,7 @@ def download_checkpoint(path: str) -> str:
     except Exception as e:  # noqa: BLE001 - no network, hub down, disk full: one clear line, resumable later
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"downloading {HF_REPO} failed ({reason}); check the connection and re-run, "
-                         f"or download by hand: huggingface-cli download {HF_REPO} --local-dir {path}") from None
+                         f"or download by hand: {HF_COMMAND.format(path=path)}") from None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     os.replace(staging, path)
     return path
@@ -220,41 +269,51 @@ def _json_default(value):
     return str(value)
 
 
-def build_request_kwargs(args, lyrics: str | None, src, ref) -> dict:
-    """GenerationRequest fields from the arguments; options not given are left out so the pipeline's defaults
-    apply."""
-    timesig = args.timesig
-    if timesig is not None:
-        timesig = TIME_SIGNATURE_FRACTIONS.get(timesig.strip(), timesig.strip())
+def request_fields(args, lyrics: str | None, src, ref) -> dict:
+    """Flat request fields from the arguments; options not given are left out so the defaults apply."""
     audio_codes = args.audio_codes
     if audio_codes is not None and audio_codes.startswith("@"):
         audio_codes = _read_text(audio_codes[1:], "--audio-codes").strip()
-    kwargs = {
+    fields = {
         "task": args.task, "caption": args.caption, "lyrics": lyrics, "language": args.language, "bpm": args.bpm,
-        "keyscale": args.key, "timesignature": timesig, "duration": args.duration,
+        "keyscale": args.key, "timesignature": args.timesig, "duration": args.duration,
         "audio_codes": audio_codes, "repaint_start": args.start, "repaint_end": args.end,
         "repaint_mode": args.repaint_mode, "repaint_strength": args.repaint_strength,
         "tracks": tuple(args.track) if args.track else None, "audio_cover_strength": args.cover_strength,
         "cover_noise_strength": args.cover_noise, "steps": args.steps, "shift": args.shift,
-        "guidance": args.guidance, "seed": _parse_seed(args.seed), "batch_size": args.batch,
-        "normalize": False if args.no_normalize else None,
+        "guidance": args.guidance, "guidance_method": args.guidance_method, "apg_momentum": args.apg_momentum,
+        "apg_norm_threshold": args.apg_norm_threshold, "velocity_norm_threshold": args.velocity_norm_threshold,
+        "timesteps": args.timesteps, "seed": _parse_seed(args.seed), "batch_size": args.batch,
+        "normalize": False if args.no_normalize else None, "tile_frames": args.tile_frames,
+        "fade_in": args.fade_in, "fade_out": args.fade_out,
     }
+    if args.cfg_interval is not None:
+        fields["cfg_interval_start"], fields["cfg_interval_end"] = args.cfg_interval
     if src is not None:
-        kwargs["src_audio"], kwargs["src_sample_rate"] = src
+        fields["src_audio"], fields["src_sample_rate"] = src
     if ref is not None:
-        kwargs["ref_audio"], kwargs["ref_sample_rate"] = ref
-    return {k: v for k, v in kwargs.items() if v is not None}
+        fields["ref_audio"], fields["ref_sample_rate"] = ref
+    return {k: v for k, v in fields.items() if v is not None}
 
 
-def _metadata_for(kwargs: dict, result_meta: dict, seed: int, checkpoint: str) -> dict[str, str]:
-    params = {k: v for k, v in kwargs.items() if k not in ("src_audio", "ref_audio")}
+def _metadata_for(fields: dict, result_meta: dict, seed: int, model: str) -> dict:
+    params = {k: v for k, v in fields.items() if k not in ("src_audio", "ref_audio")}
     params.update({k: v for k, v in result_meta.items() if k != "seeds"})
     params["seed"] = seed
-    params["checkpoint"] = os.path.basename(os.path.normpath(checkpoint))
+    params["model"] = model
     params["generator"] = f"acestep_core {__version__}"
-    tags = {"acestep": json.dumps(params, ensure_ascii=False, default=_json_default)}
-    if kwargs.get("caption"):
-        tags["comment"] = kwargs["caption"]
+    return params
+
+
+def _tags(params: dict, path: str) -> dict[str, str]:
+    """File tags: the parameters as JSON under "acestep" and the caption as "comment"; WAV keeps only standard
+    INFO tags, so there the JSON goes into "comment" (ICMT)."""
+    text = json.dumps(params, ensure_ascii=False, default=_json_default)
+    if path.lower().endswith(".wav"):
+        return {"comment": text}
+    tags = {"acestep": text}
+    if params.get("caption"):
+        tags["comment"] = params["caption"]
     return tags
 
 
@@ -264,24 +323,46 @@ def _temp_sibling(path: str, tag: str) -> str:
     return os.path.join(folder, f".{stem}.{tag}.{os.getpid()}{ext}")  # same extension: same codec choice
 
 
-def write_outputs(result, paths: list[str], kwargs: dict, checkpoint: str, quality: str | None,
-                  latents_path: str | None, fades: tuple[float, float]) -> None:
+def _commit(staged: list[tuple[str, str]]) -> None:
+    """Rename every staged file over its target, all or nothing: a target that already exists is moved aside
+    first and put back if a later rename fails."""
+    done, aside = [], []
+    try:
+        for tmp, path in staged:
+            if os.path.exists(path):
+                backup = _temp_sibling(path, "previous")
+                os.replace(path, backup)
+                aside.append((backup, path))
+            os.replace(tmp, path)
+            done.append(path)
+    except OSError:
+        for path in done:
+            os.unlink(path)
+        for backup, path in aside:
+            os.replace(backup, path)
+        raise
+    for backup, _ in aside:
+        os.unlink(backup)
+
+
+def write_outputs(result, paths: list[str], fields: dict, model: str, quality: str | None,
+                  latents_path: str | None) -> None:
     """Encode every item (and the latents) under temporary names, then rename them all: all or nothing."""
     staged: list[tuple[str, str]] = []
     try:
         for i, path in enumerate(paths):
-            wav = fade(result.audio[i], result.sample_rate, *fades)
             tmp = _temp_sibling(path, "partial")
             staged.append((tmp, path))
-            save_audio(tmp, wav, result.sample_rate, _metadata_for(kwargs, result.metadata, result.seeds[i], checkpoint),
-                       quality=quality)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            save_audio(tmp, result.audio[i], result.sample_rate,
+                       _tags(_metadata_for(fields, result.metadata, result.seeds[i], model), path), quality=quality)
         if latents_path is not None:
             import torch
             from safetensors.torch import save_file
 
             seeds = [int(s) for s in result.seeds]
             seed_dtype = torch.int64 if all(s < 2**63 for s in seeds) else torch.uint64
-            meta = {k: v for k, v in kwargs.items() if k not in ("src_audio", "ref_audio")}
+            meta = {k: v for k, v in fields.items() if k not in ("src_audio", "ref_audio")}
             meta.update(result.metadata)
             tmp = _temp_sibling(latents_path, "partial")
             staged.append((tmp, latents_path))
@@ -290,97 +371,98 @@ def write_outputs(result, paths: list[str], kwargs: dict, checkpoint: str, quali
                        "seeds": torch.tensor(seeds, dtype=seed_dtype)}, tmp,
                       metadata={"acestep": json.dumps(meta, ensure_ascii=False, default=_json_default),
                                 "sample_rate": str(result.sample_rate)})
-        for tmp, path in staged:
-            os.replace(tmp, path)
+        _commit(staged)
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
 
+def _check_device(device: str | None):
+    """Catch a wrong --device before the model load (torch would fail later with a less helpful message)."""
+    import torch
+
+    from .loading.checkpoint import resolve_device
+
+    if device not in (None, "auto"):
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {device!r} is not a device; use e.g. cuda, cuda:0, cpu or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA GPU is available to this torch (use --device cpu)")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError(f"--device {device}: MPS is not available on this machine")
+    return resolve_device(device)
+
+
+def load_pipeline(path: str, model_folder: str | None, dtype, device):
+    """The loaded pipeline (a seam for tests)."""
+    from .pipeline import AceStepPipeline
+
+    return AceStepPipeline.from_pretrained(path, dtype=dtype, device=device, dit_folder=model_folder)
+
+
 # --------------------------------------------------------------------------------------------------- main
 
 
-def _precheck(args) -> None:
-    """Cheap checks of the metadata fields before the (slow) model load; the pipeline's validate() has the
-    final word after it."""
-    from .request import (
-        check_bpm,
-        check_duration,
-        check_keyscale,
-        check_language,
-        check_time_signature,
-        check_track_name,
-    )
-
-    if args.language is not None:
-        check_language(args.language)
-    check_keyscale(args.key)
-    if args.timesig is not None:
-        check_time_signature(TIME_SIGNATURE_FRACTIONS.get(args.timesig.strip(), args.timesig.strip()))
-    check_bpm(args.bpm)
-    check_duration(args.duration)
-    for track in args.track or ():
-        check_track_name(track)
-    if args.batch is not None and not 1 <= args.batch <= 8:
-        raise UsageError(f"--batch {args.batch} is not allowed; use 1 to 8")
-
-
-def _check_device(device: str | None) -> None:
-    """Catch a wrong --device before the model load (torch would fail later with a less helpful message)."""
-    if device in (None, "auto"):
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {device!r} is not a device; use e.g. cuda, cuda:0, cpu or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available to this torch (use --device cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError(f"--device {device}: MPS is not available on this machine")
-
-
 def generate(args) -> int:
+    # 1. Everything the user typed, before any model work.
     if args.lyrics is not None and args.lyrics_file is not None:
         raise UsageError("give either --lyrics or --lyrics-file, not both")
+    if args.src_audio is not None and args.task is None:
+        raise UsageError(f"--src-audio needs --task: one of {', '.join(SOURCE_TASKS)}")
     check_save_options(args.out, args.quality)
     if args.save_latents is not None and not args.save_latents.lower().endswith(".safetensors"):
         raise UsageError(f"--save-latents {args.save_latents!r}: the file name must end in .safetensors")
-    for label, value in (("--fade-in", args.fade_in), ("--fade-out", args.fade_out)):
-        if not value >= 0:
-            raise UsageError(f"{label} {value} is not allowed; use seconds >= 0")
     lyrics = _read_text(args.lyrics_file, "--lyrics-file") if args.lyrics_file is not None else args.lyrics
-    _precheck(args)
-    _check_device(args.device)
-    src = load_audio(args.src_audio) if args.src_audio else None
-    ref = load_audio(args.ref_audio) if args.ref_audio else None
-    kwargs = build_request_kwargs(args, lyrics, src, ref)
+    device = _check_device(args.device)
+    src = load_audio(args.src_audio, DURATION_MAX, "--src-audio") if args.src_audio else None
+    ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio") if args.ref_audio else None
+    fields = request_fields(args, lyrics, src, ref)
+    req = request(**fields)
+    paths = output_paths(args.out, req.task.batch_size)
+    check_output_paths([("--out", p) for p in paths] + ([("--save-latents", args.save_latents)]
+                                                        if args.save_latents else []))
+
+    # 2. Which model, and can it take these settings (read from config/header, nothing loaded yet).
+    from .loading.checkpoint import inspect_checkpoint, model_folders, resolve_dtype
+    from .request import resolve_sampler
 
     checkpoint = resolve_checkpoint(args.checkpoint, args.allow_download)
-    AceStepPipeline, GenerationRequest = _pipeline_api()
-    request = GenerationRequest(**kwargs)
-    t0 = time.monotonic()
-    print(f"loading {checkpoint} ...", file=sys.stderr)
-    pipe = AceStepPipeline.from_pretrained(checkpoint, dtype=args.dtype, device=args.device)
-    pipe.validate(request)
-    print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    folder = args.model
+    if folder is None and req.task.rule.base_only and "acestep-v15-base" in model_folders(checkpoint):
+        folder = "base"
+    info = inspect_checkpoint(checkpoint, dit_folder=folder)
+    resolve_sampler(req.sampler, info.variant)
+    dtype = resolve_dtype(args.dtype, device)
+    name = os.path.basename(os.path.normpath(info.paths.dit))
+    dtype_name = str(dtype).replace("torch.", "")
+    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name} · {device} · {req.task.kind}", file=sys.stderr)
+    if req.task.rule.base_only and not info.variant.endswith("base"):
+        print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
+              "(add --model base)", file=sys.stderr)
 
+    # 3. Load, generate, write.
+    t0 = time.monotonic()
+    pipe = load_pipeline(checkpoint, folder, dtype, device)
+    print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     bar = ProgressBar()
     t1 = time.monotonic()
+
+    def warn(message: str) -> None:
+        bar.close(complete=False)
+        print(f"warning: {message}", file=sys.stderr)
+
     try:
-        result = pipe(request, on_step=bar, should_cancel=None)
+        result = pipe(req, on_step=bar, should_cancel=None, on_warning=warn)
     except BaseException:
         bar.close(complete=False)
         raise
     bar.close()
-    if result.audio is None:
-        raise UsageError("the pipeline returned no audio")
-    paths = output_paths(args.out, result.audio.shape[0])
-    write_outputs(result, paths, kwargs, checkpoint, args.quality, args.save_latents, (args.fade_in, args.fade_out))
+    write_outputs(result, paths, fields, name, args.quality, args.save_latents)
     seconds = result.audio.shape[-1] / result.sample_rate
     print(f"generated {len(paths)} x {seconds:.1f}s in {time.monotonic() - t1:.1f}s "
           f"(seeds {', '.join(str(s) for s in result.seeds)})", file=sys.stderr)
@@ -390,6 +472,10 @@ def generate(args) -> int:
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, InputError) and e.name.startswith("--"):  # a file given on the command line
+        return f"{e.name} {e.value} is not allowed: {e.allowed}"
+    if isinstance(e, InputError) and e.name in FLAGS:
+        return f"{FLAGS[e.name]} {shown(e.value)} is not allowed: {e.allowed}"
     return " ".join(str(e).split()) or type(e).__name__
 
 
@@ -401,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("\nerror: interrupted; nothing was written\n")
         return 130
-    except (UsageError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+    except (UsageError, ValueError, OSError) as e:  # CheckpointError and InputError are ValueErrors
         sys.stderr.write(f"error: {_one_line(e)}\n")
         return 1
     return 2

@@ -31,11 +31,8 @@ TEXT_MAX_TOKENS = 256  # caption prompt truncation
 LYRIC_MAX_TOKENS = 2048  # lyrics prompt truncation
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tasks and tracks
+# Task instructions and tracks (the task table itself lives in request.py)
 # ---------------------------------------------------------------------------------------------------------------
-
-TASK_TYPES = ("text2music", "repaint", "cover", "extract", "lego", "complete")
-TASK_TYPES_TURBO = ("text2music", "repaint", "cover")  # the official UI offers only these for turbo/sft models
 
 TASK_INSTRUCTIONS = {
     "text2music": "Fill the audio semantic mask based on the given conditions:",
@@ -48,15 +45,12 @@ TASK_INSTRUCTIONS = {
     "complete": "Complete the input track with {TRACK_CLASSES}:",
     "complete_default": "Complete the input track:",
 }
-DEFAULT_DIT_INSTRUCTION = TASK_INSTRUCTIONS["text2music"]
 TRACK_CLASSES_SEPARATOR = " | "
 
 TRACK_NAMES = (
     "woodwinds", "brass", "fx", "synth", "strings", "percussion",
     "keyboard", "guitar", "bass", "drums", "backing_vocals", "vocals",
 )
-REPAINT_MODES = ("balanced", "conservative", "aggressive")  # how a repainted window meets the kept audio
-MAX_BATCH_SIZE = 8  # songs per generation
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metadata vocabularies and ranges
@@ -80,7 +74,35 @@ KEYSCALES = tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in KEYSCALE_ACCIDE
 
 TIME_SIGNATURES = ("2", "3", "4", "6")  # numerators: 2/4, 3/4, 4/4, 6/8
 BPM_MIN, BPM_MAX = 30, 300
-DURATION_MIN, DURATION_MAX = 10, 600  # seconds
+DURATION_MIN, DURATION_MAX = 10, 600  # seconds: a new song, and any source or reference recording
+TIME_SIGNATURE_FRACTIONS = {"2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}  # accepted and written as the numerator
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: limits and choices (request.py checks them; the nodes and the command line show them)
+# ---------------------------------------------------------------------------------------------------------------
+
+SEED_MAX = 2**64 - 1  # seeds are 0 … 2^64 − 1, as ComfyUI's seed widget
+MAX_BATCH_SIZE = 8  # songs per generation
+STEPS_MIN, STEPS_MAX = 1, 200
+SHIFT_MIN, SHIFT_MAX = 0.1, 10.0
+GUIDANCE_MIN, GUIDANCE_MAX = 1.0, 30.0  # 1.0 = no guidance
+APG_MOMENTUM_MIN, APG_MOMENTUM_MAX = -1.0, 1.0
+APG_NORM_THRESHOLD_MAX = 100.0
+VELOCITY_NORM_THRESHOLD_MAX = 100.0
+TILE_FRAMES_MIN, TILE_FRAMES_MAX = 16, 4096  # latent frames per VAE decode tile
+DEFAULT_TILE_FRAMES = 512
+DEFAULT_DURATION = 120.0  # seconds of a new song when none is given (the original's fallback)
+DEFAULT_EXTEND_SECONDS = 30.0  # new music added by extend when no window end is given
+MIN_LATENT_FRAMES = 128  # the original never generates fewer than 128 frames (5.12 s)
+CODES_PER_SECOND = 5  # the 5 Hz semantic audio codes
+CODEBOOK_SIZE = 64000  # valid code values are 0 … 63999
+MAX_AUDIO_CODES = DURATION_MAX * CODES_PER_SECOND
+REFERENCE_SECONDS = 30  # the timbre reference fed to the VAE: 3 segments of 10 s
+REFERENCE_SEGMENT_SECONDS = 10
+REPAINT_MODES = ("balanced", "conservative", "aggressive")  # how a repainted window meets the kept audio
+EXTEND_DIRECTIONS = ("after the end", "before the start")
+GUIDANCE_METHODS = ("apg", "adg")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Qwen3-Embedding-0.6B (the caption/lyrics text encoder) facts not recoverable from tensor shapes

@@ -1,5 +1,28 @@
-"""The two kinds of error a user can act on; both are ``ValueError`` so callers can catch them together."""
+"""The two kinds of error a user can act on. Both are ``ValueError``s, so a caller can catch them together; both
+messages fit on one line and name what to change."""
+from __future__ import annotations
+
+import math
 
 
 class CheckpointError(ValueError):
     """A checkpoint file or folder cannot be used; the message names the file and what is wrong."""
+
+
+class InputError(ValueError):
+    """An input of the request is not allowed; the message names the input, the value and what is allowed."""
+
+    def __init__(self, name: str, value, allowed: str):
+        self.name, self.value, self.allowed = name, value, allowed
+        super().__init__(f"{name}={shown(value)} is not allowed: {allowed}")
+
+
+def shown(value) -> str:
+    """A value as an error message shows it: short, one line, tensors by shape."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__name__} of shape {list(value.shape)}>"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= 80 else text[:77] + "…"

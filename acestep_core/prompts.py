@@ -14,30 +14,20 @@ from .constants import (
     TASK_INSTRUCTIONS,
     TRACK_CLASSES_SEPARATOR,
 )
-from .request import check_task, check_track_name
 
 
 def task_instruction(task: str, tracks: str | Sequence[str] | None = None) -> str:
-    """The DiT instruction for ``task``: extract/lego take one track name, complete takes any number of them.
-    Without tracks those three tasks use their generic instruction, as the original does."""
-    check_task(task)
-    if isinstance(tracks, str):
-        tracks = [tracks]
-    tracks = list(tracks or [])
-    for track in tracks:
-        check_track_name(track)
+    """The DiT instruction for a task (its TASK_INSTRUCTIONS key) and its already checked track names: extract and
+    lego name one track, complete any number; without tracks those three use their generic instruction, as the
+    original does."""
+    names = [tracks] if isinstance(tracks, str) else list(tracks or ())
+    names = [name.upper() for name in names]
     if task in ("extract", "lego"):
-        if len(tracks) > 1:
-            raise ValueError(f"task {task!r} takes one track name, got {len(tracks)}: {tracks}")
-        if tracks:
-            return TASK_INSTRUCTIONS[task].format(TRACK_NAME=tracks[0].upper())
-        return TASK_INSTRUCTIONS[f"{task}_default"]
+        return TASK_INSTRUCTIONS[task].format(TRACK_NAME=names[0]) if names else TASK_INSTRUCTIONS[f"{task}_default"]
     if task == "complete":
-        if tracks:
-            return TASK_INSTRUCTIONS[task].format(TRACK_CLASSES=TRACK_CLASSES_SEPARATOR.join(t.upper() for t in tracks))
+        if names:
+            return TASK_INSTRUCTIONS[task].format(TRACK_CLASSES=TRACK_CLASSES_SEPARATOR.join(names))
         return TASK_INSTRUCTIONS["complete_default"]
-    if tracks:
-        raise ValueError(f"task {task!r} takes no track names, got {tracks}")
     return TASK_INSTRUCTIONS[task]
 
 

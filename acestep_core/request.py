@@ -1,54 +1,647 @@
-"""Checks of the user's inputs."""
+"""The generation request, in the parts the ComfyUI graph has, and every rule about the user's inputs.
+
+    SongText         caption, lyrics and metas (+ an optional timbre reference)    Caption & Lyrics, Timbre nodes
+    Task             what to do with which source: window, strengths, tracks, codes   the latent nodes
+    SamplerSettings  seed, steps, shift, guidance and its details                  the Sampler node
+    RenderSettings   how latents become audio: normalise, tiles, fades             the VAE Decode node
+    Request          the four together (render None = latents only)
+
+Each part checks its fields once, when it is built, and is frozen afterwards; a bad value raises
+:class:`~acestep_core.errors.InputError` naming the input, the value and what is allowed. The field checks are
+plain functions, so the nodes' ``validate_inputs`` and the command line call the very same ones. The task
+table (:data:`TASKS`) holds what differs between tasks; :class:`Window` converts a time window between seconds,
+latent frames and samples. :func:`request` builds a whole request from flat keyword arguments (the Python API).
+"""
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
 from .constants import (
-    BPM_MAX,
-    BPM_MIN,
-    DURATION_MAX,
-    DURATION_MIN,
-    KEYSCALES,
-    TASK_TYPES,
-    TIME_SIGNATURES,
-    TRACK_NAMES,
-    VALID_LANGUAGES,
+    APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, DEFAULT_DURATION,
+    DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, GUIDANCE_MAX,
+    GUIDANCE_METHODS, GUIDANCE_MIN, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, REPAINT_MODES, SEED_MAX, SHIFT_MAX,
+    SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURE_FRACTIONS, TIME_SIGNATURES,
+    TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX,
 )
+from .audio import SILENCE_THRESHOLD, as_waveform
+from .errors import InputError
+from .sampling import APG_MOMENTUM, APG_NORM_THRESHOLD, MAX_TURBO_STEPS
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field checks (each returns the value in its canonical form)
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def _not_allowed(name: str, value, allowed: str) -> ValueError:
-    return ValueError(f"{name} {value!r} is not allowed; expected {allowed}")
+def check_text(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise InputError(name, value, "text (a str; '' for none)")
+    return value
 
 
-def check_task(task: str) -> None:
-    if task not in TASK_TYPES:
-        raise _not_allowed("task", task, f"one of {', '.join(TASK_TYPES)}")
+def check_int(name: str, value, lo: int, hi: int, hint: str = "") -> int:
+    """An integer in [lo, hi]; floats with an integer value pass, bools and strings do not."""
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise InputError(name, value, f"an integer from {lo} to {hi}{hint}")
+    return int(value)
 
 
-def check_track_name(track: str) -> None:
-    if not isinstance(track, str) or track.lower() not in TRACK_NAMES:
-        raise _not_allowed("track name", track, f"one of {', '.join(TRACK_NAMES)}")
+def check_number(name: str, value, lo: float, hi: float, hint: str = "") -> float:
+    """A finite number in [lo, hi]."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not lo <= value <= hi:
+        raise InputError(name, value, f"a number from {lo:g} to {hi:g}{hint}")
+    return float(value)
 
 
-def check_language(language: str) -> None:
-    if language not in VALID_LANGUAGES:
-        raise _not_allowed("vocal language", language, f"one of {', '.join(VALID_LANGUAGES)}")
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(name, value, f"one of {', '.join(choices)}")
+    return value
 
 
-def check_keyscale(keyscale: str | None) -> None:
-    if keyscale is not None and keyscale not in KEYSCALES:
-        allowed = "a note A-G, an optional accidental (# b ♯ ♭) and 'major' or 'minor', e.g. 'F# minor'"
-        raise _not_allowed("keyscale", keyscale, allowed)
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(name, value, "True or False")
+    return bool(value)
 
 
-def check_time_signature(timesignature: str | None) -> None:
-    if timesignature is not None and str(timesignature) not in TIME_SIGNATURES:
-        raise _not_allowed("time signature", timesignature, f"one of {', '.join(TIME_SIGNATURES)} (beats per bar)")
+def check_language(language) -> str:
+    return check_choice("language", language, VALID_LANGUAGES)
 
 
-def check_bpm(bpm: int | None) -> None:
-    if bpm is not None and not (isinstance(bpm, int) and BPM_MIN <= bpm <= BPM_MAX):
-        raise _not_allowed("bpm", bpm, f"an integer from {BPM_MIN} to {BPM_MAX}")
+def check_bpm(bpm) -> int | None:
+    """None or 0 = let the model decide."""
+    if bpm is None or (not isinstance(bpm, bool) and bpm == 0):
+        return None
+    return check_int("bpm", bpm, BPM_MIN, BPM_MAX, " (0 or None = auto)")
 
 
-def check_duration(duration: float | None) -> None:
-    if duration is not None and not (DURATION_MIN <= duration <= DURATION_MAX):
-        raise _not_allowed("duration", duration, f"{DURATION_MIN} to {DURATION_MAX} seconds")
+def check_keyscale(keyscale) -> str | None:
+    if keyscale is None or (isinstance(keyscale, str) and not keyscale.strip()):
+        return None
+    if not isinstance(keyscale, str) or keyscale.strip() not in KEYSCALES:
+        raise InputError("keyscale", keyscale, "a note A-G, an optional accidental (# b ♯ ♭) and 'major' or "
+                                               "'minor', e.g. 'F# minor' (None = auto)")
+    return keyscale.strip()
+
+
+def check_time_signature(timesignature) -> str | None:
+    """"4", 4 and "4/4" all mean four beats per bar; written as the numerator, as the original's UI does."""
+    if timesignature is None or (isinstance(timesignature, str) and not timesignature.strip()):
+        return None
+    text = str(timesignature).strip() if isinstance(timesignature, (str, int)) and not isinstance(
+        timesignature, bool) else None
+    text = TIME_SIGNATURE_FRACTIONS.get(text, text)
+    if text not in TIME_SIGNATURES:
+        raise InputError("timesignature", timesignature,
+                         f"beats per bar: {', '.join(TIME_SIGNATURES)} (or {', '.join(TIME_SIGNATURE_FRACTIONS)})")
+    return text
+
+
+def check_duration(duration, name: str = "duration") -> float | None:
+    if duration is None:
+        return None
+    return check_number(name, duration, DURATION_MIN, DURATION_MAX, " seconds")
+
+
+def check_tracks(tracks, task: str = "complete") -> tuple[str, ...]:
+    """Track names as a tuple: a list, or one string with names separated by commas. Case is ignored."""
+    if tracks is None:
+        tracks = ()
+    if isinstance(tracks, str):
+        tracks = [t for t in tracks.split(",") if t.strip()]
+    if not isinstance(tracks, (list, tuple)):
+        raise InputError("tracks", tracks, "a list of track names, or names separated by commas")
+    names = []
+    for track in tracks:
+        if not isinstance(track, str) or track.strip().lower() not in TRACK_NAMES:
+            raise InputError("tracks", track, f"track names from {', '.join(TRACK_NAMES)}")
+        names.append(track.strip().lower())
+    names = tuple(dict.fromkeys(names))
+    rule = TASKS[check_task(task)]
+    if rule.tracks == "one" and len(names) != 1:
+        raise InputError("tracks", list(names), f"exactly one track name for task {task!r}")
+    if rule.tracks == "none" and names:
+        raise InputError("tracks", list(names), "track names only with extract, lego or complete")
+    return names
+
+
+def check_task(task) -> str:
+    return check_choice("task", task, tuple(TASKS))
+
+
+def check_seed(seed, batch_size: int | None = None) -> int | tuple[int, ...] | None:
+    """None (random), one seed (item i gets seed + i), or one seed per batch item; each 0 … 2^64 − 1."""
+    if seed is None:
+        return None
+    if isinstance(seed, (list, tuple)):
+        seeds = tuple(check_int("seed", s, 0, SEED_MAX) for s in seed)
+        if not seeds or (batch_size is not None and len(seeds) != batch_size):
+            raise InputError("seed", list(seed), f"one seed per batch item ({batch_size})")
+        return seeds
+    return check_int("seed", seed, 0, SEED_MAX, " (2^64 − 1)")
+
+
+_TIMESTEP_SEPARATORS = re.compile(r"[\s,]+")
+
+
+def check_timesteps(timesteps) -> tuple[float, ...] | None:
+    """Custom timesteps: numbers in [0, 1], strictly descending from noise towards 0; a comma-separated string
+    or a sequence. Empty = the default schedule."""
+    if timesteps is None:
+        return None
+    allowed = "numbers between 0 and 1 from high to low, separated by commas, e.g. '1, 0.9, 0.75, 0.5, 0.3'"
+    if isinstance(timesteps, str):
+        parts = [p for p in _TIMESTEP_SEPARATORS.split(timesteps.strip()) if p]
+        if not parts:
+            return None
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise InputError("timesteps", timesteps, allowed) from None
+    elif isinstance(timesteps, (list, tuple, torch.Tensor, np.ndarray)):
+        values = [float(v) for v in (timesteps.tolist() if hasattr(timesteps, "tolist") else timesteps)]
+        if not values:
+            return None
+    else:
+        raise InputError("timesteps", timesteps, allowed)
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values) or any(
+            a <= b for a, b in zip(values, values[1:])):
+        raise InputError("timesteps", timesteps, allowed)
+    return tuple(values)
+
+
+def check_cfg_interval(start, end) -> tuple[float, float]:
+    start = check_number("cfg_interval_start", start, 0.0, 1.0)
+    end = check_number("cfg_interval_end", end, 0.0, 1.0)
+    if start > end:
+        raise InputError("cfg_interval", (start, end), "cfg_interval_start ≤ cfg_interval_end")
+    return start, end
+
+
+_AUDIO_CODE = re.compile(r"<\|audio_code_(\d+)\|>")
+
+
+def parse_audio_codes(codes) -> tuple[int, ...]:
+    """5 Hz codes as ints or as ``<|audio_code_N|>`` text (or integers separated by commas/spaces); at most
+    :data:`MAX_AUDIO_CODES` (600 s); values clamped to 0 … 63999 as the original does."""
+    allowed = f"1 to {MAX_AUDIO_CODES} integers or <|audio_code_N|> tokens"
+    try:
+        if isinstance(codes, str):
+            values = [int(m) for m in _AUDIO_CODE.findall(codes)]
+            if not values and codes.strip():
+                values = [int(v) for v in re.split(r"[\s,]+", codes.strip())]
+        elif isinstance(codes, (list, tuple, torch.Tensor, np.ndarray)):
+            values = [check_int("audio_codes", v, -2**63, 2**63 - 1) for v in (
+                codes.tolist() if hasattr(codes, "tolist") else codes)]
+        else:
+            raise TypeError
+    except (TypeError, ValueError, InputError):
+        raise InputError("audio_codes", codes, allowed) from None
+    if not 1 <= len(values) <= MAX_AUDIO_CODES:
+        raise InputError("audio_codes", f"<{len(values)} codes>", allowed + f" ({MAX_AUDIO_CODES / 5:g} s)")
+    return tuple(min(max(v, 0), CODEBOOK_SIZE - 1) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audio inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class AudioClip:
+    """A recording given to the model: float32 waveform [C, S] on the CPU at ``sample_rate``. ``name`` is the
+    input it came from, for messages. Integer PCM (int16/int32/uint8) is scaled to [-1, 1)."""
+
+    waveform: torch.Tensor
+    sample_rate: int
+    name: str = "audio"
+
+    def __post_init__(self):
+        rate = self.sample_rate
+        if isinstance(rate, float) and rate.is_integer():
+            rate = int(rate)
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise InputError(f"{self.name} sample_rate", self.sample_rate, "a positive integer (Hz)")
+        object.__setattr__(self, "sample_rate", int(rate))
+        object.__setattr__(self, "waveform", _as_waveform(self.waveform, self.name))
+        if self.seconds > DURATION_MAX:
+            raise InputError(self.name, f"<{self.seconds:.1f} s of audio>",
+                             f"at most {DURATION_MAX} s (trim it first)")
+
+    @property
+    def seconds(self) -> float:
+        return self.waveform.shape[-1] / self.sample_rate
+
+
+def _as_waveform(waveform, name: str) -> torch.Tensor:
+    x = as_waveform(waveform, name)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(name, x, "a non-empty waveform [channels, samples] or [samples]")
+    if not torch.isfinite(x).all():
+        raise InputError(name, x, "finite samples (this one contains NaN or infinity)")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Windows and the task table
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """A time window [start, end) in seconds on the source's time axis (start < 0 or end past the source's end
+    reach outside it: extend)."""
+
+    start: float
+    end: float
+
+    def frames(self, sample_rate: int, hop: int) -> tuple[int, int]:
+        """Latent frames [start, end) as the original computes them: whole samples, then floor division by hop."""
+        return int(self.start * sample_rate // hop), int(self.end * sample_rate // hop)
+
+    def samples(self, sample_rate: int) -> tuple[int, int]:
+        return int(self.start * sample_rate), int(self.end * sample_rate)
+
+    def padding(self, source_seconds: float) -> tuple[float, float]:
+        """Seconds of silence to add before and after the source so the window lies inside it."""
+        return max(0.0, -self.start), max(0.0, self.end - source_seconds)
+
+    def shifted(self, seconds: float) -> "Window":
+        return Window(self.start + seconds, self.end + seconds)
+
+
+@dataclass(frozen=True)
+class TaskRule:
+    """What one task needs and does. ``source``: "none", "audio" or "audio or codes"; ``window``: None,
+    "inside" (within the source), "optional inside" or "outside" (may reach past either end); ``tracks``:
+    "none", "one" or "any"; ``silence_window``: the window is replaced by silence in the context (the model fills
+    it); ``repaint``: the source is injected outside the window during the first steps, blended in at the end and
+    spliced back after decoding; ``hints``: the context holds 5 Hz semantic hints (cover); ``instruction``: the
+    TASK_INSTRUCTIONS entry; ``base_only``: the official app offers it only on the base model."""
+
+    source: str
+    window: str | None = None
+    tracks: str = "none"
+    silence_window: bool = False
+    repaint: bool = False
+    hints: bool = False
+    instruction: str = ""
+    base_only: bool = False
+
+
+TASKS: dict[str, TaskRule] = {
+    "text2music": TaskRule(source="none", instruction="text2music"),
+    "cover": TaskRule(source="audio or codes", hints=True, instruction="cover"),
+    "repaint": TaskRule(source="audio", window="inside", silence_window=True, repaint=True, instruction="repaint"),
+    "extend": TaskRule(source="audio", window="outside", silence_window=True, repaint=True, instruction="repaint"),
+    "extract": TaskRule(source="audio", tracks="one", instruction="extract", base_only=True),
+    "lego": TaskRule(source="audio", window="optional inside", tracks="one", instruction="lego", base_only=True),
+    "complete": TaskRule(source="audio", tracks="any", instruction="complete", base_only=True),
+}
+SOURCE_TASKS = tuple(name for name, rule in TASKS.items() if rule.source != "none")
+
+
+def check_window(task: str, start, end, source_seconds: float | None = None) -> Window | None:
+    """The task's window from the user's start/end in seconds (None when the task has none).
+
+    repaint / lego: start default 0, end None or negative = the end of the source, 0 ≤ start < end ≤ length.
+    extend: start default = the end of the source, end default = start + 30 s; it must touch the source, and
+    the result (source plus the new parts) stays within 600 s. ``source_seconds`` None checks what can be
+    checked without the source (the nodes' validate_inputs)."""
+    rule = TASKS[task]
+    for name, value in (("start", start), ("end", end)):
+        if value is not None:
+            check_number(name, value, -DURATION_MAX, DURATION_MAX, " seconds")
+    if rule.window is None:
+        if start is not None or end is not None:
+            raise InputError("start/end", (start, end), f"no window for task {task!r} (repaint, extend, lego)")
+        return None
+    if rule.window == "optional inside" and start is None and end is None:
+        return None
+    if rule.window == "outside":
+        if source_seconds is None:
+            if start is not None and end is not None and not start < end:
+                raise InputError("extend window", (start, end), "start < end")
+            return None
+        start = source_seconds if start is None else float(start)
+        end = start + DEFAULT_EXTEND_SECONDS if end is None else float(end)
+        if not start < end:
+            raise InputError("extend window", (start, end), "start < end")
+        if start > source_seconds or end < 0:
+            raise InputError("extend window", (start, end), f"a window touching the source [0, {source_seconds:.2f}] s")
+        total = max(end, source_seconds) - min(start, 0.0)
+        if total > DURATION_MAX + 1e-6:
+            raise InputError("extend window", (start, end), f"a result of at most {DURATION_MAX} s (this one is "
+                                                            f"{total:.1f} s)")
+        return Window(start, end)
+    start = 0.0 if start is None else float(start)
+    end = None if end is None or end < 0 else float(end)
+    hint = " (use task 'extend' to go outside the source)" if task == "repaint" else ""
+    if start < 0 or (end is not None and not start < end):
+        raise InputError(f"{task} window", (start, end), f"0 ≤ start < end{hint}")
+    if source_seconds is None:
+        return None
+    end = source_seconds if end is None else end
+    if not start < end <= source_seconds + 1e-6:
+        raise InputError(f"{task} window", (start, end), f"0 ≤ start < end ≤ the source length {source_seconds:.2f} s{hint}")
+    return Window(start, end)
+
+
+def extend_window(source_seconds: float, direction: str, seconds, overlap) -> Window:
+    """Extend's window from "add ``seconds`` of music after the end / before the start", regenerating
+    ``overlap`` seconds of the source next to the join too."""
+    check_choice("direction", direction, EXTEND_DIRECTIONS)
+    seconds = check_number("seconds", seconds, 0.04, DURATION_MAX, " seconds of new music")
+    overlap = min(check_number("overlap", overlap, 0.0, DURATION_MAX, " seconds"), source_seconds)
+    if direction == EXTEND_DIRECTIONS[0]:
+        return check_window("extend", source_seconds - overlap, source_seconds + seconds, source_seconds)
+    return check_window("extend", -seconds, overlap, source_seconds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _set(obj, name: str, value) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, eq=False)
+class SongText:
+    """What the song should be: caption, lyrics, their language and the optional metas (None = the model
+    decides), plus an optional timbre reference recording."""
+
+    caption: str = ""
+    lyrics: str = ""
+    language: str = "en"
+    bpm: int | None = None
+    keyscale: str | None = None
+    timesignature: str | None = None
+    timbre: AudioClip | None = None
+
+    def __post_init__(self):
+        check_text("caption", self.caption)
+        check_text("lyrics", self.lyrics)
+        check_language(self.language)
+        _set(self, "bpm", check_bpm(self.bpm))
+        _set(self, "keyscale", check_keyscale(self.keyscale))
+        _set(self, "timesignature", check_time_signature(self.timesignature))
+        if self.timbre is not None:
+            if not isinstance(self.timbre, AudioClip):
+                raise InputError("timbre", self.timbre, "an AudioClip (the reference recording)")
+            if bool((self.timbre.waveform.abs() < SILENCE_THRESHOLD).all()):
+                raise InputError(self.timbre.name, "<silent audio>", "a recording with sound (every sample of this "
+                                                                      f"one is below {SILENCE_THRESHOLD:g})")
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """What to generate from what. ``duration``: seconds of a new song (text2music; the metas' duration for
+    cover from codes). ``start``/``end``: the window in seconds on the source (see :func:`check_window`), or
+    give ``window`` directly. ``audio_codes``: 5 Hz codes as text or ints (text2music → cover from codes, or
+    cover without source audio). ``batch_size``: songs generated at once."""
+
+    kind: str = "text2music"
+    source: AudioClip | None = None
+    duration: float | None = None
+    start: float | None = None
+    end: float | None = None
+    repaint_mode: str = "balanced"
+    repaint_strength: float = 0.5
+    tracks: tuple[str, ...] = ()
+    cover_strength: float = 1.0
+    cover_noise: float = 0.0
+    audio_codes: tuple[int, ...] | None = None
+    batch_size: int = 1
+    window: Window | None = None
+
+    def __post_init__(self):
+        rule = TASKS[check_task(self.kind)]
+        if self.source is not None and not isinstance(self.source, AudioClip):
+            raise InputError("source", self.source, "an AudioClip (the source recording)")
+        codes = None if self.audio_codes is None else parse_audio_codes(self.audio_codes)
+        _set(self, "audio_codes", codes)
+        if codes is not None and (rule.source == "audio" or self.source is not None):
+            raise InputError("audio_codes", f"<{len(codes)} codes>", "only with text2music, or with cover instead "
+                                                                      "of source audio")
+        if rule.source == "audio" and self.source is None or (
+                rule.source == "audio or codes" and self.source is None and codes is None):
+            needs = "source audio" + (" or audio codes" if rule.source == "audio or codes" else "")
+            raise InputError("source", None, f"{needs} for task {self.kind!r} (the song to work on)")
+        if rule.source == "none" and self.source is not None:
+            raise InputError("source", self.source, f"no source audio for task {self.kind!r}; "
+                                                    "choose cover, repaint, extend, extract, lego or complete")
+        duration = check_duration(self.duration)
+        if duration is not None and self.source is not None:
+            raise InputError("duration", duration, f"no duration for task {self.kind!r}: the result follows "
+                                                   "the source (extend: set the window's end)")
+        _set(self, "duration", duration)
+        check_choice("repaint_mode", self.repaint_mode, REPAINT_MODES)
+        for name in ("repaint_strength", "cover_strength", "cover_noise"):
+            _set(self, name, check_number(name, getattr(self, name), 0.0, 1.0))
+        _set(self, "tracks", check_tracks(self.tracks, self.kind))
+        _set(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
+        if self.window is not None:
+            if not isinstance(self.window, Window):
+                raise InputError("window", self.window, "a Window(start, end) in seconds")
+            if self.start is not None or self.end is not None:
+                raise InputError("window", self.window, "either window or start/end, not both")
+            window = check_window(self.kind, self.window.start, self.window.end, self._source_seconds)
+        else:
+            window = check_window(self.kind, self.start, self.end, self._source_seconds)
+        _set(self, "window", window)
+
+    @property
+    def rule(self) -> TaskRule:
+        return TASKS[self.kind]
+
+    @property
+    def _source_seconds(self) -> float | None:
+        return None if self.source is None else self.source.seconds
+
+    @property
+    def seconds(self) -> float:
+        """Length of the result in seconds (before the 128-frame minimum)."""
+        if self.source is not None:
+            if self.window is None:
+                return self.source.seconds
+            before, after = self.window.padding(self.source.seconds)
+            return self.source.seconds + before + after
+        if self.audio_codes is not None:
+            return len(self.audio_codes) / 5
+        return DEFAULT_DURATION if self.duration is None else self.duration
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample. None in steps, shift or guidance = the model variant's default."""
+
+    seed: int | tuple[int, ...] | None = None
+    steps: int | None = None
+    shift: float | None = None
+    guidance: float | None = None
+    guidance_method: str = "apg"
+    apg_momentum: float = APG_MOMENTUM
+    apg_norm_threshold: float = APG_NORM_THRESHOLD
+    cfg_interval_start: float = 0.0
+    cfg_interval_end: float = 1.0
+    velocity_norm_threshold: float = 0.0
+    timesteps: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        _set(self, "seed", check_seed(self.seed))
+        if self.steps is not None:
+            _set(self, "steps", check_int("steps", self.steps, STEPS_MIN, STEPS_MAX))
+        if self.shift is not None:
+            _set(self, "shift", check_number("shift", self.shift, SHIFT_MIN, SHIFT_MAX))
+        if self.guidance is not None:
+            _set(self, "guidance", check_number("guidance", self.guidance, GUIDANCE_MIN, GUIDANCE_MAX, " (1 = off)"))
+        check_choice("guidance_method", self.guidance_method, GUIDANCE_METHODS)
+        _set(self, "apg_momentum", check_number("apg_momentum", self.apg_momentum, APG_MOMENTUM_MIN,
+                                                APG_MOMENTUM_MAX, f" (the original uses {APG_MOMENTUM})"))
+        _set(self, "apg_norm_threshold", check_number("apg_norm_threshold", self.apg_norm_threshold, 0.0,
+                                                      APG_NORM_THRESHOLD_MAX, " (0 = no clamp)"))
+        start, end = check_cfg_interval(self.cfg_interval_start, self.cfg_interval_end)
+        _set(self, "cfg_interval_start", start)
+        _set(self, "cfg_interval_end", end)
+        _set(self, "velocity_norm_threshold", check_number("velocity_norm_threshold", self.velocity_norm_threshold,
+                                                           0.0, VELOCITY_NORM_THRESHOLD_MAX, " (0 = off)"))
+        _set(self, "timesteps", check_timesteps(self.timesteps))
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How final latents become audio: peak-normalise to −1 dBFS, VAE decode tile length in latent frames, and
+    linear fades in seconds."""
+
+    normalize: bool = True
+    tile_frames: int = DEFAULT_TILE_FRAMES
+    fade_in: float = 0.0
+    fade_out: float = 0.0
+
+    def __post_init__(self):
+        _set(self, "normalize", check_bool("normalize", self.normalize))
+        _set(self, "tile_frames", check_int("tile_frames", self.tile_frames, TILE_FRAMES_MIN, TILE_FRAMES_MAX))
+        for name in ("fade_in", "fade_out"):
+            _set(self, name, check_number(name, getattr(self, name), 0.0, DURATION_MAX, " seconds"))
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One generation: the parts as built (and checked) by their owners. ``render`` None = latents only."""
+
+    text: SongText = field(default_factory=SongText)
+    task: Task = field(default_factory=Task)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    render: RenderSettings | None = field(default_factory=RenderSettings)
+
+    def __post_init__(self):
+        for name, kind in (("text", SongText), ("task", Task), ("sampler", SamplerSettings)):
+            if not isinstance(getattr(self, name), kind):
+                raise InputError(name, getattr(self, name), f"a {kind.__name__}")
+        if self.render is not None and not isinstance(self.render, RenderSettings):
+            raise InputError("render", self.render, "a RenderSettings, or None for latents only")
+        seed = self.sampler.seed
+        if isinstance(seed, tuple) and len(seed) != self.task.batch_size:
+            raise InputError("seed", list(seed), f"one seed per batch item ({self.task.batch_size})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-variant resolution: defaults, and the settings a variant cannot take
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The sampler settings resolved for one model variant."""
+
+    turbo: bool
+    steps: int
+    shift: float
+    guidance: float  # 1.0 = no guidance (always for turbo)
+    timesteps: tuple[float, ...] | None
+
+
+def resolve_sampler(settings: SamplerSettings, variant: str) -> Schedule:
+    """Fill the variant's defaults (steps, shift, guidance) and refuse what the variant cannot take: custom
+    timesteps on the base model (the original has no such option there), more than 20 non-zero turbo timesteps.
+    Turbo models are guidance-distilled, so their guidance is always 1."""
+    defaults = VARIANT_DEFAULTS[variant]
+    turbo = variant.endswith("turbo")
+    timesteps = settings.timesteps
+    if timesteps is not None:
+        if variant.endswith("base"):
+            raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
+                             "custom timesteps only on turbo and SFT models (the base model has no such option)")
+        nonzero = [t for t in timesteps if t > 0]
+        if turbo and not 1 <= len(nonzero) <= MAX_TURBO_STEPS:
+            raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
+                             f"1 to {MAX_TURBO_STEPS} non-zero timesteps on turbo models")
+        if not turbo and len(timesteps) < 2:
+            raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
+                             "at least 2 values (the start and the end of one step)")
+    return Schedule(
+        turbo=turbo,
+        steps=defaults.steps if settings.steps is None else settings.steps,
+        shift=defaults.shift if settings.shift is None else settings.shift,
+        guidance=1.0 if turbo else (defaults.guidance if settings.guidance is None else settings.guidance),
+        timesteps=timesteps,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Python API: a whole request from flat keyword arguments
+# ---------------------------------------------------------------------------------------------------------------
+
+# flat name → (part, field); every name belongs to exactly one part
+_FLAT = {
+    **{name: ("text", name) for name in ("caption", "lyrics", "language", "bpm", "keyscale", "timesignature")},
+    "task": ("task", "kind"), "duration": ("task", "duration"), "repaint_start": ("task", "start"),
+    "repaint_end": ("task", "end"), "repaint_mode": ("task", "repaint_mode"),
+    "repaint_strength": ("task", "repaint_strength"), "tracks": ("task", "tracks"),
+    "audio_cover_strength": ("task", "cover_strength"), "cover_noise_strength": ("task", "cover_noise"),
+    "audio_codes": ("task", "audio_codes"), "batch_size": ("task", "batch_size"),
+    **{name: ("sampler", name) for name in (f.name for f in dataclasses.fields(SamplerSettings))},
+    **{name: ("render", name) for name in (f.name for f in dataclasses.fields(RenderSettings))},
+}
+_AUDIO = ("src_audio", "src_sample_rate", "ref_audio", "ref_sample_rate")
+
+
+def request(*, decode: bool = True, **fields) -> Request:
+    """A :class:`Request` from flat keyword arguments, e.g.
+    ``request(caption="calm piano", duration=30, seed=7)`` or
+    ``request(task="repaint", src_audio=wav, src_sample_rate=44100, repaint_start=10, repaint_end=20)``.
+
+    Names: caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task,
+    duration, src_audio + src_sample_rate, repaint_start, repaint_end, repaint_mode, repaint_strength, tracks,
+    audio_cover_strength, cover_noise_strength, audio_codes, batch_size; seed, steps, shift, guidance,
+    guidance_method, apg_momentum, apg_norm_threshold, cfg_interval_start, cfg_interval_end,
+    velocity_norm_threshold, timesteps; normalize, tile_frames, fade_in, fade_out. ``decode=False`` returns
+    latents only."""
+    unknown = [name for name in fields if name not in _FLAT and name not in _AUDIO]
+    if unknown:
+        raise InputError(unknown[0], fields[unknown[0]], "a request field: " + ", ".join([*_FLAT, *_AUDIO]))
+    parts: dict[str, dict] = {"text": {}, "task": {}, "sampler": {}, "render": {}}
+    for name, value in fields.items():
+        if name in _FLAT:
+            part, key = _FLAT[name]
+            parts[part][key] = value
+    for prefix, part, key, label in (("src", "task", "source", "src_audio"), ("ref", "text", "timbre", "ref_audio")):
+        audio, rate = fields.get(f"{prefix}_audio"), fields.get(f"{prefix}_sample_rate")
+        if audio is not None:
+            parts[part][key] = AudioClip(audio, rate, label)
+        elif rate is not None:
+            raise InputError(f"{prefix}_sample_rate", rate, f"only together with {label}")
+    return Request(SongText(**parts["text"]), Task(**parts["task"]), SamplerSettings(**parts["sampler"]),
+                   RenderSettings(**parts["render"]) if check_bool("decode", decode) else None)

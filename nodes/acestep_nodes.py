@@ -18,15 +18,22 @@ from comfy_api.latest import io
 
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DURATION_MAX, DURATION_MIN, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE,
-    REPAINT_MODES, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES,
+    BPM_MAX, BPM_MIN, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, GUIDANCE_MAX,
+    GUIDANCE_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SEED_MAX, SHIFT_MAX,
+    STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS,
+)
+from ..acestep_core.errors import InputError
+from ..acestep_core.request import (
+    APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, RenderSettings, Request, SamplerSettings, SongText, Task, check_bpm,
+    check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
 )
 from . import comfy_adapter as host
 from . import models
 
 CATEGORY = "audio/ACE-Step 1.5"
 PREFIX = "AceStep15_"
-LATENT_TASK_KEY = "acestep_request"  # GenerationRequest carried inside a LATENT dict
+LATENT_TASK_KEY = "acestep_task"  # the Task, carried inside a LATENT dict from a latent node to the sampler/decoder
+LATENT_SOURCE_KEY = "acestep_source"  # the source as the sampler prepared it, reused by VAE Decode
 LATENT_CHANNELS = 64  # ACE-Step 1.5 VAE latent channels (canvas of the init-latent nodes)
 AUTO = "auto"
 KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
@@ -39,56 +46,38 @@ AceStepText = io.Custom("ACESTEP_TEXT")
 
 _MODEL_TIP = "The ACE-Step 1.5 model from the ACE-Step 1.5 Model Loader."
 _BATCH_TIP = f"How many songs to generate at once (1–{MAX_BATCH_SIZE}); each gets its own seed (seed, seed+1, …)."
+_D = {name: VARIANT_DEFAULTS[name] for name in ("turbo", "base", "sft")}
 
 
-def _request(**fields):
-    from ..acestep_core.pipeline import GenerationRequest
-
-    return GenerationRequest(**fields)
-
-
-def _check(req):
-    """Model-free validation (raises ValueError naming the input, the value and what is allowed)."""
-    from ..acestep_core.pipeline import check_request
-
-    return check_request(req)
+def _message(check) -> bool | str:
+    """A core check as ComfyUI's validate_inputs wants it: True, or the error's one-line message."""
+    try:
+        check()
+    except InputError as e:
+        return str(e)
+    return True
 
 
-def _latent(latents: torch.Tensor) -> dict:
+def _latent(latents: torch.Tensor, **extra) -> dict:
     """Core latents [B, T, C] → ComfyUI's audio LATENT ({"samples": [B, C, T] on the CPU, "type": "audio"})."""
-    return {"samples": latents.transpose(1, 2).contiguous().cpu(), "type": "audio"}
+    return {"samples": latents.transpose(1, 2).contiguous().cpu(), "type": "audio", **extra}
 
 
-def _canvas(frames: int, batch: int) -> dict:
-    return {"samples": torch.zeros(batch, LATENT_CHANNELS, frames), "type": "audio"}
-
-
-def _audio_item(audio: dict, name: str) -> tuple[torch.Tensor, int]:
-    """First item of an AUDIO input as ([C, S] float32, rate), with a clear error for anything else."""
+def _audio_clip(audio: dict, name: str = "audio") -> AudioClip:
+    """The first item of an AUDIO input as a checked AudioClip."""
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-        raise ValueError(f"{name}: expected an AUDIO value ({{'waveform': [B, C, S], 'sample_rate': int}})")
+        raise InputError(name, audio, "an AUDIO value ({'waveform': [batch, channels, samples], 'sample_rate': int})")
     wav = audio["waveform"]
-    if wav.dim() != 3 or wav.shape[0] < 1:
-        raise ValueError(f"{name}: waveform has shape {tuple(wav.shape)}; expected [batch, channels, samples]")
-    return wav[0].float().cpu(), int(audio["sample_rate"])
+    if not isinstance(wav, torch.Tensor) or wav.dim() != 3 or wav.shape[0] < 1:
+        raise InputError(name, wav, "an AUDIO waveform [batch, channels, samples]")
+    return AudioClip(wav[0], audio["sample_rate"], name)
 
 
-def _seconds(wav: torch.Tensor, rate: int) -> float:
-    return wav.shape[-1] / rate
-
-
-def _task_latent(req, seconds: float) -> io.NodeOutput:
-    """Validate a task request and return it inside a LATENT canvas of the result's length."""
-    req = _check(req)
-    return io.NodeOutput({**_canvas(max(1, round(seconds * LATENT_RATE)), req.batch_size), LATENT_TASK_KEY: req})
-
-
-def _source_task_latent(audio: dict, task: str, added_seconds: float = 0.0, **fields) -> io.NodeOutput:
-    """A task on a source song: its first item becomes ``src_audio``; the canvas is the source length plus
-    ``added_seconds`` (extend)."""
-    wav, rate = _audio_item(audio, "audio")
-    req = _request(task=task, src_audio=wav, src_sample_rate=rate, **fields)
-    return _task_latent(req, _seconds(wav, rate) + added_seconds)
+def _task_latent(task: Task) -> io.NodeOutput:
+    """A LATENT canvas of the result's length carrying the task."""
+    frames = max(1, round(task.seconds * LATENT_RATE))
+    canvas = torch.zeros(task.batch_size, LATENT_CHANNELS, frames)
+    return io.NodeOutput({"samples": canvas, "type": "audio", LATENT_TASK_KEY: task})
 
 
 def _batch_input() -> io.Int.Input:
@@ -118,7 +107,7 @@ class ModelLoader(io.ComfyNode):
                 io.Combo.Input("vae", options=models.component_choices("vae"), default=AUTO,
                                tooltip="The ACE-Step 1.5 VAE. auto: the official folder's own, or "
                                        "ace_1.5_vae.safetensors from models/vae/."),
-                io.Combo.Input("dtype", options=list(models.DTYPES), default=AUTO,
+                io.Combo.Input("dtype", options=list(DTYPES), default=AUTO,
                                tooltip="Weight precision. auto: bf16 where the GPU supports it (as the original "
                                        "runs), else fp32. fp16 can overflow into silence on some inputs."),
             ],
@@ -170,17 +159,12 @@ class TextEncode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, bpm=None) -> bool | str:
-        if bpm is not None and bpm != 0 and not BPM_MIN <= bpm <= BPM_MAX:
-            return f"bpm={bpm} is not allowed: 0 (auto) or {BPM_MIN} to {BPM_MAX}"
-        return True
+        return _message(lambda: check_bpm(bpm))
 
     @classmethod
     def execute(cls, caption, lyrics, language="en", bpm=0, keyscale=AUTO, timesignature=AUTO) -> io.NodeOutput:
-        text = {"caption": caption, "lyrics": lyrics, "language": language, "bpm": bpm or None,
-                "keyscale": None if keyscale == AUTO else keyscale,
-                "timesignature": None if timesignature == AUTO else timesignature}
-        _check(_request(**text))
-        return io.NodeOutput(text)
+        return io.NodeOutput(SongText(caption, lyrics, language, bpm or None, None if keyscale == AUTO else keyscale,
+                                      None if timesignature == AUTO else timesignature))
 
 
 class TimbreReference(io.ComfyNode):
@@ -202,8 +186,7 @@ class TimbreReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, audio) -> io.NodeOutput:
-        wav, rate = _audio_item(audio, "audio")
-        return io.NodeOutput({**conditioning, "ref_audio": wav, "ref_sample_rate": rate})
+        return io.NodeOutput(replace(conditioning, timbre=_audio_clip(audio)))
 
 
 # ---------------------------------------------------------------------------------------------------- latents
@@ -228,7 +211,7 @@ class EmptyLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, duration, batch_size=1) -> io.NodeOutput:
-        return _task_latent(_request(task="text2music", duration=float(duration), batch_size=batch_size), duration)
+        return _task_latent(Task("text2music", duration=duration, batch_size=batch_size))
 
 
 class CoverLatent(io.ComfyNode):
@@ -255,8 +238,8 @@ class CoverLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1) -> io.NodeOutput:
-        return _source_task_latent(audio, "cover", audio_cover_strength=cover_strength,
-                                   cover_noise_strength=noise_strength, batch_size=batch_size)
+        return _task_latent(Task("cover", _audio_clip(audio), cover_strength=cover_strength, cover_noise=noise_strength,
+                                 batch_size=batch_size))
 
 
 class RepaintLatent(io.ComfyNode):
@@ -288,19 +271,12 @@ class RepaintLatent(io.ComfyNode):
     def validate_inputs(cls, start=None, end=None) -> bool | str:
         if start is None or end is None:  # linked from another node: checked when the node runs
             return True
-        if not 0.0 <= start <= DURATION_MAX:
-            return f"start={start} is not allowed: 0 to {DURATION_MAX} seconds"
-        if not (end == -1.0 or 0.0 <= end <= DURATION_MAX):
-            return f"end={end} is not allowed: -1 (end of the song) or 0 to {DURATION_MAX} seconds"
-        if end >= 0 and end <= start:
-            return f"end={end} must be after start={start} (or -1 for the end of the song)"
-        return True
+        return _message(lambda: check_window("repaint", start, end))
 
     @classmethod
     def execute(cls, audio, start=0.0, end=-1.0, mode="balanced", strength=0.5, batch_size=1) -> io.NodeOutput:
-        return _source_task_latent(audio, "repaint", repaint_start=float(start),
-                                   repaint_end=None if end < 0 else float(end), repaint_mode=mode,
-                                   repaint_strength=strength, batch_size=batch_size)
+        return _task_latent(Task("repaint", _audio_clip(audio), start=start, end=end, repaint_mode=mode,
+                                 repaint_strength=strength, batch_size=batch_size))
 
 
 class ExtendLatent(io.ComfyNode):
@@ -314,7 +290,7 @@ class ExtendLatent(io.ComfyNode):
                         "there. A little overlap lets the model smooth the join.",
             inputs=[
                 io.Audio.Input("audio", tooltip="The song to extend (first item of a batch)."),
-                io.Combo.Input("direction", options=["after the end", "before the start"], default="after the end",
+                io.Combo.Input("direction", options=list(EXTEND_DIRECTIONS), default=EXTEND_DIRECTIONS[0],
                                tooltip="Where the new music goes."),
                 io.Float.Input("seconds", default=30.0, min=1.0, max=DURATION_MAX, step=0.5,
                                tooltip="How many seconds of new music."),
@@ -328,16 +304,11 @@ class ExtendLatent(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, audio, direction="after the end", seconds=30.0, overlap=0.0, mode="balanced",
+    def execute(cls, audio, direction=EXTEND_DIRECTIONS[0], seconds=30.0, overlap=0.0, mode="balanced",
                 batch_size=1) -> io.NodeOutput:
-        length = _seconds(*_audio_item(audio, "audio"))
-        overlap = min(overlap, length)
-        if direction == "after the end":
-            start, end = length - overlap, length + seconds
-        else:
-            start, end = -seconds, overlap
-        return _source_task_latent(audio, "extend", added_seconds=seconds, repaint_start=start, repaint_end=end,
-                                   repaint_mode=mode, batch_size=batch_size)
+        source = _audio_clip(audio)
+        return _task_latent(Task("extend", source, window=extend_window(source.seconds, direction, seconds, overlap),
+                                 repaint_mode=mode, batch_size=batch_size))
 
 
 class StemLatent(io.ComfyNode):
@@ -365,47 +336,18 @@ class StemLatent(io.ComfyNode):
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
-    @staticmethod
-    def _tracks(task: str, track: str, more_tracks: str) -> list[str]:
-        extra = [t.strip().lower() for t in more_tracks.split(",") if t.strip()]
-        if extra and task != "complete":
-            raise ValueError(f"more_tracks={more_tracks!r} is only used with task='complete'; clear it for {task}")
-        for t in extra:
-            if t not in TRACK_NAMES:
-                raise ValueError(f"more_tracks: {t!r} is not a track name; allowed: {', '.join(TRACK_NAMES)}")
-        return list(dict.fromkeys([track, *extra]))
-
     @classmethod
     def validate_inputs(cls, task=None, track=None, more_tracks=None) -> bool | str:
         if task is None or track is None:  # linked from another node: checked when the node runs
             return True
-        if task not in cls.STEM_TASKS:
-            return f"task={task!r} is not allowed: one of {', '.join(cls.STEM_TASKS)}"
-        if track not in TRACK_NAMES:
-            return f"track={track!r} is not allowed: one of {', '.join(TRACK_NAMES)}"
-        try:
-            cls._tracks(task, track, more_tracks or "")
-        except ValueError as e:
-            return str(e)
-        return True
+        return _message(lambda: check_tracks(f"{track},{more_tracks or ''}", task))
 
     @classmethod
     def execute(cls, audio, task="extract", track="vocals", more_tracks="", batch_size=1) -> io.NodeOutput:
-        return _source_task_latent(audio, task, tracks=cls._tracks(task, track, more_tracks), batch_size=batch_size)
+        return _task_latent(Task(task, _audio_clip(audio), tracks=f"{track},{more_tracks}", batch_size=batch_size))
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
-
-def _parse_timesteps(text: str) -> list[float] | None:
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        return [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise ValueError(f"timesteps={text!r} is not allowed: numbers between 0 and 1 separated by commas, "
-                         "e.g. '1, 0.95, 0.9, 0.83, 0.75, 0.64, 0.5, 0.3'") from None
-
 
 class Sampler(io.ComfyNode):
     @classmethod
@@ -423,21 +365,23 @@ class Sampler(io.ComfyNode):
                 AceStepText.Input("conditioning", tooltip="From Caption & Lyrics (or Timbre Reference)."),
                 io.Latent.Input("latent", tooltip="From an ACE-Step 1.5 latent node (the task), or any audio "
                                                   "LATENT (then: text to music of that length and batch)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same song on CPU and GPU."),
-                io.Int.Input("steps", default=0, min=0, max=200,
-                             tooltip="Denoising steps; 0 = the variant's default. Turbo always runs 8."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=10.0, step=0.1,
-                               tooltip="Timestep shift; 0 = default (3.0). Turbo snaps to 1, 2 or 3."),
-                io.Float.Input("guidance", default=0.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Guidance scale for base/SFT; 0 = default (7.0), 1 = off. Ignored by turbo."),
-                io.Combo.Input("guidance_method", options=["apg", "adg"], default="apg",
+                io.Int.Input("steps", default=0, min=0, max=STEPS_MAX,
+                             tooltip="Denoising steps; 0 = the variant's default. Turbo runs its fixed table."),
+                io.Float.Input("shift", default=0.0, min=0.0, max=SHIFT_MAX, step=0.1,
+                               tooltip=f"Timestep shift; 0 = default ({_D['turbo'].shift}). Turbo snaps to 1, 2 "
+                                       "or 3."),
+                io.Float.Input("guidance", default=0.0, min=0.0, max=GUIDANCE_MAX, step=0.1,
+                               tooltip=f"Guidance scale for base/SFT; 0 = default ({_D['base'].guidance}), 1 = off. "
+                                       "Ignored by turbo."),
+                io.Combo.Input("guidance_method", options=list(GUIDANCE_METHODS), default=GUIDANCE_METHODS[0],
                                tooltip="apg: adaptive projected guidance (the official default); adg: angle-based "
                                        "guidance."),
-                io.Float.Input("apg_momentum", default=-0.75, min=-1.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="APG momentum (official: -0.75)."),
-                io.Float.Input("apg_norm_threshold", default=2.5, min=0.0, max=20.0, step=0.1, advanced=True,
-                               tooltip="APG norm clamp (official: 2.5; 0 = no clamp)."),
+                io.Float.Input("apg_momentum", default=APG_MOMENTUM, min=-1.0, max=1.0, step=0.01, advanced=True,
+                               tooltip=f"APG momentum (official: {APG_MOMENTUM})."),
+                io.Float.Input("apg_norm_threshold", default=APG_NORM_THRESHOLD, min=0.0, max=20.0, step=0.1,
+                               advanced=True, tooltip=f"APG norm clamp (official: {APG_NORM_THRESHOLD}; 0 = no clamp)."),
                 io.Float.Input("cfg_interval_start", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
                                tooltip="Guidance only for timesteps t ≥ this (t runs from 1 down to 0)."),
                 io.Float.Input("cfg_interval_end", default=1.0, min=0.0, max=1.0, step=0.01, advanced=True,
@@ -455,53 +399,43 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, timesteps=None, cfg_interval_start=None, cfg_interval_end=None) -> bool | str:
-        try:
-            values = _parse_timesteps(timesteps or "")
-        except ValueError as e:
-            return str(e)
-        if values and not all(0.0 <= v <= 1.0 for v in values):
-            return f"timesteps={timesteps!r} is not allowed: every value between 0 and 1"
-        if cfg_interval_start is None or cfg_interval_end is None:
-            return True
-        for name, value in (("cfg_interval_start", cfg_interval_start), ("cfg_interval_end", cfg_interval_end)):
-            if not 0.0 <= value <= 1.0:
-                return f"{name}={value} is not allowed: 0.0 to 1.0"
-        if cfg_interval_start > cfg_interval_end:
-            return (f"cfg_interval_start={cfg_interval_start} must not be above "
-                    f"cfg_interval_end={cfg_interval_end}")
-        return True
+        checked = _message(lambda: check_timesteps(timesteps))
+        if checked is not True or cfg_interval_start is None or cfg_interval_end is None:
+            return checked
+        return _message(lambda: check_cfg_interval(cfg_interval_start, cfg_interval_end))
 
     @classmethod
     def execute(cls, model, conditioning, latent, seed=0, steps=0, shift=0.0, guidance=0.0, guidance_method="apg",
-                apg_momentum=-0.75, apg_norm_threshold=2.5, cfg_interval_start=0.0, cfg_interval_end=1.0,
-                velocity_norm_threshold=0.0, timesteps="") -> io.NodeOutput:
-        from ..acestep_core.pipeline import GenerationRequest
-
-        samples = latent["samples"]
-        if samples.dim() != 3:
-            raise ValueError(f"latent: samples have shape {tuple(samples.shape)}; expected an audio latent "
-                             "[batch, channels, frames]")
-        batch, frames = samples.shape[0], samples.shape[-1]
-        task = latent.get(LATENT_TASK_KEY)
-        if task is None:  # a plain audio LATENT: text to music of its length
-            task = GenerationRequest(task="text2music", duration=round(frames / LATENT_RATE, 2), batch_size=batch)
-        if batch > MAX_BATCH_SIZE:
-            raise ValueError(f"latent: batch of {batch} is not allowed: at most {MAX_BATCH_SIZE} songs per run")
-        req = replace(
-            task, **conditioning, seed=int(seed), batch_size=batch,
-            steps=steps or None, shift=shift or None, guidance=guidance or None, use_adg=guidance_method == "adg",
-            apg_momentum=apg_momentum, apg_norm_threshold=apg_norm_threshold, cfg_interval_start=cfg_interval_start,
-            cfg_interval_end=cfg_interval_end, velocity_norm_threshold=velocity_norm_threshold,
-            timesteps=_parse_timesteps(timesteps), decode=False)
+                apg_momentum=APG_MOMENTUM, apg_norm_threshold=APG_NORM_THRESHOLD, cfg_interval_start=0.0,
+                cfg_interval_end=1.0, velocity_norm_threshold=0.0, timesteps="") -> io.NodeOutput:
+        task = _latent_task(latent)
+        settings = SamplerSettings(seed, steps or None, shift or None, guidance or None, guidance_method, apg_momentum,
+                                   apg_norm_threshold, cfg_interval_start, cfg_interval_end, velocity_norm_threshold,
+                                   timesteps)
         pipe = model.pipeline
-        req = pipe.validate(req)  # every input checked before any model work
-        progress = host.Progress(req.steps, node_id=cls.hidden.unique_id)
-        result = pipe(req, on_step=progress, should_cancel=host.check_interrupted)
+        result = pipe(Request(conditioning, task, settings, render=None), on_step=host.Progress(cls.hidden.unique_id),
+                      should_cancel=host.check_interrupted)
         meta = result.metadata
-        summary = (f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
-                   f"guidance {meta['guidance']} · seeds {', '.join(map(str, result.seeds))}")
-        out = {**_latent(result.latents), LATENT_TASK_KEY: replace(req, seed=result.seeds)}
-        return io.NodeOutput(out, ui={"text": [summary]})
+        lines = [f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
+                 f"guidance {meta['guidance']} · seeds {', '.join(map(str, result.seeds))}"]
+        if task.rule.base_only and not meta["variant"].endswith("base"):
+            lines.append(f"note: the official app offers {task.kind} only on the base model")
+        lines += [f"warning: {w}" for w in result.warnings]
+        out = _latent(result.latents, **{LATENT_TASK_KEY: task, LATENT_SOURCE_KEY: result.source})
+        return io.NodeOutput(out, ui={"text": ["\n".join(lines)]})
+
+
+def _latent_task(latent: dict) -> Task:
+    """The task a LATENT carries; a plain audio LATENT (e.g. from a native node) is text to music of its length
+    and batch."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 3:
+        raise InputError("latent", samples, "an audio LATENT [batch, channels, frames]")
+    batch, frames = samples.shape[0], samples.shape[-1]
+    task = latent.get(LATENT_TASK_KEY)
+    if task is None:
+        return Task("text2music", duration=round(frames / LATENT_RATE, 2), batch_size=batch)
+    return task if task.batch_size == batch else replace(task, batch_size=batch)
 
 
 # ---------------------------------------------------------------------------------------------------- VAE
@@ -522,29 +456,32 @@ class VAEDecode(io.ComfyNode):
                                                   "LATENT)."),
                 io.Boolean.Input("normalize", default=True,
                                  tooltip="Peak-normalise each song to -1 dBFS (the original's default)."),
-                io.Int.Input("tile_frames", default=512, min=16, max=4096, step=16, advanced=True,
+                io.Int.Input("tile_frames", default=DEFAULT_TILE_FRAMES, min=TILE_FRAMES_MIN, max=TILE_FRAMES_MAX,
+                             step=16, advanced=True,
                              tooltip="Latent frames per decode tile (25 per second); lower = less VRAM."),
+                io.Float.Input("fade_in", default=0.0, min=0.0, max=DURATION_MAX, step=0.1, advanced=True,
+                               tooltip="Linear fade-in, seconds (0 = none)."),
+                io.Float.Input("fade_out", default=0.0, min=0.0, max=DURATION_MAX, step=0.1, advanced=True,
+                               tooltip="Linear fade-out, seconds (0 = none)."),
             ],
             outputs=[io.Audio.Output(display_name="audio")],
         )
 
     @classmethod
-    def execute(cls, model, latent, normalize=True, tile_frames=512) -> io.NodeOutput:
-        from ..acestep_core.pipeline import GenerationRequest
-
-        samples = latent["samples"]
-        if samples.dim() != 3:
-            raise ValueError(f"latent: samples have shape {tuple(samples.shape)}; expected an audio latent")
+    def execute(cls, model, latent, normalize=True, tile_frames=DEFAULT_TILE_FRAMES, fade_in=0.0,
+                fade_out=0.0) -> io.NodeOutput:
         pipe = model.pipeline
+        settings = RenderSettings(normalize, tile_frames, fade_in, fade_out)
+        samples = latent.get("samples") if isinstance(latent, dict) else None
         channels = pipe.ckpt.vae.config.decoder_input_channels
-        if samples.shape[1] != channels:
-            raise ValueError(f"latent: {samples.shape[1]} channels; this VAE decodes {channels}-channel latents")
+        if not isinstance(samples, torch.Tensor) or samples.dim() != 3 or samples.shape[1] != channels:
+            raise InputError("latent", samples, f"an ACE-Step 1.5 audio LATENT [batch, {channels}, frames]")
         latents = samples.transpose(1, 2).float()
         task = latent.get(LATENT_TASK_KEY)
-        if task is not None and task.src_audio is not None:
-            audio = pipe.render(latents, replace(task, normalize=normalize, decode_chunk=tile_frames))
+        if task is not None:
+            audio = pipe.render(latents, task, settings, latent.get(LATENT_SOURCE_KEY))
         else:
-            audio = pipe.decode(latents, GenerationRequest(normalize=normalize, decode_chunk=tile_frames))
+            audio = pipe.decode(latents, settings)
         return io.NodeOutput({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate})
 
 
@@ -566,10 +503,9 @@ class VAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, audio) -> io.NodeOutput:
-        if not isinstance(audio, dict) or "waveform" not in audio:
-            raise ValueError("audio: expected an AUDIO value ({'waveform': [B, C, S], 'sample_rate': int})")
-        latents = model.pipeline.encode(audio["waveform"].float().cpu(), int(audio["sample_rate"]))
-        return io.NodeOutput(_latent(latents))
+        clip = _audio_clip(audio)
+        clips = [AudioClip(w, clip.sample_rate, "audio") for w in audio["waveform"]]
+        return io.NodeOutput(_latent(model.pipeline.encode(clips)))
 
 
 # ---------------------------------------------------------------------------------------------------- save

@@ -44,13 +44,9 @@ def offload_device() -> torch.device:
     return _mm.unet_offload_device() if in_comfyui() else torch.device("cpu")
 
 
-def auto_dtype() -> str:
-    """bf16 where the device supports it (as the original runs), else fp32. fp16 is never picked on its own:
-    the model overflows in fp16 on some inputs (silent output), so it is only used when asked for."""
-    if in_comfyui():
-        return "bf16" if _mm.should_use_bf16(compute_device()) else "fp32"
-    device = compute_device()
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+def bf16_supported() -> bool | None:
+    """ComfyUI's answer to "can the compute device run bf16" (the core's dtype rule asks torch when None)."""
+    return bool(_mm.should_use_bf16(compute_device())) if in_comfyui() else None
 
 
 # ---------------------------------------------------------------------- model placement
@@ -93,14 +89,19 @@ class ManagedModules:
 # ---------------------------------------------------------------------- progress and cancel
 
 class Progress:
-    """Per-step progress: ComfyUI's progress bar on the node, or nothing outside ComfyUI."""
+    """Per-step progress: ComfyUI's progress bar on the node (created at the first step, when the total is
+    known), or nothing outside ComfyUI."""
 
-    def __init__(self, total: int, node_id: str | None = None):
-        self.bar = _utils.ProgressBar(total, node_id=node_id) if in_comfyui() else None
+    def __init__(self, node_id: str | None = None):
+        self.node_id = node_id
+        self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update_absolute(done, total)
+        if not in_comfyui():
+            return
+        if self.bar is None:
+            self.bar = _utils.ProgressBar(total, node_id=self.node_id)
+        self.bar.update_absolute(done, total)
 
 
 def check_interrupted() -> bool:

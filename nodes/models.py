@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from . import comfy_adapter as host
 
 AUTO = "auto"
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 _HEADER_CACHE: dict[tuple[str, float], bool] = {}
 _LOADED: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
 # Reused when the loader runs again with the same choice (ComfyUI keeps node outputs between runs itself, so
@@ -18,46 +17,27 @@ MAX_CACHED_MODELS = 1
 
 
 def _is_acestep_dit_file(path: str) -> bool:
-    """True for a Comfy-Org diffusion-model or all-in-one file holding the ACE-Step 1.5 DiT (header read only)."""
-    from ..acestep_core.loading.weights import safetensors_keys
+    """The core's header check, cached per file version (the dropdown is rebuilt on every refresh)."""
+    from ..acestep_core.loading.checkpoint import is_acestep_dit_file
 
     try:
         key = (path, os.path.getmtime(path))
     except OSError:
         return False
     if key not in _HEADER_CACHE:
-        try:
-            keys = safetensors_keys(path)
-            _HEADER_CACHE[key] = any("encoder.lyric_encoder.layers.0." in k for k in keys) and any(
-                "decoder.layers.0." in k for k in keys)
-        except Exception:  # not a safetensors file we can read: not offered
-            _HEADER_CACHE[key] = False
+        _HEADER_CACHE[key] = is_acestep_dit_file(path)
     return _HEADER_CACHE[key]
-
-
-def _dit_folders(root: str, depth: int = 3) -> list[str]:
-    """Official-layout DiT folders (config.json + weights) under ``root``, relative paths with ``/``."""
-    found = []
-    for dirpath, dirnames, files in os.walk(root, followlinks=True):
-        rel = os.path.relpath(dirpath, root)
-        if rel.count(os.sep) >= depth:
-            dirnames[:] = []
-        if "config.json" in files and any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json")
-                                          for f in files) and rel != ".":
-            with open(os.path.join(dirpath, "config.json"), encoding="utf-8") as f:
-                head = f.read(4096)
-            if "AceStep" in head or "acestep" in head.lower():
-                found.append(rel.replace(os.sep, "/"))
-    return sorted(found)
 
 
 def model_choices() -> list[str]:
     """Entries for the loader's ``model`` dropdown: ``acestep/<folder>`` (official layout),
     ``diffusion_models/<file>`` (Comfy-Org split files) and ``checkpoints/<file>`` (all-in-one)."""
+    from ..acestep_core.loading.checkpoint import find_dit_folders
+
     choices = []
     for root in host.folder_paths_for(host.HF_FOLDER):
         if os.path.isdir(root):
-            choices += [f"{host.HF_FOLDER}/{rel}" for rel in _dit_folders(root)]
+            choices += [f"{host.HF_FOLDER}/{rel}" for rel in find_dit_folders(root)]
     for kind in ("diffusion_models", "checkpoints"):
         for name in host.model_files(kind):
             path = host.full_path(kind, name)
@@ -110,16 +90,14 @@ class LoadedModel:
 
 def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str = AUTO) -> LoadedModel:
     """Load (or reuse) the model picked in the loader."""
-    from ..acestep_core.loading.checkpoint import load_checkpoint
+    from ..acestep_core.loading.checkpoint import dtype_name, load_checkpoint, resolve_dtype
     from ..acestep_core.pipeline import AceStepPipeline
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not allowed: one of {', '.join(DTYPES)}")
     path = resolve_choice(model)
     is_file = os.path.isfile(path)
     te_path = _component_path("text_encoders", text_encoder, "qwen_0.6b_ace15.safetensors") if is_file or text_encoder != AUTO else None
     vae_path = _component_path("vae", vae, "ace_1.5_vae.safetensors") if is_file or vae != AUTO else None
-    chosen = host.auto_dtype() if dtype == AUTO else dtype
+    chosen = dtype_name(resolve_dtype(dtype, host.compute_device(), host.bf16_supported()))
     key = (path, te_path, vae_path, chosen, _mtime(path))
     if key in _LOADED:
         _LOADED.move_to_end(key)

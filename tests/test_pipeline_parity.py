@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from acestep_core import pipeline as pipeline_module
-from acestep_core.pipeline import AceStepPipeline, GenerationRequest
+from acestep_core.pipeline import AceStepPipeline
+from acestep_core.request import request
 from acestep_core.loading.silence import silence_slice
 from devtools.diffusers_ref import build_diffusers
 from devtools.fixtures import TINY_QWEN3_CONFIG, TINY_VAE_CONFIG, build_tensors, write_hf_layout
@@ -71,7 +72,7 @@ def _noise(seed, frames=250, channels=8):
 
 def test_turbo_text2music_matches_diffusers(turbo):
     ours, theirs = turbo
-    result = ours(GenerationRequest(caption=CAPTION, lyrics=LYRICS, duration=10.0, seed=7, decode=False))
+    result = ours(request(caption=CAPTION, lyrics=LYRICS, duration=10.0, seed=7, decode=False))
     expected = theirs(prompt=CAPTION, lyrics=LYRICS, audio_duration=10.0, num_inference_steps=8, shift=3.0,
                       latents=_noise(7), output_type="latent").audios
     assert result.latents.shape == expected.shape == (1, 250, 8)
@@ -80,13 +81,13 @@ def test_turbo_text2music_matches_diffusers(turbo):
 
 def test_base_text2music_with_apg_matches_diffusers(base):
     ours, theirs = base
-    result = ours(GenerationRequest(caption=CAPTION, lyrics=LYRICS, duration=10.0, seed=3, steps=6, shift=3.0,
+    result = ours(request(caption=CAPTION, lyrics=LYRICS, duration=10.0, seed=3, steps=6, shift=3.0,
                                     guidance=7.0, decode=False))
     expected = theirs(prompt=CAPTION, lyrics=LYRICS, audio_duration=10.0, num_inference_steps=6, shift=3.0,
                       guidance_scale=7.0, latents=_noise(3), output_type="latent").audios
     assert _rel(result.latents, expected) <= REL, _rel(result.latents, expected)
     # Guidance must matter here, or the test proves nothing about APG.
-    plain = ours(GenerationRequest(caption=CAPTION, lyrics=LYRICS, duration=10.0, seed=3, steps=6, shift=3.0,
+    plain = ours(request(caption=CAPTION, lyrics=LYRICS, duration=10.0, seed=3, steps=6, shift=3.0,
                                    guidance=1.0, decode=False))
     assert _rel(plain.latents, expected) > 1e-2
 
@@ -100,7 +101,7 @@ def test_repaint_without_injection_matches_diffusers(turbo, monkeypatch):
     from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDiagonalGaussianDistribution
 
     monkeypatch.setattr(OobleckDiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
-    result = ours(GenerationRequest(task="repaint", caption=CAPTION, lyrics=LYRICS, src_audio=source,
+    result = ours(request(task="repaint", caption=CAPTION, lyrics=LYRICS, src_audio=source,
                                     src_sample_rate=200, repaint_start=2.0, repaint_end=6.0,
                                     repaint_mode="aggressive", seed=5, decode=False))
     expected = theirs(prompt=CAPTION, lyrics=LYRICS, audio_duration=10.0, task_type="repaint", src_audio=source,

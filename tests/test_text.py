@@ -16,21 +16,13 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 from acestep_core import constants as C
 from acestep_core.loading.text import BUNDLED_TOKENIZER, load_text_encoder, load_tokenizer, strip_text_encoder_prefix
 from acestep_core.models.text_encoder import TextEncoder, encode_text_inputs, infer_qwen3_config
+from acestep_core.request import TASKS
 from acestep_core.prompts import (
     extract_caption,
     format_caption_prompt,
     format_lyrics_prompt,
     format_metas,
     task_instruction,
-)
-from acestep_core.request import (
-    check_bpm,
-    check_duration,
-    check_keyscale,
-    check_language,
-    check_task,
-    check_time_signature,
-    check_track_name,
 )
 from acestep_core.errors import CheckpointError
 
@@ -51,7 +43,6 @@ def test_vocabularies_match_the_original():
     assert {"C major", "F# minor", "B♭ major", "Eb minor"} <= set(C.KEYSCALES)
     assert C.TIME_SIGNATURES == ("2", "3", "4", "6")
     assert len(C.TRACK_NAMES) == 12 and C.TRACK_NAMES[0] == "woodwinds" and C.TRACK_NAMES[-1] == "vocals"
-    assert C.TASK_TYPES == ("text2music", "repaint", "cover", "extract", "lego", "complete")
     assert (C.BPM_MIN, C.BPM_MAX, C.DURATION_MIN, C.DURATION_MAX) == (30, 300, 10, 600)
     assert (C.TEXT_MAX_TOKENS, C.LYRIC_MAX_TOKENS, C.SAMPLE_RATE, C.LATENT_RATE) == (256, 2048, 48000, 25)
 
@@ -74,8 +65,8 @@ def test_templates_match_diffusers(diffusers_pipeline):
 
     assert C.SFT_GEN_PROMPT.format(instruction="{}", caption="{}", metas="{}") == P.SFT_GEN_PROMPT
     assert C.TASK_INSTRUCTIONS == P.TASK_INSTRUCTIONS
-    assert C.DEFAULT_DIT_INSTRUCTION == P.DEFAULT_DIT_INSTRUCTION
-    assert C.TASK_TYPES == tuple(P.TASK_TYPES)
+    assert C.TASK_INSTRUCTIONS["text2music"] == P.DEFAULT_DIT_INSTRUCTION
+    assert set(TASKS) == set(P.TASK_TYPES) | {"extend"}  # extend is repaint outside the source
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,18 +105,6 @@ def test_task_instruction(task, tracks, expected, diffusers_pipeline):
     assert diffusers_pipeline._get_task_instruction(task, track_name=name, complete_track_classes=classes) == expected
 
 
-def test_task_instruction_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"task 'txt2music' is not allowed; expected one of text2music"):
-        task_instruction("txt2music")
-    with pytest.raises(ValueError, match=r"track name 'piano' is not allowed; expected one of woodwinds"):
-        task_instruction("extract", "piano")
-    with pytest.raises(ValueError, match="takes one track name"):
-        task_instruction("lego", ["drums", "bass"])
-    with pytest.raises(ValueError, match="takes no track names"):
-        task_instruction("cover", "drums")
-    assert task_instruction("extract", "Vocals") == "Extract the VOCALS track from the audio:"
-
-
 METAS_CASES = [
     # (bpm, timesignature, keyscale, duration) -> metas block
     ((120, "4", "C major", 60.0), "- bpm: 120\n- timesignature: 4\n- keyscale: C major\n- duration: 60 seconds\n"),
@@ -149,11 +128,9 @@ def test_format_metas(args, expected, diffusers_pipeline):
 
 def test_format_metas_writes_time_signature_verbatim_like_the_original():
     """The original writes the time signature as given ("4/4" stays "4/4"); ComfyUI strips a "/4" suffix.
-    Callers should pass the numerator (check_time_signature enforces it)."""
+    Requests pass the numerator (SongText turns "4/4" into "4")."""
     assert "- timesignature: 4/4\n" in format_metas(timesignature="4/4")
     assert "- timesignature: N/A\n" in format_metas(timesignature="N/A")
-    with pytest.raises(ValueError, match=r"time signature '4/4' is not allowed"):
-        check_time_signature("4/4")
 
 
 def test_caption_prompt_byte_exact(diffusers_pipeline):
@@ -195,28 +172,6 @@ def test_pasted_sft_prompt_caption_is_extracted_like_the_original_not_diffusers(
     # without "# Metas" the caption runs to the end; without "# Instruction" nothing is touched (not even stripped)
     assert extract_caption("# Instruction\nx\n\n# Caption\nsoft rock \n") == "soft rock"
     assert extract_caption(" # Caption\nsoft rock ") == " # Caption\nsoft rock "
-
-
-def test_validation_messages_name_input_value_and_allowed():
-    for fn, value, pattern in [
-        (check_language, "english", r"vocal language 'english' is not allowed; expected one of ar, az, .*, unknown"),
-        (check_keyscale, "H major", r"keyscale 'H major' is not allowed; expected a note A-G"),
-        (check_bpm, 301, r"bpm 301 is not allowed; expected an integer from 30 to 300"),
-        (check_bpm, 29, r"bpm 29 is not allowed"),
-        (check_bpm, 120.5, r"bpm 120.5 is not allowed"),
-        (check_time_signature, "5", r"time signature '5' is not allowed; expected one of 2, 3, 4, 6"),
-        (check_duration, 601, r"duration 601 is not allowed; expected 10 to 600 seconds"),
-        (check_task, "remix", r"task 'remix' is not allowed"),
-        (check_track_name, "piano", r"track name 'piano' is not allowed"),
-    ]:
-        with pytest.raises(ValueError, match=pattern):
-            fn(value)
-    for fn, value in [(check_language, "en"), (check_language, "unknown"), (check_keyscale, "G♯ minor"),
-                      (check_keyscale, None), (check_bpm, 30), (check_bpm, 300), (check_bpm, None),
-                      (check_time_signature, "6"), (check_time_signature, None), (check_duration, 10),
-                      (check_duration, 600.0), (check_duration, None), (check_task, "complete"),
-                      (check_track_name, "backing_vocals")]:
-        fn(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,22 +19,21 @@ once and cached). Every loader reads memory-mapped safetensors straight into the
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 
 import torch
 
-from ..constants import VARIANT_DEFAULTS
-from ..errors import CheckpointError
+from ..constants import DTYPES, VARIANT_DEFAULTS
+from ..errors import CheckpointError, InputError
 from ..models.config import AceStepConfig
 from ..models.model import AceStepModel
 from ..models.text_encoder import TextEncoder
 from ..models.vae import OobleckVAE, VaeConfig
 from .silence import load_silence_latent_file, silence_latent_for_vae
 from .text import load_text_encoder, load_tokenizer
-from .weights import read_safetensors, safetensors_keys, sharded_files
+from .weights import read_json, read_safetensors, safetensors_keys, sharded_files
 
 DIT_PREFIX = "model.diffusion_model."
 AIO_VAE_PREFIX = "vae."
@@ -54,19 +53,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto" is what the original runs: bf16 on a CUDA GPU that supports it, else float32."""
+_DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                "fp32": torch.float32, "float32": torch.float32}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, bf16_supported: bool | None = None
+                  ) -> torch.dtype:
+    """The weight dtype. "auto" is what the original runs: bf16 where the device supports it, else float32; fp16
+    is never chosen on its own (the model can overflow into silence in fp16), only when asked for.
+    ``bf16_supported``: the host's answer (ComfyUI's), else torch is asked."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
     if dtype in (None, "auto"):
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of: auto, {', '.join(sorted(names))}")
-    return names[dtype]
+        if bf16_supported is None:
+            bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_supported else torch.float32
+    if dtype not in _DTYPE_NAMES:
+        raise InputError("dtype", dtype, f"one of {', '.join(DTYPES)}")
+    return _DTYPE_NAMES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 → "bf16" (the names DTYPES uses)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
 
 
 # --------------------------------------------------------------------------- variants
@@ -115,34 +124,88 @@ class DitCheckpoint:
         return VARIANT_DEFAULTS[self.variant]
 
 
-def _read_json(path: str) -> dict:
+def dit_prefix(keys) -> str | None:
+    """The prefix under which a safetensors file holds an ACE-Step 1.5 DiT ("" for a Comfy-Org DiT file,
+    "model.diffusion_model." in an all-in-one file), or None when it holds none (judged by the tensor ComfyUI
+    detects ACE-Step 1.5 by)."""
+    for prefix in ("", DIT_PREFIX):
+        if prefix + DIT_MARKER in keys:
+            return prefix
+    return None
+
+
+def is_acestep_dit_file(path: str) -> bool:
+    """True for a safetensors file holding the ACE-Step 1.5 DiT (reads the header only)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e}") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+        return dit_prefix(safetensors_keys(path)) is not None
+    except CheckpointError:
+        return False
 
 
-def _dit_prefix(keys) -> str:
-    if any(k.startswith(DIT_PREFIX) for k in keys):
-        return DIT_PREFIX
-    return ""
+def is_dit_folder(path: str) -> bool:
+    """An official model folder: an acestep-v15-* folder with config.json, or any folder whose config.json
+    describes an AceStep model next to its weights."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    if DIT_DIR_PATTERN.match(os.path.basename(os.path.normpath(path))):
+        return True
+    try:
+        data = read_json(config)
+    except CheckpointError:
+        return False
+    is_acestep = data.get("model_type") == "acestep" or any("AceStep" in str(a) for a in data.get("architectures") or [])
+    return is_acestep and any(os.path.isfile(os.path.join(path, name))
+                              for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def find_dit_folders(root: str, depth: int = 3) -> list[str]:
+    """Official DiT folders under ``root`` (up to ``depth`` levels down), as relative paths with "/"."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        rel = os.path.relpath(dirpath, root)
+        if rel.count(os.sep) >= depth - 1:
+            dirnames[:] = []
+        dirnames.sort()
+        if rel != "." and is_dit_folder(dirpath):
+            found.append(rel.replace(os.sep, "/"))
+            dirnames[:] = []
+    return sorted(found)
+
+
+def model_folders(root: str) -> list[str]:
+    """The acestep-v15-* model folders directly inside an official root (empty for anything else)."""
+    if not os.path.isdir(root) or is_dit_folder(root):
+        return []
+    return sorted(d for d in os.listdir(root)
+                  if DIT_DIR_PATTERN.match(d) and os.path.isfile(os.path.join(root, d, "config.json")))
+
+
+def read_dit_config(path: str) -> tuple[AceStepConfig, dict | None, str]:
+    """(config, the official config.json or None, key prefix) of a DiT folder or file, without reading weights."""
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise CheckpointError(f"{path}: no config.json — not an ACE-Step 1.5 model folder")
+        config_json = read_json(config_path)
+        if config_json.get("model_type") not in (None, "acestep"):
+            raise CheckpointError(f"{config_path}: model_type is {config_json.get('model_type')!r}, not 'acestep'")
+        return AceStepConfig.from_json(config_json, source=config_path), config_json, ""
+    shapes = safetensors_keys(path)
+    prefix = dit_prefix(shapes)
+    if prefix is None:
+        raise CheckpointError(f"{path}: not an ACE-Step 1.5 diffusion model (no {DIT_MARKER!r} tensor)")
+    config = AceStepConfig.from_shapes({k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)},
+                                       source=path)
+    return config, None, prefix
 
 
 def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> DitCheckpoint:
     """A DiT checkpoint: an official variant folder, or a Comfy-Org diffusion-model / all-in-one file."""
     device = torch.device(device)
+    config, config_json, prefix = read_dit_config(path)
     if os.path.isdir(path):
-        config_path = os.path.join(path, "config.json")
-        if not os.path.isfile(config_path):
-            raise CheckpointError(f"{path}: no config.json — not an ACE-Step 1.5 model folder")
-        config_json = _read_json(config_path)
-        if config_json.get("model_type") not in (None, "acestep"):
-            raise CheckpointError(f"{config_path}: model_type is {config_json.get('model_type')!r}, not 'acestep'")
         files = sharded_files(path)
-        config = AceStepConfig.from_json(config_json)
         state = read_safetensors(files, dtype, device)
         source = files[0] if len(files) == 1 else f"{path} (sharded)"
         silence_path = os.path.join(path, "silence_latent.pt")
@@ -151,28 +214,21 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> Dit
                 f"{silence_path}: missing. The official folder ships it next to model.safetensors; "
                 "download the folder again (or use the Comfy-Org files, whose silence latent is derived "
                 "from the VAE)")
-        silence = load_silence_latent_file(silence_path, dtype, device)
-        hints = [path]
+        silence = load_silence_latent_file(silence_path, dtype, device, channels=config.audio_acoustic_hidden_dim)
     else:
-        shapes = safetensors_keys(path)
-        prefix = _dit_prefix(shapes)
-        if prefix + DIT_MARKER not in shapes:
-            raise CheckpointError(f"{path}: not an ACE-Step 1.5 diffusion model (no {DIT_MARKER!r} tensor)")
-        config_json = None
-        config = AceStepConfig.from_shapes({k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)},
-                                           source=path)
         state = read_safetensors(path, dtype, device, select=lambda k: k.startswith(prefix))
         state = {k[len(prefix):]: v for k, v in state.items()}
-        source, silence, hints = path, None, [path]
+        source, silence = path, None
     model = AceStepModel.from_state_dict(state, config, source=source)
-    variant, how = detect_variant(hints, config_json, config.is_xl)
+    variant, how = detect_variant([path], config_json, config.is_xl)
     return DitCheckpoint(model, variant, how, path, silence)
 
 
 def load_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> OobleckVAE:
     """The VAE: an official ``vae/`` folder, a Comfy-Org VAE file, or an all-in-one file (``vae.`` keys)."""
     if os.path.isdir(path):
-        cfg = VaeConfig.from_diffusers_config(_read_json(os.path.join(path, "config.json")))
+        config_path = os.path.join(path, "config.json")
+        cfg = VaeConfig.from_diffusers_config(read_json(config_path), config_path)
         files = sharded_files(path, "diffusion_pytorch_model.safetensors")
         raw = read_safetensors(files, None, "cpu")
         source = files[0]
@@ -218,13 +274,6 @@ class CheckpointPaths:
     tokenizer_dir: str | None  # None = the Qwen3 tokenizer shipped with the pack
 
 
-def _is_dit_folder(path: str) -> bool:
-    """One model folder (acestep-v15-*, or any folder with config.json + silence_latent.pt), not a root."""
-    if DIT_DIR_PATTERN.match(os.path.basename(os.path.normpath(path))):
-        return True
-    return all(os.path.isfile(os.path.join(path, name)) for name in ("config.json", "silence_latent.pt"))
-
-
 def _find_file(folder: str, preferred: list[str], marker) -> str | None:
     if not os.path.isdir(folder):
         return None
@@ -266,9 +315,8 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
     path = os.path.expanduser(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or folder")
-    if os.path.isdir(path) and not _is_dit_folder(path):
-        dits = sorted(d for d in os.listdir(path) if DIT_DIR_PATTERN.match(d)
-                      and os.path.isfile(os.path.join(path, d, "config.json")))
+    if os.path.isdir(path) and not is_dit_folder(path):
+        dits = model_folders(path)
         if not dits:
             raise CheckpointError(f"{path}: no acestep-v15-* model folder inside (expected the official layout: "
                                   f"acestep-v15-turbo/, vae/, {TEXT_ENCODER_DIR}/)")
@@ -276,9 +324,12 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
             dit_folder = DEFAULT_DIT_DIR if DEFAULT_DIT_DIR in dits else dits[0] if len(dits) == 1 else None
             if dit_folder is None:
                 raise CheckpointError(f"{path}: several model folders ({', '.join(dits)}); choose one")
-        elif dit_folder not in dits:
-            raise CheckpointError(f"{path}: no model folder {dit_folder!r}; found {', '.join(dits)}")
+        else:
+            dit_folder = _folder_name(dit_folder, dits, path)
         root, dit = path, os.path.join(path, dit_folder)
+    elif dit_folder is not None:
+        raise CheckpointError(f"{path}: one model, not a models folder; a model folder ({dit_folder!r}) can only be "
+                              "chosen inside a folder holding acestep-v15-* folders")
     elif os.path.isdir(path):
         root, dit = os.path.dirname(os.path.normpath(path)), path
     else:
@@ -298,7 +349,7 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
             text_encoder = dit
         models_dir = os.path.dirname(os.path.dirname(os.path.abspath(dit)))
         vae = vae or _find_file(os.path.join(models_dir, "vae"), ["ace_1.5_vae.safetensors"], _looks_like_vae)
-        prefix = _dit_prefix(keys)
+        prefix = dit_prefix(keys) or ""
         width = keys[prefix + "encoder.text_projector.weight"][1] if prefix + "encoder.text_projector.weight" in keys else 1024
         text_encoder = text_encoder or _find_file(os.path.join(models_dir, "text_encoders"),
                                                   ["qwen_0.6b_ace15.safetensors"],
@@ -312,6 +363,34 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
     if tokenizer_dir is None and os.path.isdir(text_encoder) and os.path.isfile(os.path.join(text_encoder, "tokenizer.json")):
         tokenizer_dir = text_encoder
     return CheckpointPaths(dit, vae, text_encoder, tokenizer_dir)
+
+
+def _folder_name(choice: str, folders: list[str], root: str) -> str:
+    """A model folder by its name or by its variant: "base" and "xl-sft" mean acestep-v15-base and
+    acestep-v15-xl-sft."""
+    for candidate in (choice, "acestep-v15-" + choice.lower().replace("_", "-")):
+        if candidate in folders:
+            return candidate
+    raise CheckpointError(f"{root}: no model folder {choice!r}; found {', '.join(folders)}")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint is, read from config files and headers only (no weights)."""
+
+    paths: CheckpointPaths
+    config: AceStepConfig
+    variant: str
+    variant_source: str
+
+
+def inspect_checkpoint(path: str, vae: str | None = None, text_encoder: str | None = None,
+                       tokenizer_dir: str | None = None, dit_folder: str | None = None) -> CheckpointInfo:
+    """Where each component is and which variant the DiT is, without loading anything."""
+    paths = resolve_paths(path, vae, text_encoder, tokenizer_dir, dit_folder)
+    config, config_json, _ = read_dit_config(paths.dit)
+    variant, how = detect_variant([paths.dit], config_json, config.is_xl)
+    return CheckpointInfo(paths, config, variant, how)
 
 
 def load_checkpoint(path: str, dtype="auto", device=None, vae: str | None = None,

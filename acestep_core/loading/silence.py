@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import pickle
 
 import torch
 
@@ -19,15 +20,30 @@ SILENCE_FRAMES = 15000  # the shipped file's length: 600 s at 25 Hz
 _memory_cache: dict[str, torch.Tensor] = {}
 
 
-def load_silence_latent_file(path: str, dtype: torch.dtype, device) -> torch.Tensor:
-    """Read ``silence_latent.pt`` (tensor data only: ``weights_only=True``) → [1, T, C]."""
+def load_silence_latent_file(path: str, dtype: torch.dtype, device, channels: int | None = None) -> torch.Tensor:
+    """Read ``silence_latent.pt`` → [1, T, C]: a plain float tensor [1, C, T] (``weights_only=True``: a pickle
+    holding Python objects is refused, never run), with ``channels`` latent channels when given, at least one
+    frame, and finite values."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that is not plain tensor data, or a truncated file
-        raise CheckpointError(f"{path}: not a readable tensor file: {e}") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds Python objects besides tensor data, which are never loaded for "
+                              "safety; replace it with the file from the official model folder") from None
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: torch's message is long and says nothing useful
+        raise CheckpointError(f"{path}: not a readable tensor file (truncated or corrupt?); replace it with the "
+                              "file from the official model folder") from None
+    expected = f"[1, {channels if channels else 'channels'}, frames]"
     if not isinstance(data, torch.Tensor) or data.dim() != 3 or data.shape[0] != 1:
         shape = list(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
-        raise CheckpointError(f"{path}: expected a [1, channels, frames] tensor, got {shape}")
+        raise CheckpointError(f"{path}: expected a {expected} tensor, got {shape}")
+    if channels is not None and data.shape[1] != channels:
+        raise CheckpointError(f"{path}: expected a {expected} tensor, got {list(data.shape)} (a silence latent "
+                              "of another model?)")
+    if data.shape[2] == 0 or not data.is_floating_point():
+        raise CheckpointError(f"{path}: expected a {expected} float tensor with at least one frame, got "
+                              f"{list(data.shape)} {str(data.dtype).replace('torch.', '')}")
+    if not torch.isfinite(data).all():
+        raise CheckpointError(f"{path}: contains NaN or infinite values")
     return data.transpose(1, 2).to(device=device, dtype=dtype).contiguous()
 
 

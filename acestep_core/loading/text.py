@@ -3,7 +3,6 @@ bundled with the pack) and the Qwen3-Embedding-0.6B weights from any of the thre
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from typing import Iterable, Mapping
 
@@ -13,7 +12,7 @@ from tokenizers import Tokenizer, processors
 from ..constants import ENDOFTEXT, ENDOFTEXT_ID, TEXT_ENCODER_PREFIXES
 from ..errors import CheckpointError
 from ..models.text_encoder import TextEncoder, TextTokenizer
-from .weights import read_safetensors, safetensors_keys, sharded_files
+from .weights import read_json, read_safetensors, safetensors_keys, sharded_files
 
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "qwen3_tokenizer",
                                  "tokenizer.json.gz")
@@ -77,11 +76,7 @@ def load_text_encoder(path: str, dtype: torch.dtype = torch.float32, device: tor
         files = sharded_files(path)
         config_path = os.path.join(path, "config.json")
         if os.path.isfile(config_path):
-            try:
-                with open(config_path, encoding="utf-8") as f:
-                    config_dict = json.load(f)
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{config_path}: unreadable config: {e}") from None
+            config_dict = read_json(config_path)
         keys: Iterable[str] = [k for file in files for k in safetensors_keys(file)]
     else:
         files = [path]

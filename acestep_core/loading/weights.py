@@ -69,6 +69,21 @@ def read_safetensors(
     return out
 
 
+def read_json(path: str) -> dict:
+    """A JSON object from a checkpoint's config file, with a clear error for anything else."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object with the model's settings, got a "
+                              f"{type(data).__name__}")
+    return data
+
+
 def sharded_files(folder: str, single: str = "model.safetensors") -> list[str]:
     """The weight files of a transformers-style folder: one file, or the shards named in its index."""
     path = os.path.join(folder, single)
@@ -92,7 +107,8 @@ def sharded_files(folder: str, single: str = "model.safetensors") -> list[str]:
 def assign_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """Put ``state_dict`` into ``module`` (typically built on the meta device), strictly.
 
-    Raises CheckpointError listing missing keys, unexpected keys and shape mismatches (first few of each).
+    Raises CheckpointError listing missing keys, unexpected keys, shape mismatches and integer tensors where the
+    model has floating-point ones (first few of each).
     Modules meant for this keep no non-persistent buffers (RoPE tables are computed on the fly), so nothing
     is left on the meta device afterwards.
     """
@@ -104,9 +120,15 @@ def assign_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
         for k in expected
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
-    if missing or unexpected or wrong:
+    not_float = [
+        f"{k} is {str(state_dict[k].dtype).replace('torch.', '')} (the model needs floating point)"
+        for k in expected
+        if k in state_dict and expected[k].is_floating_point() and not state_dict[k].is_floating_point()
+    ]
+    if missing or unexpected or wrong or not_float:
         parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", wrong), ("non-float tensors", not_float)):
             if items:
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")

@@ -7,6 +7,7 @@ own fields; ``encoder()`` returns the config those modules are built from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -16,6 +17,24 @@ from ..errors import CheckpointError
 def alternating_layer_types(n: int) -> list[str]:
     """Layer 0 sliding, layer 1 full, … — the original's default rule."""
     return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+
+
+def _checked(name: str, kind: str, value, source: str):
+    """A config.json value of the field's declared type (``kind`` as written in the dataclass)."""
+    kind = kind.replace(" | None", "")
+    ok = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "list[int]": lambda v: isinstance(v, list) and v and all(isinstance(x, int) and x > 0 for x in v),
+    }[kind]
+    if not ok(value):
+        what = {"int": "a positive integer", "float": "a number", "bool": "true or false", "str": "a string",
+                "list[str]": "a list of strings", "list[int]": "a list of positive integers"}[kind]
+        raise CheckpointError(f"{source}: {name} is {value!r}; expected {what}")
+    return value
 
 
 @dataclass
@@ -59,6 +78,18 @@ class AceStepConfig:
             self.layer_types = alternating_layer_types(needed)
         elif len(self.layer_types) < needed:
             raise CheckpointError(f"config: layer_types has {len(self.layer_types)} entries, {needed} needed")
+        unknown = set(self.layer_types) - {"sliding_attention", "full_attention"}
+        if unknown:
+            raise CheckpointError(f"config: layer_types holds {sorted(unknown)}; expected sliding_attention or "
+                                  "full_attention")
+        for heads, kv in ((self.num_attention_heads, self.num_key_value_heads),
+                          (self.encoder_num_attention_heads, self.encoder_num_key_value_heads)):
+            if heads is not None and kv is not None and heads % kv:
+                raise CheckpointError(f"config: {heads} attention heads cannot share {kv} key/value heads "
+                                      "(not a multiple)")
+        if not (self.rms_norm_eps > 0 and self.rope_theta > 0):
+            raise CheckpointError(f"config: rms_norm_eps={self.rms_norm_eps} and rope_theta={self.rope_theta} must "
+                                  "be positive")
 
     @property
     def is_xl(self) -> bool:
@@ -77,10 +108,16 @@ class AceStepConfig:
         )
 
     @classmethod
-    def from_json(cls, data: dict) -> "AceStepConfig":
-        """From an official ``config.json`` (unknown keys — training fields, auto_map, … — are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names and v is not None})
+    def from_json(cls, data: dict, source: str = "config.json") -> "AceStepConfig":
+        """From an official ``config.json`` (unknown keys — training fields, auto_map, … — are ignored); every
+        known field must have its type (positive integers for sizes)."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: expected a JSON object with the model's settings")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data and data[f.name] is not None:
+                values[f.name] = _checked(f.name, f.type, data[f.name], source)
+        return cls(**values)
 
     @classmethod
     def from_shapes(cls, shapes: dict[str, list[int]], source: str = "checkpoint") -> "AceStepConfig":

@@ -41,6 +41,11 @@ class TextTokenizer:
         self.tokenizer.enable_truncation(max_length)
         return self.tokenizer.encode(text).ids
 
+    def count(self, text: str) -> int:
+        """How many tokens ``text`` has before any truncation (special tokens included)."""
+        self.tokenizer.no_truncation()
+        return len(self.tokenizer.encode(text).ids)
+
     def encode_batch(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, both LongTensor [B, L] with L the longest item."""
         if isinstance(texts, str) or not texts:
@@ -118,11 +123,20 @@ class TextEncoder(nn.Module):
             config_dict = infer_qwen3_config(state_dict, source)
         elif config_dict.get("model_type", "qwen3") != "qwen3":
             raise CheckpointError(f"{source}: config model_type is {config_dict['model_type']!r}, expected 'qwen3'")
-        config = Qwen3Config(**config_dict)
-        config._attn_implementation = "sdpa"
-        config.use_cache = False
-        with torch.device("meta"):
-            model = Qwen3Model(config)
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim"):
+            value = config_dict.get(key)
+            if key in config_dict and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise CheckpointError(f"{source}: config {key} is {value!r}; expected a positive integer")
+        try:
+            config = Qwen3Config(**config_dict)
+            config._attn_implementation = "sdpa"
+            config.use_cache = False
+            with torch.device("meta"):
+                model = Qwen3Model(config)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{source}: the text-encoder config cannot build a Qwen3 model: "
+                                  f"{' '.join(str(e).split())[:200]}") from None
         state_dict = {
             k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state_dict.items()
         }

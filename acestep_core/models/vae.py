@@ -44,13 +44,31 @@ class VaeConfig:
         return self.sampling_rate / self.hop_length
 
     @classmethod
-    def from_diffusers_config(cls, config: Mapping) -> "VaeConfig":
-        """From a diffusers ``vae/config.json`` dict; keys we do not model (``_class_name`` ...) are ignored."""
-        kw = {f.name: config[f.name] for f in fields(cls) if f.name in config}
-        for k in ("channel_multiples", "downsampling_ratios"):
-            if k in kw:
-                kw[k] = tuple(int(v) for v in kw[k])
-        return cls(**kw)
+    def from_diffusers_config(cls, config: Mapping, source: str = "vae/config.json") -> "VaeConfig":
+        """From a diffusers ``vae/config.json`` dict; keys we do not model (``_class_name`` ...) are ignored.
+        Every size and rate must be a positive integer."""
+        if not isinstance(config, Mapping):
+            raise CheckpointError(f"{source}: expected a JSON object with the VAE's settings")
+
+        def positive(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        kw = {}
+        for f in fields(cls):
+            if f.name not in config:
+                continue
+            value = config[f.name]
+            if f.name in ("channel_multiples", "downsampling_ratios"):
+                if not isinstance(value, (list, tuple)) or not value or not all(positive(v) for v in value):
+                    raise CheckpointError(f"{source}: {f.name} is {value!r}; expected a list of positive integers")
+                value = tuple(value)
+            elif not positive(value):
+                raise CheckpointError(f"{source}: {f.name} is {value!r}; expected a positive integer")
+            kw[f.name] = value
+        config = cls(**kw)
+        if len(config.channel_multiples) != len(config.downsampling_ratios):
+            raise CheckpointError(f"{source}: channel_multiples and downsampling_ratios differ in length")
+        return config
 
     @classmethod
     def from_state_dict(cls, raw: Mapping[str, Tensor], source: str = "vae") -> "VaeConfig":
@@ -316,6 +334,11 @@ def vae_state_dict(
     Fusion runs in float32 whatever the stored dtype, so read the file in its own dtype and let this cast.
     """
     named = _diffusers_names(raw, source)
+    not_float = [k for k, t in named.items() if not t.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{source}: weights do not fit the model: {len(not_float)} non-float tensors: "
+                              f"{not_float[0]} is {str(named[not_float[0]].dtype).replace('torch.', '')} (the model "
+                              "needs floating point)")
     out: dict[str, Tensor] = {}
     for key, t in named.items():
         m = _PARAM.match(key)
