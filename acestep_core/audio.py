@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .constants import REFERENCE_SECONDS, REFERENCE_SEGMENT_SECONDS, SAMPLE_RATE
-from .errors import InputError
+from .errors import Described, InputError
 
 SILENCE_THRESHOLD = 1e-6  # |x| below this everywhere = silent (the original's is_silence)
 
@@ -104,7 +104,7 @@ def _header_seconds(container, stream) -> float | None:
 
 def _refuse_long(name: str, path: str, seconds: float | None, max_seconds: float, prefix: str = "") -> None:
     if seconds is not None and seconds > max_seconds + 0.05:
-        raise InputError(name, f"{path} ({prefix}{seconds:.1f} s)", f"audio of at most {max_seconds:g} s "
+        raise InputError(name, Described(f"{path} ({prefix}{seconds:.1f} s)"), f"audio of at most {max_seconds:g} s "
                                                                      "(trim it first)")
 
 

@@ -169,14 +169,10 @@ def output_paths(out: str, count: int) -> list[str]:
 
 
 def check_output_paths(paths: list[tuple[str, str]]) -> None:
-    """(flag, path) pairs: each a file name (not a folder) in a folder that exists or can be made and written,
-    all different; checked before any work so a run never ends without its files."""
-    seen = {}
+    """(flag, path) pairs: each a file name (not a folder) in a folder that exists or can be made and written;
+    checked before any work so a run never ends without its files."""
     for flag, path in paths:
         full = os.path.abspath(path)
-        if full in seen:
-            raise UsageError(f"{flag} {path}: the same file as {seen[full]}")
-        seen[full] = flag
         if os.path.isdir(path):
             raise UsageError(f"{flag} {path}: is a folder; give a file name such as "
                              f"{os.path.join(path, 'song.flac')}")
@@ -414,6 +410,7 @@ def generate(args) -> int:
         raise UsageError("give either --lyrics or --lyrics-file, not both")
     if args.src_audio is not None and args.task is None:
         raise UsageError(f"--src-audio needs --task: one of {', '.join(SOURCE_TASKS)}")
+    check_output_paths([("--out", args.out)])  # the batch's other names once the batch size is known
     check_save_options(args.out, args.quality)
     if args.save_latents is not None and not args.save_latents.lower().endswith(".safetensors"):
         raise UsageError(f"--save-latents {args.save_latents!r}: the file name must end in .safetensors")
@@ -428,7 +425,8 @@ def generate(args) -> int:
                                                         if args.save_latents else []))
 
     # 2. Which model, and can it take these settings (read from config/header, nothing loaded yet).
-    from .loading.checkpoint import inspect_checkpoint, model_folders, resolve_dtype
+    from .loading.checkpoint import dtype_name, inspect_checkpoint, resolve_dtype
+    from .loading.layout import model_folders
     from .request import resolve_sampler
 
     checkpoint = resolve_checkpoint(args.checkpoint, args.allow_download)
@@ -439,8 +437,7 @@ def generate(args) -> int:
     resolve_sampler(req.sampler, info.variant)
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
-    dtype_name = str(dtype).replace("torch.", "")
-    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name} · {device} · {req.task.kind}", file=sys.stderr)
+    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · {req.task.kind}", file=sys.stderr)
     if req.task.rule.base_only and not info.variant.endswith("base"):
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
               "(add --model base)", file=sys.stderr)

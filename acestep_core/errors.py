@@ -17,11 +17,18 @@ class InputError(ValueError):
         super().__init__(f"{name}={shown(value)} is not allowed: {allowed}")
 
 
+class Described(str):
+    """A description standing in for a value too big to show (``<3600.0 s of audio>``); shown as is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def shown(value) -> str:
     """A value as an error message shows it: short, one line, tensors by shape."""
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return f"<{type(value).__name__} of shape {list(value.shape)}>"
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, Described) or (isinstance(value, float) and not math.isfinite(value)):
         return str(value)
     text = repr(value)
     text = " ".join(text.split())

@@ -15,6 +15,7 @@ latent frames and samples. :func:`request` builds a whole request from flat keyw
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from .constants import (
     TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
-from .errors import InputError
+from .errors import Described, InputError
 from .sampling import APG_MOMENTUM, APG_NORM_THRESHOLD, MAX_TURBO_STEPS
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -58,7 +59,8 @@ def check_number(name: str, value, lo: float, hi: float, hint: str = "") -> floa
     """A finite number in [lo, hi]."""
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or not lo <= value <= hi:
-        raise InputError(name, value, f"a number from {lo:g} to {hi:g}{hint}")
+        span = f"from {lo:g} to {hi:g}" if math.isfinite(lo) or math.isfinite(hi) else "(finite)"
+        raise InputError(name, value, f"a number {span}{hint}")
     return float(value)
 
 
@@ -208,7 +210,7 @@ def parse_audio_codes(codes) -> tuple[int, ...]:
     except (TypeError, ValueError, InputError):
         raise InputError("audio_codes", codes, allowed) from None
     if not 1 <= len(values) <= MAX_AUDIO_CODES:
-        raise InputError("audio_codes", f"<{len(values)} codes>", allowed + f" ({MAX_AUDIO_CODES / 5:g} s)")
+        raise InputError("audio_codes", Described(f"<{len(values)} codes>"), allowed + f" ({MAX_AUDIO_CODES / 5:g} s)")
     return tuple(min(max(v, 0), CODEBOOK_SIZE - 1) for v in values)
 
 
@@ -235,7 +237,7 @@ class AudioClip:
         object.__setattr__(self, "sample_rate", int(rate))
         object.__setattr__(self, "waveform", _as_waveform(self.waveform, self.name))
         if self.seconds > DURATION_MAX:
-            raise InputError(self.name, f"<{self.seconds:.1f} s of audio>",
+            raise InputError(self.name, Described(f"<{self.seconds:.1f} s of audio>"),
                              f"at most {DURATION_MAX} s (trim it first)")
 
     @property
@@ -321,7 +323,7 @@ def check_window(task: str, start, end, source_seconds: float | None = None) -> 
     rule = TASKS[task]
     for name, value in (("start", start), ("end", end)):
         if value is not None:
-            check_number(name, value, -DURATION_MAX, DURATION_MAX, " seconds")
+            check_number(name, value, -math.inf, math.inf)
     if rule.window is None:
         if start is not None or end is not None:
             raise InputError("start/end", (start, end), f"no window for task {task!r} (repaint, extend, lego)")
@@ -401,7 +403,7 @@ class SongText:
             if not isinstance(self.timbre, AudioClip):
                 raise InputError("timbre", self.timbre, "an AudioClip (the reference recording)")
             if bool((self.timbre.waveform.abs() < SILENCE_THRESHOLD).all()):
-                raise InputError(self.timbre.name, "<silent audio>", "a recording with sound (every sample of this "
+                raise InputError(self.timbre.name, Described("<silent audio>"), "a recording with sound (every sample of this "
                                                                       f"one is below {SILENCE_THRESHOLD:g})")
 
 
@@ -433,7 +435,7 @@ class Task:
         codes = None if self.audio_codes is None else parse_audio_codes(self.audio_codes)
         _set(self, "audio_codes", codes)
         if codes is not None and (rule.source == "audio" or self.source is not None):
-            raise InputError("audio_codes", f"<{len(codes)} codes>", "only with text2music, or with cover instead "
+            raise InputError("audio_codes", Described(f"<{len(codes)} codes>"), "only with text2music, or with cover instead "
                                                                       "of source audio")
         if rule.source == "audio" and self.source is None or (
                 rule.source == "audio or codes" and self.source is None and codes is None):
@@ -631,7 +633,9 @@ def request(*, decode: bool = True, **fields) -> Request:
     latents only."""
     unknown = [name for name in fields if name not in _FLAT and name not in _AUDIO]
     if unknown:
-        raise InputError(unknown[0], fields[unknown[0]], "a request field: " + ", ".join([*_FLAT, *_AUDIO]))
+        close = difflib.get_close_matches(unknown[0], [*_FLAT, *_AUDIO], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "help(acestep_core.request.request) lists them"
+        raise InputError(unknown[0], fields[unknown[0]], f"not a request field ({hint})")
     parts: dict[str, dict] = {"text": {}, "task": {}, "sampler": {}, "render": {}}
     for name, value in fields.items():
         if name in _FLAT:

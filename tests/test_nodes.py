@@ -4,12 +4,12 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 import torch
 
 from acestep_core.audio import load_audio, read_metadata
+from acestep_core.request import RenderSettings
 from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, run_node, song_signal
 
 P = "AceStep15_"
@@ -145,19 +145,19 @@ def test_same_seed_same_song_and_native_latent_in(graph):
 def test_every_task_latent_runs_to_audio(graph, node, inputs, task, seconds):
     run, model, text, _, _ = graph
     latent = run(P + node, audio=_audio(), batch_size=1, **inputs).args[0]
-    req = latent["acestep_request"]
-    assert req.task == task and latent["samples"].shape[-1] == round(seconds * 25)
+    assert latent["acestep_task"].kind == task and latent["samples"].shape[-1] == round(seconds * 25)
     out = run(P + "Sampler", hidden={}, model=model, conditioning=text, latent=latent, seed=1).args[0]
     audio = run(P + "VAEDecode", model=model, latent=out, normalize=True, tile_frames=64).args[0]
     assert audio["waveform"].shape[:2] == (1, 2) and torch.isfinite(audio["waveform"]).all()
-    expected = model.pipeline.render(out["samples"].transpose(1, 2), replace(out["acestep_request"], decode_chunk=64))
+    expected = model.pipeline.render(out["samples"].transpose(1, 2), out["acestep_task"], RenderSettings(tile_frames=64),
+                                     out["acestep_source"])
     assert torch.equal(audio["waveform"], expected.cpu())
 
 
 def test_timbre_reference_and_vae_round_trip(graph):
     run, model, text, _, _ = graph
     with_ref = run(P + "TimbreReference", conditioning=text, audio=_audio(seed=2)).args[0]
-    assert with_ref["ref_sample_rate"] == TEST_AUDIO_RATE and "ref_audio" not in text
+    assert with_ref.timbre.sample_rate == TEST_AUDIO_RATE and text.timbre is None
     latent = run(P + "EmptyLatent", duration=10.0, batch_size=1).args[0]
     plain = run(P + "Sampler", hidden={}, model=model, conditioning=text, latent=latent, seed=5).args[0]["samples"]
     timbre = run(P + "Sampler", hidden={}, model=model, conditioning=with_ref, latent=latent, seed=5).args[0]["samples"]
@@ -211,10 +211,10 @@ def test_errors_name_the_input_the_value_and_what_is_allowed(graph, comfy):
     assert "timesteps" in nodes[P + "Sampler"].validate_inputs(timesteps="1, abc")
     assert "between 0 and 1" in nodes[P + "Sampler"].validate_inputs(timesteps="1.5, 0.5")
     assert nodes[P + "Sampler"].validate_inputs(timesteps="1, 0.5, 0.2") is True
-    assert "end=5.0" in nodes[P + "RepaintLatent"].validate_inputs(start=10.0, end=5.0)
-    assert "not a track name" in nodes[P + "StemLatent"].validate_inputs(task="complete", track="drums",
-                                                                        more_tracks="kazoo")
-    assert "only used with task='complete'" in nodes[P + "StemLatent"].validate_inputs(
+    assert "repaint window=(10.0, 5.0)" in nodes[P + "RepaintLatent"].validate_inputs(start=10.0, end=5.0)
+    assert "tracks='kazoo' is not allowed: track names from" in nodes[P + "StemLatent"].validate_inputs(
+        task="complete", track="drums", more_tracks="kazoo")
+    assert "exactly one track name for task 'extract'" in nodes[P + "StemLatent"].validate_inputs(
         task="extract", track="drums", more_tracks="bass")
     assert "quality='320k' is not allowed for .flac" in nodes[P + "SaveAudio"].validate_inputs(format="flac",
                                                                                             quality="320k")
@@ -226,7 +226,7 @@ def test_errors_name_the_input_the_value_and_what_is_allowed(graph, comfy):
     with pytest.raises(ValueError, match="steps=500 is not allowed"):
         run(P + "Sampler", hidden={}, model=model, conditioning=text, latent={"samples": torch.zeros(1, 64, 300)},
             seed=0, steps=500)
-    with pytest.raises(ValueError, match="batch of 9"):
+    with pytest.raises(ValueError, match="batch_size=9 is not allowed"):
         run(P + "Sampler", hidden={}, model=model, conditioning=text, latent={"samples": torch.zeros(9, 64, 300)},
             seed=0)
 
@@ -245,7 +245,7 @@ def test_adapter_fallback_runs_the_graph_without_comfyui(graph, tmp_path, monkey
     monkeypatch.setattr(models, "_LOADED", type(models._LOADED)())
     monkeypatch.setenv("ACESTEP_MODELS_DIR", dirs["models"])
     monkeypatch.setenv("ACESTEP_OUTPUT_DIR", str(tmp_path))
-    assert not host.in_comfyui() and host.auto_dtype() == "fp32"
+    assert not host.in_comfyui() and host.bf16_supported() is None
     assert "acestep/acestep-v15-turbo" in models.model_choices()
     model = run(P + "ModelLoader", model="acestep/acestep-v15-turbo", text_encoder="auto", vae="auto",
                 dtype="auto").args[0]

@@ -77,6 +77,11 @@ def load_text_encoder(path: str, dtype: torch.dtype = torch.float32, device: tor
         config_path = os.path.join(path, "config.json")
         if os.path.isfile(config_path):
             config_dict = read_json(config_path)
+            for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim"):
+                value = config_dict.get(key)
+                if key in config_dict and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                    raise CheckpointError(f"{config_path}: {key} is {value!r}; expected a positive integer")
         keys: Iterable[str] = [k for file in files for k in safetensors_keys(file)]
     else:
         files = [path]

@@ -123,11 +123,6 @@ class TextEncoder(nn.Module):
             config_dict = infer_qwen3_config(state_dict, source)
         elif config_dict.get("model_type", "qwen3") != "qwen3":
             raise CheckpointError(f"{source}: config model_type is {config_dict['model_type']!r}, expected 'qwen3'")
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                    "num_key_value_heads", "head_dim"):
-            value = config_dict.get(key)
-            if key in config_dict and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise CheckpointError(f"{source}: config {key} is {value!r}; expected a positive integer")
         try:
             config = Qwen3Config(**config_dict)
             config._attn_implementation = "sdpa"

@@ -1,0 +1,89 @@
+"""The published checkpoint layouts, told apart from file names, config files and safetensors headers only (cheap:
+no weights are read and no model code is imported, so listing models for a dropdown stays fast).
+
+Official Hugging Face layout (``ACE-Step/Ace-Step1.5`` and the separate variant repos)::
+
+    <root>/acestep-v15-<variant>/   config.json, model.safetensors (or sharded + index), silence_latent.pt
+    <root>/vae/                     config.json, diffusion_pytorch_model.safetensors
+    <root>/Qwen3-Embedding-0.6B/    config.json, model.safetensors, tokenizer.json, …
+
+Comfy-Org repackaged files (``Comfy-Org/ace_step_1.5_ComfyUI_files``)::
+
+    diffusion_models/acestep_v1.5_<variant>[_bf16].safetensors   DiT checkpoint keys (maybe model.diffusion_model.)
+    text_encoders/qwen_0.6b_ace15.safetensors                     Qwen3 keys with a ``model.`` prefix
+    vae/ace_1.5_vae.safetensors                                   stable-audio-tools Oobleck names
+    checkpoints/ace_step_1.5_turbo_aio.safetensors                all three, prefixed (model.diffusion_model.,
+                                                                  text_encoders.qwen3_06b.transformer., vae.)
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import CheckpointError
+from .weights import read_json, safetensors_keys
+
+DIT_PREFIX = "model.diffusion_model."
+AIO_VAE_PREFIX = "vae."
+AIO_TEXT_PREFIX = "text_encoders.qwen3_06b.transformer."  # (+ "model.")
+DIT_MARKER = "encoder.lyric_encoder.layers.0.input_layernorm.weight"  # what ComfyUI detects ACE 1.5 by
+TEXT_ENCODER_DIR = "Qwen3-Embedding-0.6B"
+DIT_DIR_PATTERN = re.compile(r"acestep-v15-")
+DEFAULT_DIT_DIR = "acestep-v15-turbo"
+
+
+def dit_prefix(keys) -> str | None:
+    """The prefix under which a safetensors file holds an ACE-Step 1.5 DiT ("" for a Comfy-Org DiT file,
+    "model.diffusion_model." in an all-in-one file), or None when it holds none (judged by the tensor ComfyUI
+    detects ACE-Step 1.5 by)."""
+    for prefix in ("", DIT_PREFIX):
+        if prefix + DIT_MARKER in keys:
+            return prefix
+    return None
+
+
+def is_acestep_dit_file(path: str) -> bool:
+    """True for a safetensors file holding the ACE-Step 1.5 DiT (reads the header only)."""
+    try:
+        return dit_prefix(safetensors_keys(path)) is not None
+    except CheckpointError:
+        return False
+
+
+def is_dit_folder(path: str) -> bool:
+    """An official model folder: an acestep-v15-* folder with config.json, or any folder whose config.json
+    describes an AceStep model next to its weights."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    if DIT_DIR_PATTERN.match(os.path.basename(os.path.normpath(path))):
+        return True
+    try:
+        data = read_json(config)
+    except CheckpointError:
+        return False
+    is_acestep = data.get("model_type") == "acestep" or any("AceStep" in str(a) for a in data.get("architectures") or [])
+    return is_acestep and any(os.path.isfile(os.path.join(path, name))
+                              for name in ("model.safetensors", "model.safetensors.index.json"))
+
+
+def find_dit_folders(root: str, depth: int = 3) -> list[str]:
+    """Official DiT folders under ``root`` (up to ``depth`` levels down), as relative paths with "/"."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        rel = os.path.relpath(dirpath, root)
+        if rel.count(os.sep) >= depth - 1:
+            dirnames[:] = []
+        dirnames.sort()
+        if rel != "." and is_dit_folder(dirpath):
+            found.append(rel.replace(os.sep, "/"))
+            dirnames[:] = []
+    return sorted(found)
+
+
+def model_folders(root: str) -> list[str]:
+    """The acestep-v15-* model folders directly inside an official root (empty for anything else)."""
+    if not os.path.isdir(root) or is_dit_folder(root):
+        return []
+    return sorted(d for d in os.listdir(root)
+                  if DIT_DIR_PATTERN.match(d) and os.path.isfile(os.path.join(root, d, "config.json")))

@@ -1,0 +1,527 @@
+"""Every bad input gets one clear error and leaves nothing behind, through the Python API, the command line and the
+nodes: the error names the input and the value (and what is allowed), the CLI prints one ``error:`` line and
+exits 1 before loading any model, nothing is written, corrupt checkpoints are named, long sources are refused
+before they are decoded, and each request part is checked exactly once per generation."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import wave
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from acestep_core import cli, request as request_module
+from acestep_core.audio import save_audio
+from acestep_core.errors import CheckpointError, InputError
+from acestep_core.loading.checkpoint import load_checkpoint
+from acestep_core.pipeline import AceStepPipeline
+from acestep_core.request import request
+from devtools.comfy_harness import ROOT, run_node
+from devtools.fixtures import build_tensors, write_hf_layout
+
+RATE = 200  # the tiny VAE's rate
+NAN, INF = float("nan"), float("inf")
+SONG = 0.3 * torch.sin(torch.linspace(0, 400, 10 * RATE)).repeat(2, 1)  # 10 s at the tiny rate
+SRC = {"src_audio": SONG, "src_sample_rate": RATE}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    return write_hf_layout(str(tmp_path_factory.mktemp("models")), build_tensors("turbo", seed=0), "turbo")
+
+
+# ------------------------------------------------------------------------------------------------ Python API
+
+API_CASES = [  # (fields, the input the error names, how its value is shown)
+    ({"caption": None}, "caption", "None"),
+    ({"lyrics": 5}, "lyrics", "5"),
+    ({"language": "english"}, "language", "'english'"),
+    ({"bpm": 500}, "bpm", "500"),
+    ({"bpm": 120.5}, "bpm", "120.5"),
+    ({"bpm": "fast"}, "bpm", "'fast'"),
+    ({"keyscale": "H major"}, "keyscale", "'H major'"),
+    ({"timesignature": "5/4"}, "timesignature", "'5/4'"),
+    ({"task": "remix"}, "task", "'remix'"),
+    ({"task": "repaint"}, "source", "None"),
+    ({"task": "cover"}, "source", "None"),
+    ({"duration": 5}, "duration", "5"),
+    ({"duration": 700.0}, "duration", "700.0"),
+    ({"duration": NAN}, "duration", "nan"),
+    ({"duration": 30, "task": "repaint", **SRC}, "duration", "30.0"),
+    ({"batch_size": 1.5}, "batch_size", "1.5"),
+    ({"batch_size": "2"}, "batch_size", "'2'"),
+    ({"batch_size": 9}, "batch_size", "9"),
+    ({"batch_size": True}, "batch_size", "True"),
+    ({"seed": -1}, "seed", "-1"),
+    ({"seed": 2**64}, "seed", "18446744073709551616"),
+    ({"seed": "7"}, "seed", "'7'"),
+    ({"seed": [1, 2], "batch_size": 3}, "seed", "[1, 2]"),
+    ({"seed": [1, -2], "batch_size": 2}, "seed", "-2"),
+    ({"steps": 0}, "steps", "0"),
+    ({"steps": 2.5}, "steps", "2.5"),
+    ({"shift": 0}, "shift", "0"),
+    ({"guidance": NAN}, "guidance", "nan"),
+    ({"guidance": 50.0}, "guidance", "50.0"),
+    ({"guidance_method": "cfg"}, "guidance_method", "'cfg'"),
+    ({"apg_momentum": INF}, "apg_momentum", "inf"),
+    ({"apg_norm_threshold": NAN}, "apg_norm_threshold", "nan"),
+    ({"velocity_norm_threshold": NAN}, "velocity_norm_threshold", "nan"),
+    ({"cfg_interval_start": 0.8, "cfg_interval_end": 0.2}, "cfg_interval", "(0.8, 0.2)"),
+    ({"cfg_interval_end": NAN}, "cfg_interval_end", "nan"),
+    ({"timesteps": "1, abc"}, "timesteps", "'1, abc'"),
+    ({"timesteps": [0.5, 0.9]}, "timesteps", "[0.5, 0.9]"),
+    ({"timesteps": "1.5, 0.5"}, "timesteps", "'1.5, 0.5'"),
+    ({"tracks": ["drums"]}, "tracks", "['drums']"),
+    ({"task": "extract", "tracks": ["kazoo"], **SRC}, "tracks", "'kazoo'"),
+    ({"task": "extract", **SRC}, "tracks", "[]"),
+    ({"task": "lego", "tracks": "drums, bass", **SRC}, "tracks", "['drums', 'bass']"),
+    ({"task": "complete", "tracks": 5, **SRC}, "tracks", "5"),
+    ({"repaint_mode": "wild"}, "repaint_mode", "'wild'"),
+    ({"repaint_strength": NAN}, "repaint_strength", "nan"),
+    ({"audio_cover_strength": 1.5}, "cover_strength", "1.5"),
+    ({"cover_noise_strength": -0.1}, "cover_noise", "-0.1"),
+    ({"audio_codes": "nothing here"}, "audio_codes", "'nothing here'"),
+    ({"audio_codes": [1] * 100_000}, "audio_codes", "<100000 codes>"),
+    ({"audio_codes": "1,2", "task": "repaint", **SRC}, "audio_codes", "<2 codes>"),
+    ({"audio_codes": "1,2", "task": "cover", **SRC}, "audio_codes", "<2 codes>"),
+    ({"task": "cover", "src_audio": SONG, "src_sample_rate": 0}, "src_audio sample_rate", "0"),
+    ({"task": "cover", "src_audio": SONG, "src_sample_rate": "44100"}, "src_audio sample_rate", "'44100'"),
+    ({"src_sample_rate": 44100}, "src_sample_rate", "44100"),
+    ({"task": "cover", "src_audio": torch.zeros(2, 700 * RATE), "src_sample_rate": RATE}, "src_audio",
+     "<700.0 s of audio>"),
+    ({"task": "cover", "src_audio": torch.full((2, 100), NAN), "src_sample_rate": RATE}, "src_audio",
+     "<Tensor of shape [2, 100]>"),
+    ({"task": "cover", "src_audio": torch.zeros(2, 0), "src_sample_rate": RATE}, "src_audio",
+     "<Tensor of shape [2, 0]>"),
+    ({"task": "cover", "src_audio": [0.1, 0.2], "src_sample_rate": RATE}, "src_audio", "[0.1, 0.2]"),
+    ({"task": "cover", "src_audio": torch.zeros(2, 2, 100), "src_sample_rate": RATE}, "src_audio",
+     "<Tensor of shape [2, 2, 100]>"),
+    ({"ref_audio": torch.zeros(2, 4000), "ref_sample_rate": RATE}, "ref_audio", "<silent audio>"),
+    ({"task": "repaint", "repaint_start": 8.0, "repaint_end": 12.0, **SRC}, "repaint window", "(8.0, 12.0)"),
+    ({"task": "repaint", "repaint_start": 6.0, "repaint_end": 2.0, **SRC}, "repaint window", "(6.0, 2.0)"),
+    ({"task": "extend", "repaint_start": 12.0, "repaint_end": 20.0, **SRC}, "extend window", "(12.0, 20.0)"),
+    ({"task": "extend", "repaint_start": -595.0, "repaint_end": 1.0, **SRC}, "extend window", "(-595.0, 1.0)"),
+    ({"repaint_start": 1.0}, "start/end", "(1.0, None)"),
+    ({"tile_frames": 8}, "tile_frames", "8"),
+    ({"fade_in": -1.0}, "fade_in", "-1.0"),
+    ({"fade_out": INF}, "fade_out", "inf"),
+    ({"normalize": "yes"}, "normalize", "'yes'"),
+    ({"temperature": 0.8}, "temperature", "0.8"),
+]
+
+
+@pytest.mark.parametrize("fields, name, value", API_CASES, ids=[f"{c[1]}={c[2]}"[:60] for c in API_CASES])
+def test_api_rejects_with_the_input_and_value_named(fields, name, value):
+    with pytest.raises(InputError) as e:
+        request(**fields)
+    assert isinstance(e.value, ValueError)
+    assert e.value.name == name, str(e.value)
+    message = str(e.value)
+    assert message.startswith(f"{name}={value} is not allowed: "), message
+    assert "\n" not in message and len(message) < 400
+
+
+def test_api_accepts_the_friendly_forms():
+    r = request(tracks="Vocals", task="extract", timesignature="3/4", bpm=0, keyscale="", seed=2**64 - 1,
+                batch_size=2, **SRC)
+    assert r.task.tracks == ("vocals",)  # one name, not the letters of "vocals"
+    assert (r.text.timesignature, r.text.bpm, r.text.keyscale) == ("3", None, None)
+    assert AceStepPipeline._seeds(r) == [2**64 - 1, 0]  # seed + i wraps, the given seed itself is in range
+    assert request(task="complete", tracks="drums, bass", **SRC).task.tracks == ("drums", "bass")
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def _corrupt(root, what):
+    dit = os.path.join(root, "acestep-v15-turbo")
+    if what == "config is a list":
+        with open(os.path.join(dit, "config.json"), "w") as f:
+            json.dump([], f)
+        return os.path.join(dit, "config.json")
+    if what == "config hidden_size text":
+        path = os.path.join(dit, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["hidden_size"] = "abc"
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return path
+    if what == "config not json":
+        with open(os.path.join(dit, "config.json"), "w") as f:
+            f.write("{not json")
+        return os.path.join(dit, "config.json")
+    silence = os.path.join(dit, "silence_latent.pt")
+    if what == "silence 3 channels":
+        torch.save(torch.zeros(1, 3, 400), silence)
+        return silence
+    if what == "silence 0 frames":
+        torch.save(torch.zeros(1, 8, 0), silence)
+        return silence
+    if what == "silence NaN":
+        torch.save(torch.full((1, 8, 400), NAN), silence)
+        return silence
+    if what == "silence pickle":
+        torch.save({"latent": _Unsafe()}, silence)
+        return silence
+    if what == "silence truncated":
+        with open(silence, "r+b") as f:
+            f.truncate(100)
+        return silence
+    if what == "vae sampling_rate 0":
+        path = os.path.join(root, "vae", "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["sampling_rate"] = 0
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return path
+    weights = os.path.join(dit, "model.safetensors")
+    if what == "int32 weights":
+        tensors = load_file(weights)
+        key = "decoder.layers.0.self_attn.q_proj.weight"
+        tensors[key] = tensors[key].to(torch.int32)
+        save_file(tensors, weights)
+        return weights
+    if what == "truncated weights":
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) // 2)
+        return weights
+    if what == "text encoder config":
+        path = os.path.join(root, "Qwen3-Embedding-0.6B", "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["num_hidden_layers"] = -1
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return path
+    raise AssertionError(what)
+
+
+class _Unsafe:
+    """Something a safe load must never unpickle."""
+
+
+CORRUPTIONS = ["config is a list", "config hidden_size text", "config not json", "silence 3 channels",
+               "silence 0 frames", "silence NaN", "silence pickle", "silence truncated", "vae sampling_rate 0",
+               "int32 weights", "truncated weights", "text encoder config"]
+
+
+@pytest.fixture
+def corrupt(models, tmp_path):
+    def make(what):
+        root = str(tmp_path / "broken")
+        shutil.copytree(models, root)
+        return root, _corrupt(root, what)
+    return make
+
+
+@pytest.mark.parametrize("what", CORRUPTIONS)
+def test_corrupt_checkpoints_name_the_file_through_api_and_cli(corrupt, what, capsys, tmp_path, monkeypatch):
+    root, path = corrupt(what)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(root, dtype="fp32", device="cpu")
+    message = str(e.value)
+    assert path in message and "\n" not in message and "weights_only" not in message and "\x1b" not in message
+    assert len(message) < 500, message
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["generate", "--checkpoint", root, "--duration", "10", "--out", "x.flac"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and lines[-1] == f"error: {message}" and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "x.flac")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def _long_wav(path, seconds, rate=8000, header_seconds=None):
+    """A mono 16-bit WAV of ``seconds`` of silence written sparsely (no disk, no time); the header may claim
+    another length (None: the header's data size is left open, as streaming writers do)."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * rate)
+    size = 44 + int(seconds * rate) * 2
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        declared = 0xFFFFFFFF - 8 if header_seconds is None else int(header_seconds * rate) * 2
+        f.seek(4)
+        f.write((min(declared + 36, 0xFFFFFFFF)).to_bytes(4, "little"))
+        f.seek(40)
+        f.write(min(declared, 0xFFFFFFFF).to_bytes(4, "little"))
+    return str(path)
+
+
+CLI_CASES = [  # (arguments, what the one error line starts with)
+    (["--duration", "5"], "error: --duration 5.0 is not allowed: a number from 10 to 600 seconds"),
+    (["--duration", "nan"], "error: --duration nan is not allowed"),
+    (["--bpm", "1000"], "error: --bpm 1000 is not allowed: an integer from 30 to 300"),
+    (["--key", "H major"], "error: --key 'H major' is not allowed"),
+    (["--language", "xx"], "error: --language 'xx' is not allowed: one of ar, az"),
+    (["--timesig", "5"], "error: --timesig '5' is not allowed: beats per bar"),
+    (["--task", "remix"], "error: --task 'remix' is not allowed: one of text2music, cover"),
+    (["--task", "repaint"], "error: source=None is not allowed: source audio for task 'repaint'"),
+    (["--batch", "9"], "error: --batch 9 is not allowed: an integer from 1 to 8"),
+    (["--seed", "abc"], "error: --seed 'abc' is not allowed"),
+    (["--seed", "-1"], "error: --seed -1 is not allowed: an integer from 0 to 18446744073709551615"),
+    (["--seed", "18446744073709551616"], "error: --seed 18446744073709551616 is not allowed"),
+    (["--seed", "1,2", "--batch", "3"], "error: --seed [1, 2] is not allowed: one seed per batch item (3)"),
+    (["--steps", "0"], "error: --steps 0 is not allowed: an integer from 1 to 200"),
+    (["--shift", "0"], "error: --shift 0.0 is not allowed"),
+    (["--guidance", "nan"], "error: --guidance nan is not allowed"),
+    (["--guidance-method", "cfg"], "error: --guidance-method 'cfg' is not allowed: one of apg, adg"),
+    (["--apg-norm-threshold", "nan"], "error: --apg-norm-threshold nan is not allowed"),
+    (["--cfg-interval", "0.8", "0.2"], "error: cfg_interval=(0.8, 0.2) is not allowed"),
+    (["--timesteps", "1,x"], "error: --timesteps '1,x' is not allowed: numbers between 0 and 1"),
+    (["--cover-strength", "1.5", "--task", "cover", "--src-audio", "SRC"], "error: --cover-strength 1.5 is not allowed"),
+    (["--repaint-mode", "wild"], "error: --repaint-mode 'wild' is not allowed"),
+    (["--repaint-strength", "-1"], "error: --repaint-strength -1.0 is not allowed"),
+    (["--track", "kazoo", "--task", "extract", "--src-audio", "SRC"], "error: --track 'kazoo' is not allowed"),
+    (["--track", "drums"], "error: --track ['drums'] is not allowed: track names only with extract, lego or complete"),
+    (["--task", "repaint", "--src-audio", "SRC", "--start", "8", "--end", "12"],
+     "error: repaint window=(8.0, 12.0) is not allowed"),
+    (["--task", "extend", "--src-audio", "SRC", "--start", "-600"], "error: extend window=(-600.0, -570.0)"),
+    (["--audio-codes", "nothing"], "error: --audio-codes 'nothing' is not allowed"),
+    (["--audio-codes", "@CODES"], "error: --audio-codes <100000 codes> is not allowed: 1 to 3000 integers"),
+    (["--src-audio", "SRC"], "error: --src-audio needs --task: one of cover, repaint, extend, extract, lego, complete"),
+    (["--src-audio", "missing.wav", "--task", "cover"], "error: --src-audio: audio file not found: missing.wav"),
+    (["--src-audio", "LONG", "--task", "cover"], "error: --src-audio "),
+    (["--src-audio", "SILENT", "--task", "cover", "--ref-audio", "SILENT"], "error: --ref-audio <silent audio> is not allowed: a recording with sound"),
+    (["--out", "song.ogg"], "error: cannot save audio to song.ogg: extension '.ogg' is not supported"),
+    (["--out", "song.mp3", "--quality", "999"], "error: quality='999' is not allowed for .mp3 files"),
+    (["--out", "DIR"], "error: --out DIR: is a folder"),
+    (["--out", "x.flac", "--batch", "2", "--seed", "1"], "error: --out x_1.flac: is a folder"),
+    (["--out", "FILE/x.flac"], "error: --out FILE/x.flac: "),
+    (["--save-latents", "DIR.safetensors"], "error: --save-latents DIR.safetensors: is a folder"),
+    (["--save-latents", "lat.pt"], "error: --save-latents 'lat.pt': the file name must end in .safetensors"),
+    (["--save-latents", "FILE/l.safetensors"], "error: --save-latents FILE/l.safetensors: "),
+    (["--fade-in", "-1"], "error: --fade-in -1.0 is not allowed"),
+    (["--fade-out", "inf"], "error: --fade-out inf is not allowed"),
+    (["--tile-frames", "8"], "error: --tile-frames 8 is not allowed"),
+    (["--lyrics", "a", "--lyrics-file", "b.txt"], "error: give either --lyrics or --lyrics-file, not both"),
+    (["--lyrics-file", "missing.txt"], "error: --lyrics-file missing.txt: file not found"),
+    (["--dtype", "int8"], "error: argument --dtype: invalid choice"),
+]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working folder with the files the cases name: SRC (10 s), SILENT, LONG (1 h, sparse), CODES (100k codes),
+    a folder DIR, x_1.flac as a folder, FILE a plain file, DIR.safetensors a folder."""
+    monkeypatch.chdir(tmp_path)
+    save_audio("src.wav", SONG, RATE)
+    save_audio("silent.wav", torch.zeros(2, 2000), RATE)
+    _long_wav(tmp_path / "long.wav", 3600)
+    (tmp_path / "codes.txt").write_text(",".join(["7"] * 100_000))
+    for folder in ("DIR", "x_1.flac", "DIR.safetensors"):
+        os.mkdir(folder)
+    (tmp_path / "FILE").write_text("not a folder")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, expected", CLI_CASES, ids=[" ".join(c[0])[:50] for c in CLI_CASES])
+def test_cli_one_error_line_before_loading_and_no_file(models, workdir, capsys, monkeypatch, args, expected):
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
+    names = {"SRC": "src.wav", "SILENT": "silent.wav", "LONG": "long.wav", "@CODES": "@codes.txt"}
+    args = [names.get(a, a) for a in args]
+    before = sorted(os.listdir(workdir))
+    if args[0] == "--dtype":
+        with pytest.raises(SystemExit):
+            cli.main(["generate", "--checkpoint", models, *args])
+    else:
+        code = cli.main(["generate", "--checkpoint", models, *args])
+        assert code == 1
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), err
+    assert loads == []  # refused before any model was loaded
+    assert sorted(os.listdir(workdir)) == before  # nothing written, no temporary left
+
+
+# ------------------------------------------------------------------------------------------------ long sources
+
+@pytest.mark.parametrize("header", ["tells the length", "tells nothing"])
+def test_a_source_longer_than_the_limit_is_refused_without_decoding_it(tmp_path, header):
+    """Two hours of 48 kHz stereo would be 2.8 GB as float32: refused from the header, or (for a file whose header
+    tells no length, played here by hiding it) after decoding a little more than the limit, in a fraction of the
+    time and memory."""
+    seconds = 7200
+    path = tmp_path / "two_hours.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(b"\0" * 4 * 48000)
+    total = 44 + seconds * 48000 * 4
+    with open(path, "r+b") as f:
+        f.truncate(total)  # sparse: no disk used
+        f.seek(4)
+        f.write((total - 8).to_bytes(4, "little"))
+        f.seek(40)
+        f.write((total - 44).to_bytes(4, "little"))
+    code = (
+        "import resource, sys, time\n"
+        "from acestep_core import audio\n"
+        "from acestep_core.audio import load_audio\n"
+        + ("audio._header_seconds = lambda container, stream: None\n" if header == "tells nothing" else "") +
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        f"    load_audio({str(path)!r}, 600, '--src-audio')\n"
+        "except ValueError as e:\n"
+        "    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "    print(f'{time.monotonic() - t:.2f} {grown // 1024} {e}')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout, out.stderr[-2000:]
+    seconds_taken, megabytes, message = out.stdout.strip().split(" ", 2)
+    assert message.startswith(f"--src-audio={path} (") and "at most 600 s (trim it first)" in message
+    if header == "tells the length":
+        assert "(7200.0 s)" in message and float(seconds_taken) < 1.0 and int(megabytes) < 20
+    else:  # decoded up to the limit only: ~600 s of stereo float32 = 230 MB, not 2.8 GB
+        assert "(at least 601" in message and int(megabytes) < 600
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+
+NODE_CASES = [  # (node, inputs, what the message starts with)
+    ("CoverLatent", {"audio": {"waveform": SONG[None], "sample_rate": 0}, "cover_strength": 1.0,
+                     "noise_strength": 0.0, "batch_size": 1}, "audio sample_rate=0 is not allowed"),
+    ("CoverLatent", {"audio": {"waveform": torch.zeros(1, 2, 700 * RATE), "sample_rate": RATE},
+                     "cover_strength": 1.0, "noise_strength": 0.0, "batch_size": 1},
+     "audio=<700.0 s of audio> is not allowed: at most 600 s"),
+    ("CoverLatent", {"audio": {"samples": torch.zeros(1, 64, 10)}, "cover_strength": 1.0, "noise_strength": 0.0,
+                     "batch_size": 1}, "audio={'samples':"),
+    ("ExtendLatent", {"audio": {"waveform": SONG[None], "sample_rate": RATE}, "direction": "sideways",
+                      "seconds": 10.0, "overlap": 0.0, "mode": "balanced", "batch_size": 1},
+     "direction='sideways' is not allowed: one of after the end, before the start"),
+    ("ExtendLatent", {"audio": {"waveform": SONG[None], "sample_rate": RATE}, "direction": "after the end",
+                      "seconds": 595.0, "overlap": 0.0, "mode": "balanced", "batch_size": 1},
+     "extend window=(10.0, 605.0) is not allowed: a result of at most 600 s"),
+    ("RepaintLatent", {"audio": {"waveform": SONG[None], "sample_rate": RATE}, "start": 5.0, "end": 2.0,
+                       "mode": "balanced", "strength": 0.5, "batch_size": 1}, "repaint window=(5.0, 2.0)"),
+    ("StemLatent", {"audio": {"waveform": SONG[None], "sample_rate": RATE}, "task": "extract", "track": "vocals",
+                    "more_tracks": "kazoo", "batch_size": 1}, "tracks='kazoo' is not allowed"),
+    ("EmptyLatent", {"duration": 5.0, "batch_size": 1}, "duration=5.0 is not allowed"),
+    ("TextEncode", {"caption": "x", "lyrics": "", "language": "xx", "bpm": 0, "keyscale": "auto",
+                    "timesignature": "auto"}, "language='xx' is not allowed"),
+    ("TextEncode", {"caption": None, "lyrics": "", "language": "en", "bpm": 0, "keyscale": "auto",
+                    "timesignature": "auto"}, "caption=None is not allowed"),
+    ("VAEEncode", {"model": None, "audio": {"waveform": torch.full((1, 2, 100), NAN), "sample_rate": RATE}},
+     "audio=<Tensor of shape [2, 100]> is not allowed: finite samples"),
+]
+
+
+@pytest.mark.parametrize("node, inputs, expected", NODE_CASES, ids=[f"{c[0]}-{c[2][:30]}" for c in NODE_CASES])
+def test_nodes_raise_a_value_error_naming_the_input(comfy, node, inputs, expected):
+    nodes = comfy[0]
+    with pytest.raises(ValueError) as e:
+        run_node(nodes["AceStep15_" + node], **inputs)
+    assert str(e.value).startswith(expected), str(e.value)
+
+
+def test_sampler_node_rejects_bad_settings_before_running(comfy, models):
+    nodes = comfy[0]
+    text = run_node(nodes["AceStep15_TextEncode"], caption="x", lyrics="", language="en", bpm=0, keyscale="auto",
+                    timesignature="auto").args[0]
+    latent = {"samples": torch.zeros(1, 64, 300), "type": "audio"}
+    for inputs, expected in [({"seed": -1}, "seed=-1 is not allowed"),
+                             ({"steps": 500}, "steps=500 is not allowed"),
+                             ({"apg_norm_threshold": NAN}, "apg_norm_threshold=nan is not allowed"),
+                             ({"timesteps": "0.2, 0.8"}, "timesteps='0.2, 0.8' is not allowed")]:
+        with pytest.raises(ValueError, match="^" + expected):
+            run_node(nodes["AceStep15_Sampler"], hidden={}, model=None, conditioning=text, latent=latent,
+                     **{"seed": 0, **inputs})
+
+
+def test_sampler_node_shows_truncation_warnings(comfy):
+    nodes = comfy[0]
+    run = lambda name, **kw: run_node(nodes["AceStep15_" + name], **kw)  # noqa: E731
+    model = run("ModelLoader", model="diffusion_models/acestep_v1.5_turbo.safetensors", text_encoder="auto",
+                vae="auto", dtype="fp32").args[0]
+    text = run("TextEncode", caption="word " * 300, lyrics="", language="en", bpm=0, keyscale="auto",
+               timesignature="auto").args[0]
+    out = run("Sampler", hidden={}, model=model, conditioning=text,
+              latent=run("EmptyLatent", duration=10.0, batch_size=1).args[0], seed=0)
+    info = out.ui["text"][0]
+    assert "warning: caption:" in info and "reads the first 256" in info
+
+
+# ------------------------------------------------------------------------------------------------ checked once
+
+@pytest.fixture
+def count_checks(monkeypatch):
+    """Counts how often each request part is checked (built)."""
+    counts = {}
+    for cls in (request_module.SongText, request_module.Task, request_module.SamplerSettings,
+                request_module.RenderSettings, request_module.Request, request_module.AudioClip):
+        original = cls.__post_init__
+
+        def counted(self, original=original, name=cls.__name__):
+            counts[name] = counts.get(name, 0) + 1
+            original(self)
+
+        monkeypatch.setattr(cls, "__post_init__", counted)
+    return counts
+
+
+def test_each_part_is_checked_once_per_generation_api(models, count_checks):
+    pipe = AceStepPipeline.from_pretrained(models, dtype="fp32", device="cpu")
+    req = request(task="repaint", repaint_start=2.0, repaint_end=5.0, ref_audio=SONG, ref_sample_rate=RATE,
+                  seed=1, **SRC)
+    built = dict(count_checks)
+    assert built == {"SongText": 1, "Task": 1, "SamplerSettings": 1, "RenderSettings": 1, "Request": 1,
+                     "AudioClip": 2}
+    pipe(req)
+    assert count_checks == built  # the pipeline checks nothing again
+
+
+def test_each_part_is_checked_once_per_generation_cli(models, count_checks, tmp_path, capsys):
+    save_audio(tmp_path / "src.wav", SONG, RATE)
+    code = cli.main(["generate", "--checkpoint", models, "--task", "cover", "--src-audio", str(tmp_path / "src.wav"),
+                     "--seed", "1", "--out", str(tmp_path / "x.flac")])
+    assert code == 0, capsys.readouterr().err
+    assert count_checks == {"SongText": 1, "Task": 1, "SamplerSettings": 1, "RenderSettings": 1, "Request": 1,
+                            "AudioClip": 1}
+
+
+def test_each_part_is_checked_once_per_generation_nodes(comfy, count_checks):
+    nodes = comfy[0]
+    run = lambda name, **kw: run_node(nodes["AceStep15_" + name], **kw)  # noqa: E731
+    model = run("ModelLoader", model="diffusion_models/acestep_v1.5_turbo.safetensors", text_encoder="auto",
+                vae="auto", dtype="fp32").args[0]
+    pack = sys.modules[type(model).__module__.rsplit(".nodes.", 1)[0] + ".acestep_core.request"]
+    assert pack is not request_module  # the pack's own copy, as ComfyUI imports it
+    counts = {}
+    for cls in (pack.SongText, pack.Task, pack.SamplerSettings, pack.RenderSettings, pack.Request, pack.AudioClip):
+        original = cls.__post_init__
+
+        def counted(self, original=original, name=cls.__name__):
+            counts[name] = counts.get(name, 0) + 1
+            original(self)
+
+        cls.__post_init__ = counted
+    try:
+        text = run("TextEncode", caption="x", lyrics="", language="en", bpm=0, keyscale="auto",
+                   timesignature="auto").args[0]
+        latent = run("RepaintLatent", audio={"waveform": SONG[None], "sample_rate": RATE}, start=2.0, end=5.0,
+                     mode="balanced", strength=0.5, batch_size=1).args[0]
+        out = run("Sampler", hidden={}, model=model, conditioning=text, latent=latent, seed=1).args[0]
+        run("VAEDecode", model=model, latent=out, normalize=True, tile_frames=512, fade_in=0.0, fade_out=0.0)
+    finally:
+        for cls in (pack.SongText, pack.Task, pack.SamplerSettings, pack.RenderSettings, pack.Request,
+                    pack.AudioClip):
+            cls.__post_init__ = cls.__dict__["__post_init__"].__defaults__[0]
+    assert counts == {"SongText": 1, "Task": 1, "SamplerSettings": 1, "RenderSettings": 1, "Request": 1,
+                      "AudioClip": 1}
+
+
+def test_error_values_are_short():
+    assert str(InputError("caption", "x" * 10_000, "text")) == f"caption='{'x' * 76}… is not allowed: text"
