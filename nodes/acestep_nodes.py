@@ -23,6 +23,7 @@ from ..acestep_core.constants import (
 )
 from . import comfy_adapter as host
 from . import models
+from . import ui as node_ui
 
 CATEGORY = "audio/ACE-Step 1.5"
 PREFIX = "AceStep15_"
@@ -80,7 +81,8 @@ def _seconds(wav: torch.Tensor, rate: int) -> float:
 def _task_latent(req, seconds: float) -> io.NodeOutput:
     """Validate a task request and return it inside a LATENT canvas of the result's length."""
     req = _check(req)
-    return io.NodeOutput({**_canvas(max(1, round(seconds * LATENT_RATE)), req.batch_size), LATENT_TASK_KEY: req})
+    return io.NodeOutput({**_canvas(max(1, round(seconds * LATENT_RATE)), req.batch_size), LATENT_TASK_KEY: req},
+                         ui=node_ui.source_ui(req))
 
 
 def _source_task_latent(audio: dict, task: str, added_seconds: float = 0.0, **fields) -> io.NodeOutput:
@@ -545,7 +547,7 @@ class VAEDecode(io.ComfyNode):
             audio = pipe.render(latents, replace(task, normalize=normalize, decode_chunk=tile_frames))
         else:
             audio = pipe.decode(latents, GenerationRequest(normalize=normalize, decode_chunk=tile_frames))
-        return io.NodeOutput({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate})
+        return io.NodeOutput(node_ui.tag_edit({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate}, task))
 
 
 class VAEEncode(io.ComfyNode):
@@ -639,7 +641,7 @@ class SaveAudio(io.ComfyNode):
     @classmethod
     def execute(cls, audio, filename_prefix="audio/ACE-Step", format="flac", quality="default") -> io.NodeOutput:
         files = _write_audio(cls, audio, filename_prefix, host.output_directory(), "output", format, quality)
-        return io.NodeOutput(ui={"audio": files})
+        return io.NodeOutput(ui=node_ui.results_ui(audio, files))
 
 
 class PreviewAudio(io.ComfyNode):
@@ -659,7 +661,7 @@ class PreviewAudio(io.ComfyNode):
     def execute(cls, audio) -> io.NodeOutput:
         prefix = "ACE-Step_temp_" + os.urandom(3).hex()
         files = _write_audio(cls, audio, prefix, host.temp_directory(), "temp", "flac", "default")
-        return io.NodeOutput(ui={"audio": files})
+        return io.NodeOutput(ui=node_ui.results_ui(audio, files))
 
 
 NODES = [ModelLoader, TextEncode, TimbreReference, EmptyLatent, CoverLatent, RepaintLatent, ExtendLatent, StemLatent,
