@@ -26,7 +26,7 @@ import torch
 
 from .constants import (
     APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, DEFAULT_DURATION,
-    DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, GUIDANCE_MAX,
+    DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, MIN_WINDOW_SECONDS, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, GUIDANCE_MAX,
     GUIDANCE_METHODS, GUIDANCE_MIN, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, REPAINT_MODES, SEED_MAX, SHIFT_MAX,
     SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURE_FRACTIONS, TIME_SIGNATURES,
     TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX,
@@ -337,8 +337,8 @@ def check_window(task: str, start, end, source_seconds: float | None = None) -> 
             return None
         start = source_seconds if start is None else float(start)
         end = start + DEFAULT_EXTEND_SECONDS if end is None else float(end)
-        if not start < end:
-            raise InputError("extend window", (start, end), "start < end")
+        if not start + MIN_WINDOW_SECONDS <= end:
+            raise InputError("extend window", (start, end), f"start < end, at least {MIN_WINDOW_SECONDS:g} s apart")
         if start > source_seconds or end < 0:
             raise InputError("extend window", (start, end), f"a window touching the source [0, {source_seconds:.2f}] s")
         total = max(end, source_seconds) - min(start, 0.0)
@@ -349,12 +349,13 @@ def check_window(task: str, start, end, source_seconds: float | None = None) -> 
     start = 0.0 if start is None else float(start)
     end = None if end is None or end < 0 else float(end)
     hint = " (use task 'extend' to go outside the source)" if task == "repaint" else ""
-    if start < 0 or (end is not None and not start < end):
-        raise InputError(f"{task} window", (start, end), f"0 ≤ start < end{hint}")
+    if start < 0 or (end is not None and not start + MIN_WINDOW_SECONDS <= end):
+        raise InputError(f"{task} window", (start, end), f"0 ≤ start < end, at least {MIN_WINDOW_SECONDS:g} s "
+                                                         f"apart{hint}")
     if source_seconds is None:
         return None
     end = source_seconds if end is None else end
-    if not start < end <= source_seconds + 1e-6:
+    if not start + MIN_WINDOW_SECONDS <= end <= source_seconds + 1e-6:
         raise InputError(f"{task} window", (start, end), f"0 ≤ start < end ≤ the source length {source_seconds:.2f} s{hint}")
     return Window(start, end)
 
@@ -363,8 +364,8 @@ def extend_window(source_seconds: float, direction: str, seconds, overlap) -> Wi
     """Extend's window from "add ``seconds`` of music after the end / before the start", regenerating
     ``overlap`` seconds of the source next to the join too."""
     check_choice("direction", direction, EXTEND_DIRECTIONS)
-    seconds = check_number("seconds", seconds, 0.04, DURATION_MAX, " seconds of new music")
-    overlap = min(check_number("overlap", overlap, 0.0, DURATION_MAX, " seconds"), source_seconds)
+    seconds = check_number("seconds", seconds, EXTEND_SECONDS_MIN, DURATION_MAX, " seconds of new music")
+    overlap = min(check_number("overlap", overlap, 0.0, EXTEND_OVERLAP_MAX, " seconds"), source_seconds)
     if direction == EXTEND_DIRECTIONS[0]:
         return check_window("extend", source_seconds - overlap, source_seconds + seconds, source_seconds)
     return check_window("extend", -seconds, overlap, source_seconds)

@@ -18,7 +18,8 @@ from comfy_api.latest import io
 
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, GUIDANCE_MAX,
+    BPM_MAX, BPM_MIN, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX,
+    EXTEND_SECONDS_MIN, GUIDANCE_MAX,
     GUIDANCE_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SEED_MAX, SHIFT_MAX,
     STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS,
 )
@@ -29,6 +30,7 @@ from ..acestep_core.request import (
 )
 from . import comfy_adapter as host
 from . import models
+from . import ui as node_ui
 
 CATEGORY = "audio/ACE-Step 1.5"
 PREFIX = "AceStep15_"
@@ -74,10 +76,10 @@ def _audio_clip(audio: dict, name: str = "audio") -> AudioClip:
 
 
 def _task_latent(task: Task) -> io.NodeOutput:
-    """A LATENT canvas of the result's length carrying the task."""
+    """A LATENT canvas of the result's length carrying the task; the UI output has the source's peaks."""
     frames = max(1, round(task.seconds * LATENT_RATE))
     canvas = torch.zeros(task.batch_size, LATENT_CHANNELS, frames)
-    return io.NodeOutput({"samples": canvas, "type": "audio", LATENT_TASK_KEY: task})
+    return io.NodeOutput({"samples": canvas, "type": "audio", LATENT_TASK_KEY: task}, ui=node_ui.source_ui(task))
 
 
 def _batch_input() -> io.Int.Input:
@@ -292,9 +294,9 @@ class ExtendLatent(io.ComfyNode):
                 io.Audio.Input("audio", tooltip="The song to extend (first item of a batch)."),
                 io.Combo.Input("direction", options=list(EXTEND_DIRECTIONS), default=EXTEND_DIRECTIONS[0],
                                tooltip="Where the new music goes."),
-                io.Float.Input("seconds", default=30.0, min=1.0, max=DURATION_MAX, step=0.5,
+                io.Float.Input("seconds", default=30.0, min=EXTEND_SECONDS_MIN, max=DURATION_MAX, step=0.5,
                                tooltip="How many seconds of new music."),
-                io.Float.Input("overlap", default=0.0, min=0.0, max=60.0, step=0.5,
+                io.Float.Input("overlap", default=0.0, min=0.0, max=EXTEND_OVERLAP_MAX, step=0.5,
                                tooltip="Seconds of the existing song next to the join that may be regenerated too."),
                 io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
                                tooltip="How the join is blended (as in Repaint)."),
@@ -482,7 +484,7 @@ class VAEDecode(io.ComfyNode):
             audio = pipe.render(latents, task, settings, latent.get(LATENT_SOURCE_KEY))
         else:
             audio = pipe.decode(latents, settings)
-        return io.NodeOutput({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate})
+        return io.NodeOutput(node_ui.tag_edit({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate}, task))
 
 
 class VAEEncode(io.ComfyNode):
@@ -575,7 +577,7 @@ class SaveAudio(io.ComfyNode):
     @classmethod
     def execute(cls, audio, filename_prefix="audio/ACE-Step", format="flac", quality="default") -> io.NodeOutput:
         files = _write_audio(cls, audio, filename_prefix, host.output_directory(), "output", format, quality)
-        return io.NodeOutput(ui={"audio": files})
+        return io.NodeOutput(ui=node_ui.results_ui(audio, files))
 
 
 class PreviewAudio(io.ComfyNode):
@@ -595,7 +597,7 @@ class PreviewAudio(io.ComfyNode):
     def execute(cls, audio) -> io.NodeOutput:
         prefix = "ACE-Step_temp_" + os.urandom(3).hex()
         files = _write_audio(cls, audio, prefix, host.temp_directory(), "temp", "flac", "default")
-        return io.NodeOutput(ui={"audio": files})
+        return io.NodeOutput(ui=node_ui.results_ui(audio, files))
 
 
 NODES = [ModelLoader, TextEncode, TimbreReference, EmptyLatent, CoverLatent, RepaintLatent, ExtendLatent, StemLatent,

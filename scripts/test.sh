@@ -20,4 +20,11 @@ if [ ! -f "$STAMP" ]; then
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi
+# The frontend extension's pure modules (peaks, time mapping, selection rules): Node's built-in test runner,
+# nothing to install and no browser.
+if command -v node >/dev/null 2>&1; then
+  node --test tests/js/
+else
+  echo "node not found: the JavaScript unit tests (tests/js/) did not run" >&2
+fi
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,221 @@
+"""The frontend extension in a real browser against a real ComfyUI server.
+
+Runs when ``COMFYUI_DIR`` points at a ComfyUI checkout (as tests/test_comfyui_server.py), Chromium is installed
+(``CHROMIUM``, default: ``chromium`` on PATH, Debian package ``chromium``) and Node.js finds ``playwright-core``
+(npm; in ``PLAYWRIGHT_NODE_MODULES``, default: this repository's gitignored ``node_modules``); otherwise skipped
+with the reason. Nothing is downloaded. Each frontend is tested: the one ComfyUI's requirements install, and
+every folder in ``COMFYUI_FRONTEND_ROOTS`` (os.pathsep-separated; ComfyUI's ``--front-end-root``, e.g. the
+``comfyui_frontend_package/static`` folder of a newer comfyui-frontend-package wheel).
+
+The flow (tests/browser/repaint_flow.mjs): load the repaint workflow, pick a source in Load Audio, drag across
+the waveform, type in a widget, play the selection, queue, then check ComfyUI's player, our per-item waveform
+with the highlighted edited region, and A/B against the source. Screenshots go to ``output/browser/`` (ignored
+by git).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from devtools.comfy_harness import ROOT, make_comfy_tree
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+PACK_FOLDER = "ComfyUI-ACE-Step-1.5"
+NODE = shutil.which("node")
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+NODE_MODULES = os.environ.get("PLAYWRIGHT_NODE_MODULES") or os.path.join(ROOT, "node_modules")
+SHOTS = os.path.join(ROOT, "output", "browser")
+WORKFLOW = os.path.join(ROOT, "workflows", "acestep15_repaint.json")
+SONG = "acestep_browser_song.flac"  # a 30 s source with a shape (quiet intro, loud middle) picked in the browser
+SONG_SECONDS, SONG_RATE = 30.0, 44100
+FRAME = 0.04
+
+
+def _missing() -> str | None:
+    if not (COMFYUI_DIR and os.path.isfile(os.path.join(COMFYUI_DIR, "main.py"))):
+        return "set COMFYUI_DIR to a ComfyUI checkout (the folder with main.py) to run the browser test"
+    if NODE is None:
+        return "Node.js (`node`) is not installed"
+    if CHROMIUM is None:
+        return "Chromium is not installed (Debian package `chromium`, or set CHROMIUM)"
+    if not os.path.isfile(os.path.join(NODE_MODULES, "playwright-core", "package.json")):
+        return (f"playwright-core not found in {NODE_MODULES} (npm install playwright-core there, or set "
+                "PLAYWRIGHT_NODE_MODULES to the node_modules folder holding it)")
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+FRONTENDS = ["default"] + [p for p in os.environ.get("COMFYUI_FRONTEND_ROOTS", "").split(os.pathsep) if p]
+
+
+def _song():
+    import torch
+
+    t = torch.arange(int(SONG_SECONDS * SONG_RATE)) / SONG_RATE
+    envelope = 0.15 + 0.75 * torch.sin(torch.pi * t / SONG_SECONDS) ** 2 * (0.6 + 0.4 * torch.sin(2 * torch.pi * t))
+    tone = torch.sin(2 * torch.pi * 220 * t) * envelope
+    return torch.stack([tone, 0.8 * tone]).float()
+
+
+def _get(url: str, timeout: float = 10.0) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status
+
+
+@pytest.fixture(scope="module", params=FRONTENDS)
+def server(request, tmp_path_factory):
+    from acestep_core.audio import save_audio
+
+    frontend = request.param
+    base = str(tmp_path_factory.mktemp("comfyui_browser"))
+    dirs = make_comfy_tree(base)
+    save_audio(os.path.join(dirs["input"], SONG), _song(), SONG_RATE)
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK_FOLDER), target_is_directory=True)
+    settings = os.path.join(base, "user", "default")
+    os.makedirs(settings)
+    with open(os.path.join(settings, "comfy.settings.json"), "w") as f:
+        json.dump({"Comfy.TutorialCompleted": True}, f)  # no template browser over the canvas on first start
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [os.environ.get("COMFYUI_PYTHON") or sys.executable, "main.py", "--listen", "127.0.0.1", "--port",
+           str(port), "--base-directory", base, "--disable-auto-launch",
+           *shlex.split(os.environ.get("COMFYUI_ARGS", "--cpu"))]
+    if frontend != "default":
+        cmd += ["--front-end-root", frontend]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    log_path = os.path.join(base, "server.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, open(log_path).read()[-4000:]
+            try:
+                if _get(url + "/object_info") == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() - t0 < 120, "ComfyUI did not start:\n" + open(log_path).read()[-4000:]
+            time.sleep(0.5)
+        tag = "default" if frontend == "default" else "root-" + os.path.basename(os.path.dirname(
+            os.path.dirname(frontend.rstrip("/")))) or "custom"
+        yield url, tag, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def flow(server):
+    url, tag, log_path = server
+    os.makedirs(SHOTS, exist_ok=True)
+    env = dict(os.environ, PLAYWRIGHT_NODE_MODULES=NODE_MODULES, CHROMIUM=CHROMIUM)
+    done = subprocess.run([NODE, os.path.join(ROOT, "tests", "browser", "repaint_flow.mjs"), url, WORKFLOW, SONG,
+                           SHOTS, tag], capture_output=True, text=True, timeout=420, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = [line for line in out["console"] if "acestep" in line.lower() or "internal module" in line]
+    print(f"\nfrontend {out.get('frontend')} ({tag}); screenshots: {SHOTS}/{tag}-*.png; console lines about us: "
+          f"{ours}")
+    assert "error" not in out, out["error"] + "\n" + "\n".join(out["console"][-30:]) + "\n" + \
+        open(log_path).read()[-3000:]
+    return out
+
+
+def _on_grid(seconds: float) -> bool:
+    return abs(seconds / FRAME - round(seconds / FRAME)) < 1e-6
+
+
+def test_the_source_waveform_appears_when_a_file_is_picked(flow):
+    before = flow["before"]
+    assert before["file"] == SONG and before["data"]["state"] == "ready"
+    assert abs(float(before["data"]["seconds"]) - SONG_SECONDS) < 0.01
+    assert (before["start"], before["end"]) == (10.0, 20.0)  # the workflow's values, shown as the selection
+    assert before["data"]["selStart"] == "10" and before["data"]["selEnd"] == "20"
+
+
+def test_dragging_sets_start_and_end_on_the_frame_grid(flow):
+    width = flow["before"]["rect"]["width"]
+    px = SONG_SECONDS / width  # seconds per pixel: the tolerance of a mouse position
+    assert flow["dragToEnd"]["end"] == -1  # dragged past the end: -1, the node's "end of the song"
+    assert abs(flow["dragToEnd"]["start"] - 0.6 * SONG_SECONDS) <= px + FRAME
+    d = flow["dragged"]
+    assert abs(d["start"] - 0.25 * SONG_SECONDS) <= px + FRAME and abs(d["end"] - 0.5 * SONG_SECONDS) <= px + FRAME
+    e = flow["edgeMoved"]  # the end edge grabbed and moved; the start stays
+    assert e["start"] == d["start"] and abs(e["end"] - 0.6 * SONG_SECONDS) <= px + FRAME
+    for state in (d, e):
+        assert _on_grid(state["start"]) and _on_grid(state["end"]), state
+        assert state["data"]["valid"] == "1" and float(state["data"]["selStart"]) == state["start"]
+    assert flow["typed"] == {"seen": "2", "restored": str(e["start"])}
+
+
+def test_the_selection_plays_in_the_browser(flow):
+    assert flow["playing"] == "1"
+
+
+def test_saved_workflow_and_prompt_keep_their_format(flow):
+    with open(WORKFLOW, encoding="utf-8") as f:
+        original = {n["type"]: n.get("widgets_values") for n in json.load(f)["nodes"]}
+    saved = flow["serialized"]
+    e = flow["edgeMoved"]
+    for node_type, values in original.items():
+        if node_type == "AceStep15_RepaintLatent":
+            assert saved[node_type] == [e["start"], e["end"], *values[2:]]
+        elif node_type == "LoadAudio":
+            assert saved[node_type][0] == SONG  # (how many UI entries follow is the frontend's own: 2 or 3)
+        elif node_type == "AceStep15_Sampler":
+            assert len(saved[node_type]) == len(values)  # the seed may be randomised after queueing
+        else:
+            assert saved[node_type] == values, node_type
+    prompt = {v["class_type"]: v["inputs"] for v in flow["prompt"].values()}
+    # Only the player's own empty entry, as the frontend sends for its native savers (the server ignores it).
+    assert set(prompt["AceStep15_SaveAudio"]) - {"audio", "filename_prefix", "format", "quality"} <= {"audioUI"}
+    assert prompt["AceStep15_SaveAudio"].get("audioUI", "") == ""
+    assert not [k for k in prompt["AceStep15_RepaintLatent"] if k.startswith("acestep")]
+    assert prompt["AceStep15_RepaintLatent"]["start"] == e["start"]
+
+
+def test_the_result_has_comfyuis_player_our_waveform_and_the_edited_region(flow):
+    r = flow["result"]
+    e = flow["edgeMoved"]
+    assert r["nativeVisible"] and "/view?" in r["nativeSrc"] and "ACE-Step_repaint" in r["nativeSrc"]
+    assert r["data"]["items"] == "1" and r["peaks"] > 0
+    assert math.isclose(r["seconds"], SONG_SECONDS, abs_tol=0.05)
+    assert float(r["data"]["regionStart"]) == e["start"] and float(r["data"]["regionEnd"]) == e["end"]
+    assert "type=temp" in r["sourceSrc"] and "ACE-Step_source" in r["sourceSrc"]
+    inside, outside = flow["pixels"]["inside"], flow["pixels"]["outside"]
+    assert inside[0] > inside[2] + 40, inside  # orange-tinted inside the edited region
+    assert abs(outside[0] - outside[2]) < 30, outside  # the plain background outside it
+
+
+def test_ab_plays_the_source_at_the_same_moment(flow):
+    ab = flow["ab"]
+    assert ab["side"] == "B" and not ab["sourcePaused"] and ab["resultPaused"]
+
+
+def test_no_internal_module_warning_and_no_error_from_the_extension(flow):
+    bad = [line for line in flow["console"] if "internal module" in line
+           or (PACK_FOLDER in line and line.split(":")[0] in ("error", "pageerror"))
+           or line.startswith("pageerror") and "acestep" in line.lower()]
+    assert not bad, bad
+    external = [u for u in flow["requests"] if PACK_FOLDER in u and not u.startswith("http://127.0.0.1")]
+    assert not external, external
