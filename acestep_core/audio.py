@@ -283,36 +283,15 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
     return torchaudio.functional.resample(waveform, int(orig_rate), int(new_rate))
 
 
-def prepare_audio(
-    waveform,
-    sample_rate: int,
-    target_rate: int = SAMPLE_RATE,
-    name: str = "audio",
-    allow_silent: bool = False,
-) -> torch.Tensor:
-    """Any waveform → float32 stereo [2, S] at ``target_rate``, clamped to [-1, 1] (the original's
-    source/reference preparation): mono is duplicated, only the first two channels are kept.
-
-    ``name`` is used in error messages (e.g. "src_audio"). Non-finite samples are rejected; so is an all-silent
-    result (every |x| < 1e-6) unless ``allow_silent``: the original drops a silent reference.
-    """
-    if isinstance(sample_rate, float) and sample_rate.is_integer():
-        sample_rate = int(sample_rate)
-    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
-        raise ValueError(f"{name}: sample rate {sample_rate!r} is not allowed; expected a positive integer (Hz)")
-    x = as_waveform(waveform, name)
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); expected audio samples")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite samples")
+def prepare_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """A checked recording (an AudioClip's float32 [C, S] and rate) → float32 stereo [2, S'] at ``target_rate``,
+    clamped to [-1, 1], as the original prepares source and reference audio: mono is duplicated, only the first
+    two channels are kept."""
+    x = waveform
     if x.shape[0] == 1:
         x = x.repeat(2, 1)
     x = x[:2]
-    x = resample(x, sample_rate, target_rate).clamp(-1.0, 1.0)
-    if not allow_silent and bool((x.abs() < SILENCE_THRESHOLD).all()):
-        raise ValueError(f"{name} is silent (every sample below {SILENCE_THRESHOLD:g} in magnitude); "
-                         "give audio with content")
-    return x.contiguous()
+    return resample(x, sample_rate, target_rate).clamp(-1.0, 1.0).contiguous()
 
 
 def reference_segments(waveform: torch.Tensor, seed: int | None, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -413,10 +392,8 @@ def repaint_splice(
 
 def fade(audio: torch.Tensor, sample_rate: int, fade_in_s: float = 0.0, fade_out_s: float = 0.0) -> torch.Tensor:
     """Linear fade-in / fade-out over the last dimension (``round(seconds · rate)`` samples each, ramps from
-    exactly 0 to 1 and 1 to 0, clipped to the audio length), as the original's ``apply_fade``."""
-    for label, value in (("fade_in_s", fade_in_s), ("fade_out_s", fade_out_s)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{label}={value!r} is not allowed; expected a number of seconds >= 0")
+    exactly 0 to 1 and 1 to 0, clipped to the audio length), as the original's ``apply_fade``. The seconds are
+    checked where they are given (RenderSettings)."""
     n_in, n_out = round(fade_in_s * sample_rate), round(fade_out_s * sample_rate)
     if n_in <= 0 and n_out <= 0:
         return audio

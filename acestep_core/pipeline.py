@@ -143,8 +143,7 @@ class AceStepPipeline:
         either end (extend), and the window moved onto the padded waveform."""
         if task.source is None:
             return None
-        wav = prepare_audio(task.source.waveform, task.source.sample_rate, self.sample_rate, name=task.source.name,
-                            allow_silent=True)
+        wav = prepare_audio(task.source.waveform, task.source.sample_rate, self.sample_rate)
         window = task.window
         if window is not None:
             before, after = window.padding(task.source.seconds)
@@ -264,8 +263,7 @@ class AceStepPipeline:
         if timbre is None:
             frames = REFERENCE_SECONDS * self.sample_rate // self.hop
             return silence_slice(self.ckpt.silence_latent, frames).to(self.model.dtype)
-        wav = prepare_audio(timbre.waveform, timbre.sample_rate, self.sample_rate, name=timbre.name,
-                            allow_silent=True)
+        wav = prepare_audio(timbre.waveform, timbre.sample_rate, self.sample_rate)
         return self._encode_audio(reference_segments(wav, seeds[0], self.sample_rate), seeds[0])[None]
 
     def _condition(self, caption_prompt: str, lyrics_prompt: str, refer: torch.Tensor, batch: int):
@@ -376,6 +374,5 @@ class AceStepPipeline:
         """Recordings of equal length (a ComfyUI AUDIO batch) → VAE latents [B, T, 64] (float32, posterior mean,
         tiled): each made stereo and resampled to the VAE rate first."""
         self._use("vae")
-        wav = torch.stack([prepare_audio(c.waveform, c.sample_rate, self.sample_rate, name=c.name, allow_silent=True)
-                           for c in clips])
+        wav = torch.stack([prepare_audio(c.waveform, c.sample_rate, self.sample_rate) for c in clips])
         return tiled_encode(self.ckpt.vae, wav).transpose(1, 2).float()

@@ -528,7 +528,8 @@ def run_child(job: dict) -> dict:
     elif row == "pipeline":
         timer = _StageTimer()
         if impl == "ours":
-            from acestep_core.pipeline import AceStepPipeline, GenerationRequest
+            from acestep_core.pipeline import AceStepPipeline
+            from acestep_core.request import request
 
             pipe = AceStepPipeline.from_pretrained(root, dtype=job["dtype"], device="cpu")
             out["extra"]["load_s"] = time.perf_counter() - t_load
@@ -538,7 +539,7 @@ def run_child(job: dict) -> dict:
             timer.hook("DiT steps", pipe.model.decoder)
             pipe.model.decoder.cross_kv = timer.wrap("cross K/V", pipe.model.decoder.cross_kv)
             timer.hook("VAE decode", pipe.ckpt.vae.decoder)
-            req = GenerationRequest(caption=CAPTION, lyrics=LYRICS, duration=DURATION, seed=SEED)
+            req = request(caption=CAPTION, lyrics=LYRICS, duration=DURATION, seed=SEED)
             call = lambda: pipe(req).audio  # noqa: E731
         else:
             pipe = load_diffusers_pipeline(root, dtype, job.get("diffusers_vae_tiling", False))

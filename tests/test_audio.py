@@ -151,8 +151,6 @@ def test_prepare_mono_to_stereo_and_channels():
     x = tone(0.5, channels=1)
     y = prepare_audio(x, SR)
     assert y.shape == (2, SR // 2) and torch.equal(y[0], y[1]) and torch.equal(y[0], x[0])
-    y = prepare_audio(x[0], SR)  # [S]
-    assert y.shape == (2, SR // 2)
     three = torch.stack([x[0], 0.5 * x[0], 0.25 * x[0]])
     assert torch.equal(prepare_audio(three, SR), three[:2])
 
@@ -166,25 +164,6 @@ def test_prepare_resamples_and_clamps():
     expected = torchaudio.functional.resample(x, 44100, SR).clamp(-1, 1)
     assert torch.allclose(y, expected)
     assert y.abs().max() <= 1.0
-
-
-def test_prepare_rejects_silent_and_nonfinite():
-    with pytest.raises(ValueError, match="ref_audio is silent"):
-        prepare_audio(torch.full((2, 1000), 1e-7), SR, name="ref_audio")
-    assert prepare_audio(torch.zeros(2, 1000), SR, allow_silent=True).shape == (2, 1000)
-    x = tone(0.1)
-    x[1, 17] = float("nan")
-    with pytest.raises(ValueError, match="src_audio contains NaN"):
-        prepare_audio(x, SR, name="src_audio")
-    x[1, 17] = float("inf")
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        prepare_audio(x, SR)
-    with pytest.raises(ValueError, match="sample rate"):
-        prepare_audio(tone(0.1), -5)
-    with pytest.raises(ValueError, match="empty"):
-        prepare_audio(torch.zeros(2, 0), SR)
-    with pytest.raises(ValueError, match="shape"):
-        prepare_audio(torch.zeros(1, 2, 100), SR)
 
 
 # --------------------------------------------------------------------------------------------------- reference
@@ -316,8 +295,6 @@ def test_fade():
     assert torch.all(out[:, 100:800] == 1) and torch.all(x == 1)
     assert fade(x, 100) is x
     assert torch.allclose(fade(torch.ones(5), 1, fade_in_s=100)[:], torch.linspace(0, 1, 5))  # clipped to length
-    with pytest.raises(ValueError, match="fade_out_s=-1"):
-        fade(x, 100, fade_out_s=-1)
 
 
 def test_numpy_input_saves(tmp_path):
