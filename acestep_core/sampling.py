@@ -217,24 +217,35 @@ def retake_mix(noise: Tensor, retake_noise: Tensor, variance: float) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # DCW: Differential Correction in Wavelet domain (arXiv 2604.16044), upstream's post-step correction
 
-_HAAR = 1.0 / math.sqrt(2.0)  # Haar analysis/synthesis filter taps (float32 0.70710677 in float32 tensors)
+def _haar_tap(dtype: torch.dtype) -> float:
+    """The Haar filter tap 1/√2 as ``dtype`` holds it (float32: 0.70710677, as pytorch_wavelets builds its filters)."""
+    return torch.tensor(1.0 / math.sqrt(2.0), dtype=dtype).item()
 
 
 def haar_dwt(x: Tensor) -> tuple[Tensor, Tensor]:
     """One-level Haar DWT along time of [B, T, C] → (low, high), each [B, ⌈T/2⌉, C].
 
     low_k = (x_2k + x_2k+1)/√2, high_k = (x_2k − x_2k+1)/√2 (PyWavelets' sign); an odd T gets one zero frame at
-    the end, as PyWavelets' and pytorch_wavelets' "zero" mode do for Haar.
+    the end, as PyWavelets' and pytorch_wavelets' "zero" mode do for Haar. Below float64 the second tap is added
+    to the rounded first product with a single rounding (a fused multiply-add, done here in float64), which is how
+    the convolution in upstream's pytorch_wavelets accumulates; that keeps DCW bit-identical to upstream's.
     """
     if x.shape[1] % 2:
         x = F.pad(x, (0, 0, 0, 1))
     even, odd = x[:, 0::2], x[:, 1::2]
-    return even * _HAAR + odd * _HAAR, even * _HAAR - odd * _HAAR
+    h = _haar_tap(x.dtype)
+    first = even * h
+    if x.dtype == torch.float64:
+        return first + odd * h, first - odd * h
+    second = odd.double() * h  # exact: two float32 significands fit in a float64 one
+    return (first.double() + second).to(x.dtype), (first.double() - second).to(x.dtype)
 
 
 def haar_idwt(low: Tensor, high: Tensor, length: int) -> Tensor:
-    """Inverse of :func:`haar_dwt`: [B, T', C] bands → [B, length, C] (the padding frame, if any, cropped)."""
-    even, odd = low * _HAAR + high * _HAAR, low * _HAAR - high * _HAAR
+    """Inverse of :func:`haar_dwt`: [B, T', C] bands → [B, length, C] (the padding frame, if any, cropped).
+    x_2k = (low + high)/√2, x_2k+1 = (low − high)/√2, each product rounded, as a transposed convolution does."""
+    h = _haar_tap(low.dtype)
+    even, odd = low * h + high * h, low * h - high * h
     return torch.stack([even, odd], dim=2).flatten(1, 2)[:, :length]
 
 

@@ -60,6 +60,22 @@ def test_haar_in_float32_matches_pywavelets_to_rounding():
     np.testing.assert_allclose(high.double().numpy(), ref_high, rtol=0, atol=5e-7)
 
 
+def test_haar_float32_rounds_like_upstreams_convolution():
+    """Upstream runs the DWT as a float32 convolution (pytorch_wavelets), which adds the second tap to the rounded
+    first product in one fused multiply-add; the inverse rounds each product, then sums. Written out in numpy."""
+    x = _randn(2, 13, 8, seed=4).numpy()
+    h = np.float32(1 / math.sqrt(2))
+    padded = np.concatenate([x, np.zeros_like(x[:, :1])], axis=1)
+    even, odd = padded[:, 0::2], padded[:, 1::2]
+    first = (even * h).astype(np.float64)  # float32 product, rounded
+    low = (first + odd.astype(np.float64) * np.float64(h)).astype(np.float32)
+    high = (first - odd.astype(np.float64) * np.float64(h)).astype(np.float32)
+    got_low, got_high = haar_dwt(torch.from_numpy(x))
+    assert np.array_equal(got_low.numpy(), low) and np.array_equal(got_high.numpy(), high)
+    back = np.stack([low * h + high * h, low * h - high * h], axis=2).reshape(2, 14, 8)[:, :13]
+    assert np.array_equal(haar_idwt(got_low, got_high, 13).numpy(), back)
+
+
 # ------------------------------------------------------------------------------------------------ DCW
 
 
