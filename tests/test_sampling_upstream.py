@@ -20,7 +20,7 @@ from acestep_core.constants import (DCW_DEFAULTS, DCW_THINK_HIGH_SCALER, DCW_THI
                                     TURBO_APP_MAX_STEPS, TURBO_MAX_STEPS, VARIANT_DEFAULTS, DcwSettings)
 from acestep_core.models.config import AceStepConfig
 from acestep_core.models.model import AceStepModel
-from acestep_core.sampling import (TURBO_TABLES, base_schedule, dcw_correct, flow_edit, flow_edit_schedule,
+from acestep_core.sampling import (TURBO_TABLES, Repaint, base_schedule, dcw_correct, flow_edit, flow_edit_schedule,
                                    haar_dwt, haar_idwt, item_noise, retake_mix, sample, seeded_generators,
                                    turbo_schedule, turbo_step_times, truncate_for_cover_noise)
 from devtools.tiny import random_dit_checkpoint, random_silence_latent, tiny_config_json
@@ -424,7 +424,6 @@ def test_sde_with_repaint_injects_at_base_sdes_own_time(base_model):
     x, clean = _randn(2, FRAMES, CHANNELS, seed=41), _randn(2, FRAMES, CHANNELS, seed=42)
     mask = torch.zeros(2, FRAMES, dtype=torch.bool)
     mask[:, 5:20] = True
-    from acestep_core.sampling import Repaint
     inputs = []
     vel = _velocity(base_model, cond, ctx, False)
 
