@@ -136,8 +136,14 @@ class SamplingDefaults:
     use_cfg: bool  # base-like models apply CFG through APG; turbo models are guidance-distilled
 
 
-# These follow the official Gradio UI (`get_ui_control_config`), which is what users compare against.
-# The original's Python function defaults for base/sft `generate_audio` are 30 steps and shift 1.0.
+# These follow the official Gradio UI, which is what users compare against, as of upstream 6d467e4 (2026-06-26):
+# steps and shift from acestep/ui/gradio/events/generation/model_config.py `get_ui_control_config` (turbo 8 steps,
+# shift 3.0; SFT 50 steps (8b58da1); base 32 steps; non-turbo shift 3.0: e56de7b set 1.0 and 953d729 (#1208,
+# "Fix an unexpected change") put 3.0 back twelve minutes later); guidance 7.0 from the guidance slider
+# (acestep/ui/gradio/interfaces/generation_advanced_dit_controls.py), forced to 1.0 for turbo by the handler.
+# XL variants are matched by the same path tokens. Upstream's Python API (`GenerationParams`) differs: 8 steps,
+# shift 1.0, guidance 7.0 for every variant; base/sft `generate_audio` itself defaults to 30 steps, shift 1.0.
+# The per-variant DCW switch is DCW_DEFAULTS (end of this file).
 VARIANT_DEFAULTS = {
     "turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0, use_cfg=False),
     "xl_turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0, use_cfg=False),
@@ -146,3 +152,67 @@ VARIANT_DEFAULTS = {
     "sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0, use_cfg=True),
     "xl_sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0, use_cfg=True),
 }
+
+# ---------------------------------------------------------------------------------------------------------------
+# Newest upstream sampler options (upstream ACE-Step-1.5 at 6d467e4, 2026-06-26): DCW, samplers, turbo steps
+# ---------------------------------------------------------------------------------------------------------------
+
+SAMPLER_MODES = ("euler", "heun")  # upstream `sampler_mode`: first order, or the trapezoid with a 2nd DiT call
+INFER_METHODS = ("ode", "sde")  # upstream `infer_method`: deterministic steps, or x0 estimate + fresh noise
+VAE_ENCODE_MODES = ("sample", "mean")  # source audio → latents: a posterior draw (upstream, always) or its mean
+FLOW_EDIT_TASKS = ("text2music", "cover", "cover-nofsq")  # where upstream runs the flow-edit morph overlay
+
+# Turbo takes 1..TURBO_MAX_STEPS steps on t_i = s·u/(1+(s−1)u), u = 1 − i/N (the model function's limit); the
+# official app's generation handler clamps turbo to TURBO_APP_MAX_STEPS (a request for 12 runs 8 steps).
+TURBO_MAX_STEPS = 20
+TURBO_APP_MAX_STEPS = 8
+
+DCW_MODES = ("low", "high", "double", "pix")
+
+
+@dataclass(frozen=True)
+class DcwSettings:
+    """Differential Correction in Wavelet domain (arXiv 2604.16044) as the sampler applies it after each step.
+
+    ``scaler`` drives the low band (``low``, ``double``), the high band (``high``) or the latent-space
+    correction (``pix``); ``high_scaler`` drives the high band in ``double`` only. Upstream's wavelet option
+    (any PyWavelets basis) is not offered: Haar is the default and the only basis implemented here.
+    """
+    enabled: bool = True
+    mode: str = "double"
+    scaler: float = 0.05
+    high_scaler: float = 0.02
+
+    def __post_init__(self):
+        if self.mode not in DCW_MODES:
+            raise ValueError(f"dcw_mode {self.mode!r} is not allowed; expected one of {', '.join(DCW_MODES)}")
+        for name in ("scaler", "high_scaler"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"dcw_{name} {value!r} is not allowed; expected a number (upstream's app: 0 to 0.1)")
+
+    @property
+    def active(self) -> bool:
+        """Whether the correction changes anything (upstream's ``DCWCorrector.is_active``)."""
+        if not self.enabled:
+            return False
+        if self.mode == "double":
+            return self.scaler != 0.0 or self.high_scaler != 0.0
+        return self.scaler != 0.0
+
+
+# What the official Gradio app sets per variant (acestep/ui/gradio/events/generation/model_config.py
+# `get_ui_control_config`, e56de7b #1207: DCW on for turbo, off for base/SFT; mode/scalers from
+# acestep/ui/gradio/events/dcw_defaults.py). Upstream's Python API (`GenerationParams`) has DCW on for every
+# variant with the same double / 0.05 / 0.02.
+DCW_DEFAULTS = {
+    "turbo": DcwSettings(enabled=True),
+    "xl_turbo": DcwSettings(enabled=True),
+    "base": DcwSettings(enabled=False),
+    "xl_base": DcwSettings(enabled=False),
+    "sft": DcwSettings(enabled=False),
+    "xl_sft": DcwSettings(enabled=False),
+}
+# With the LM's "thinking" on, the app switches mode/scalers to these (dcw_defaults.py THINK_DCW_DEFAULTS,
+# b3a4561); the on/off switch stays the variant's.
+DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER = "double", 0.02, 0.06

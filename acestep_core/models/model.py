@@ -70,6 +70,19 @@ class AceStepModel(nn.Module):
         quantized, _ = self.tokenizer(latents, silence_latent)
         return self.detokenizer(quantized)[:, : latents.shape[1]]
 
+    def cover_hints(self, latents: torch.Tensor, silence_latent: torch.Tensor, fsq: bool = True) -> torch.Tensor:
+        """The cover task's source context [B, T, 64] from source latents [B, T, 64].
+
+        ``fsq=True``: re-quantised through the 5 Hz bottleneck (:meth:`audio_to_hints`, the cover task).
+        ``fsq=False``: raw remix (upstream's ``cover-nofsq`` task, 83d02a0): the source latents themselves, in the
+        model dtype. Upstream gets there by not flagging the item as a cover, so its condition keeps the VAE
+        latents where a cover would put the detokenised FSQ codes; instruction and chunk mask stay the cover's.
+        Audio codes from the LM are already quantised and take the :meth:`codes_to_hints` path either way.
+        """
+        if fsq:
+            return self.audio_to_hints(latents, silence_latent)
+        return latents.to(self.dtype)
+
     @classmethod
     def from_state_dict(
         cls,

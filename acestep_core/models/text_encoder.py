@@ -10,6 +10,7 @@ import re
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 from transformers import Qwen3Config, Qwen3Model
@@ -158,14 +159,31 @@ class TextEncoder(nn.Module):
         return self.model.embed_tokens(input_ids.to(self.device))
 
 
+def fit_to_length(ids: torch.Tensor, mask: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ([B, L] → [B, length]) with ``pad_id`` / 0, or crop when ``length`` < L, as the original's
+    ``_pad_sequences`` does (``F.pad`` with a negative width crops)."""
+    width = length - ids.shape[1]
+    return F.pad(ids, (0, width), value=pad_id), F.pad(mask, (0, width), value=0)
+
+
 def encode_text_inputs(
-    tokenizer: TextTokenizer, encoder: TextEncoder, captions: Sequence[str], lyrics: Sequence[str]
+    tokenizer: TextTokenizer, encoder: TextEncoder, captions: Sequence[str], lyrics: Sequence[str],
+    text_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(text_hidden [B, Lt, H], text_mask [B, Lt], lyric_embeds [B, Ll, H], lyric_mask [B, Ll]) from formatted
-    caption and lyrics prompts; masks are bool, as the original hands them to the condition encoder."""
+    caption and lyrics prompts; masks are bool, as the original hands them to the condition encoder.
+
+    ``text_length``: pad or crop the caption ids to this length before encoding. The original does this to the
+    non-cover caption of a cover with ``audio_cover_strength`` < 1: it pads those ids to the cover caption's
+    length, and the text2music instruction is one token longer than the cover one, so the padding width is −1
+    and the last id (the <|endoftext|> the tokenizer appends after the prompt's closing "\n") is dropped. Pass
+    the cover caption's length (``text_hidden.shape[1]`` of the cover prompt) to reproduce it.
+    """
     if len(captions) != len(lyrics):
         raise ValueError(f"got {len(captions)} caption prompts but {len(lyrics)} lyrics prompts")
     text_ids, text_mask = tokenizer.encode_batch(captions, TEXT_MAX_TOKENS)
+    if text_length is not None:
+        text_ids, text_mask = fit_to_length(text_ids, text_mask, text_length, tokenizer.pad_id)
     lyric_ids, lyric_mask = tokenizer.encode_batch(lyrics, LYRIC_MAX_TOKENS)
     device = encoder.device
     return (
