@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     text = g.add_argument_group("what to generate")
     text.add_argument("--caption", default=None, help="style / description of the music")
-    text.add_argument("--lyrics", default=None, help="lyrics text ([verse], [chorus] ... tags allowed); '[Instrumental]' for none")
+    text.add_argument("--lyrics", default=None,
+                      help="lyrics text ([verse], [chorus] ... tags allowed); '[Instrumental]' for none")
     text.add_argument("--lyrics-file", default=None, help="read the lyrics from a UTF-8 text file ('-' = stdin)")
     text.add_argument("--language", default=None, help="vocal language code (en, zh, ja, ... or unknown)")
     text.add_argument("--bpm", type=int, default=None, help="tempo, 30-300")
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dcw-high-scaler", type=float, default=None, help="DCW high-band strength, double mode (0.02)")
     s.add_argument("--retake-seed", default=None, help="retake: seed of the noise mixed in (default random)")
     s.add_argument("--retake-variance", type=float, default=None, help="retake: 0 (off) to 1")
-    s.add_argument("--seed", default=None, help="integer, or comma-separated seeds, one per batch item (default random)")
+    s.add_argument("--seed", default=None,
+                   help="integer, or comma-separated seeds, one per batch item (default random)")
     s.add_argument("--batch", type=int, default=None, help="number of songs, 1-8 (default 1)")
     return parser
 
@@ -470,7 +472,8 @@ def generate(args) -> int:
     resolve_sampler(req.sampler, info.variant)
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
-    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · {req.task.kind}", file=sys.stderr)
+    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · {req.task.kind}",
+          file=sys.stderr)
     if req.task.rule.base_only and not info.variant.endswith("base"):
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
               "(add --model base)", file=sys.stderr)

@@ -133,7 +133,6 @@ class SamplingDefaults:
     steps: int
     shift: float
     guidance: float
-    use_cfg: bool  # base-like models apply CFG through APG; turbo models are guidance-distilled
 
 
 # These follow the official Gradio UI, which is what users compare against, as of upstream 6d467e4 (2026-06-26):
@@ -145,12 +144,12 @@ class SamplingDefaults:
 # shift 1.0, guidance 7.0 for every variant; base/sft `generate_audio` itself defaults to 30 steps, shift 1.0.
 # The per-variant DCW switch is DCW_DEFAULTS (end of this file).
 VARIANT_DEFAULTS = {
-    "turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0, use_cfg=False),
-    "xl_turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0, use_cfg=False),
-    "base": SamplingDefaults(steps=32, shift=3.0, guidance=7.0, use_cfg=True),
-    "xl_base": SamplingDefaults(steps=32, shift=3.0, guidance=7.0, use_cfg=True),
-    "sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0, use_cfg=True),
-    "xl_sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0, use_cfg=True),
+    "turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0),
+    "xl_turbo": SamplingDefaults(steps=8, shift=3.0, guidance=1.0),
+    "base": SamplingDefaults(steps=32, shift=3.0, guidance=7.0),
+    "xl_base": SamplingDefaults(steps=32, shift=3.0, guidance=7.0),
+    "sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0),
+    "xl_sft": SamplingDefaults(steps=50, shift=3.0, guidance=7.0),
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,7 +159,6 @@ VARIANT_DEFAULTS = {
 SAMPLER_MODES = ("euler", "heun")  # upstream `sampler_mode`: first order, or the trapezoid with a 2nd DiT call
 INFER_METHODS = ("ode", "sde")  # upstream `infer_method`: deterministic steps, or x0 estimate + fresh noise
 VAE_ENCODE_MODES = ("sample", "mean")  # source audio → latents: a posterior draw (upstream, always) or its mean
-FLOW_EDIT_TASKS = ("text2music", "cover", "cover-nofsq")  # where upstream runs the flow-edit morph overlay
 FLOW_EDIT_MAX_AVG = 16  # noise draws averaged per flow-edit step (each costs two DiT calls)
 
 # Turbo takes 1..TURBO_MAX_STEPS steps on t_i = s·u/(1+(s−1)u), u = 1 − i/N (the model function's limit); the

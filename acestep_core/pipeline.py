@@ -327,7 +327,8 @@ class AceStepPipeline:
             return velocity
 
         common = dict(guidance_scale=schedule.guidance, cfg_interval_start=settings.cfg_interval_start,
-                      cfg_interval_end=settings.cfg_interval_end, velocity_norm_threshold=settings.velocity_norm_threshold,
+                      cfg_interval_end=settings.cfg_interval_end,
+                      velocity_norm_threshold=settings.velocity_norm_threshold,
                       velocity_ema_factor=settings.velocity_ema, apg_momentum=settings.apg_momentum,
                       apg_norm_threshold=settings.apg_norm_threshold, on_step=on_step, should_cancel=should_cancel)
         if task.flow_edit is not None:  # the morph runs its own loop on the base-style schedule, turbo too

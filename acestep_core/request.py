@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from .constants import (
-    APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, DCW_DEFAULTS,
-    DCW_MODES, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN,
-    EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
-    GUIDANCE_MIN, INFER_METHODS, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS, REPAINT_MODES,
-    SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN,
-    TIME_SIGNATURES, TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS,
-    VELOCITY_NORM_THRESHOLD_MAX, DcwSettings,
+    APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND,
+    DCW_DEFAULTS, DCW_MODES, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX,
+    DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX,
+    GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS,
+    REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX,
+    TILE_FRAMES_MIN, TIME_SIGNATURES, TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VAE_ENCODE_MODES, VALID_LANGUAGES,
+    VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX, DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
 from .errors import Described, InputError
@@ -212,7 +212,8 @@ def parse_audio_codes(codes) -> tuple[int, ...]:
     except (TypeError, ValueError, InputError):
         raise InputError("audio_codes", codes, allowed) from None
     if not 1 <= len(values) <= MAX_AUDIO_CODES:
-        raise InputError("audio_codes", Described(f"<{len(values)} codes>"), allowed + f" ({MAX_AUDIO_CODES / 5:g} s)")
+        raise InputError("audio_codes", Described(f"<{len(values)} codes>"),
+                         allowed + f" ({MAX_AUDIO_CODES / CODES_PER_SECOND:g} s)")
     return tuple(min(max(v, 0), CODEBOOK_SIZE - 1) for v in values)
 
 
@@ -362,7 +363,8 @@ def check_window(task: str, start, end, source_seconds: float | None = None) -> 
         return None
     end = source_seconds if end is None else end
     if not start + MIN_WINDOW_SECONDS <= end <= source_seconds + 1e-6:
-        raise InputError(f"{task} window", (start, end), f"0 ≤ start < end ≤ the source length {source_seconds:.2f} s{hint}")
+        raise InputError(f"{task} window", (start, end),
+                         f"0 ≤ start < end ≤ the source length {source_seconds:.2f} s{hint}")
     return Window(start, end)
 
 
@@ -410,8 +412,8 @@ class SongText:
             if not isinstance(self.timbre, AudioClip):
                 raise InputError("timbre", self.timbre, "an AudioClip (the reference recording)")
             if bool((self.timbre.waveform.abs() < SILENCE_THRESHOLD).all()):
-                raise InputError(self.timbre.name, Described("<silent audio>"), "a recording with sound (every sample of this "
-                                                                      f"one is below {SILENCE_THRESHOLD:g})")
+                raise InputError(self.timbre.name, Described("<silent audio>"),
+                                 f"a recording with sound (every sample of this one is below {SILENCE_THRESHOLD:g})")
 
 
 @dataclass(frozen=True)
@@ -469,8 +471,8 @@ class Task:
         codes = None if self.audio_codes is None else parse_audio_codes(self.audio_codes)
         _set(self, "audio_codes", codes)
         if codes is not None and (rule.source == "audio" or self.source is not None):
-            raise InputError("audio_codes", Described(f"<{len(codes)} codes>"), "only with text2music, or with cover instead "
-                                                                      "of source audio")
+            raise InputError("audio_codes", Described(f"<{len(codes)} codes>"),
+                             "only with text2music, or with cover instead of source audio")
         if rule.source == "audio" and self.source is None or (
                 rule.source == "audio or codes" and self.source is None and codes is None):
             needs = "source audio" + (" or audio codes" if rule.source == "audio or codes" else "")
@@ -522,7 +524,7 @@ class Task:
             before, after = self.window.padding(self.source.seconds)
             return self.source.seconds + before + after
         if self.audio_codes is not None:
-            return len(self.audio_codes) / 5
+            return len(self.audio_codes) / CODES_PER_SECOND
         return DEFAULT_DURATION if self.duration is None else self.duration
 
 
@@ -680,7 +682,8 @@ def resolve_dcw(settings: SamplerSettings, variant: str) -> DcwSettings:
     return DcwSettings(enabled=default.enabled if settings.dcw is None else settings.dcw,
                        mode=settings.dcw_mode or default.mode,
                        scaler=default.scaler if settings.dcw_scaler is None else settings.dcw_scaler,
-                       high_scaler=default.high_scaler if settings.dcw_high_scaler is None else settings.dcw_high_scaler)
+                       high_scaler=(default.high_scaler if settings.dcw_high_scaler is None
+                                    else settings.dcw_high_scaler))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -51,11 +51,11 @@ def test_variant_defaults():
     d = C.VARIANT_DEFAULTS
     assert set(d) == {"turbo", "base", "sft", "xl_turbo", "xl_base", "xl_sft"}
     for name in ("turbo", "xl_turbo"):
-        assert dataclasses.astuple(d[name]) == (8, 3.0, 1.0, False)
+        assert dataclasses.astuple(d[name]) == (8, 3.0, 1.0)
     for name in ("base", "xl_base"):
-        assert dataclasses.astuple(d[name]) == (32, 3.0, 7.0, True)
+        assert dataclasses.astuple(d[name]) == (32, 3.0, 7.0)
     for name in ("sft", "xl_sft"):
-        assert dataclasses.astuple(d[name]) == (50, 3.0, 7.0, True)
+        assert dataclasses.astuple(d[name]) == (50, 3.0, 7.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         d["turbo"].steps = 4
 
@@ -66,7 +66,7 @@ def test_templates_match_diffusers(diffusers_pipeline):
     assert C.SFT_GEN_PROMPT.format(instruction="{}", caption="{}", metas="{}") == P.SFT_GEN_PROMPT
     assert C.TASK_INSTRUCTIONS == P.TASK_INSTRUCTIONS
     assert C.TASK_INSTRUCTIONS["text2music"] == P.DEFAULT_DIT_INSTRUCTION
-    assert set(TASKS) == set(P.TASK_TYPES) | {"extend"}  # extend is repaint outside the source
+    assert set(TASKS) == set(P.TASK_TYPES) | {"extend", "cover-nofsq"}  # repaint outside the source; raw remix
 
 
 # ---------------------------------------------------------------------------------------------------------------
