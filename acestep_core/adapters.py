@@ -49,14 +49,17 @@ from .constants import (
     LOKR_WEIGHTS_FILE,
     PEFT_ADAPTER_SUBFOLDER,
     PEFT_CONFIG_FILE,
+    PEFT_DEFAULT_ALPHA,
+    PEFT_DEFAULT_R,
+    PEFT_UNSUPPORTED_OPTIONS,
     PEFT_WEIGHTS_FILE,
+    PICKLE_EXTENSIONS,
     UNSUPPORTED_ADAPTER_KEYS,
 )
 from .errors import CheckpointError
 from .loading.weights import read_safetensors
 from .models.model import to_checkpoint_keys
 
-PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")
 LOKR_ROLES = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")
 
 
@@ -76,10 +79,10 @@ class LowRank:
         """(out, in·k) of the weight it changes."""
         return self.up.shape[0], math.prod(self.down.shape[1:])
 
-    def matrix(self, device) -> torch.Tensor:
-        up = self.up.to(device, torch.float32).flatten(1)
-        down = self.down.to(device, torch.float32).flatten(1)
-        return self.scale * (up @ down)
+    def matrix(self, device, factor: float = 1.0) -> torch.Tensor:
+        """factor · ΔW as an [out, in·k] float32 matrix (the factor goes into the small ``up``)."""
+        up = self.up.to(device, torch.float32).flatten(1) * (self.scale * factor)
+        return up @ self.down.to(device, torch.float32).flatten(1)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -107,7 +110,8 @@ class Kronecker:
             out2, in2 = self.w2_a.shape[0], math.prod(self.w2_b.shape[1:])
         return out1 * out2, in1 * in2
 
-    def matrix(self, device) -> torch.Tensor:
+    def matrix(self, device, factor: float = 1.0) -> torch.Tensor:
+        """factor · ΔW as an [out, in·k] float32 matrix (the factor goes into ``w1``, the small half)."""
         def f32(t):
             return t.to(device, torch.float32)
 
@@ -119,7 +123,7 @@ class Kronecker:
         else:
             w2 = f32(self.w2_a) @ f32(self.w2_b).flatten(1)
         # kron of [a, c] and [b, d·k] is [a·b, c·d·k], which is the weight [a·b, c·d, k] flattened.
-        return self.scale * torch.kron(w1, w2)
+        return torch.kron(w1 * (self.scale * factor), w2)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -132,17 +136,16 @@ class Target:
     magnitude: torch.Tensor | None = None
     per_output: bool = True
 
-    def delta(self, weight: torch.Tensor) -> torch.Tensor:
-        """ΔW at strength 1 for the unpatched ``weight``: float32, shaped and placed like it."""
-        change = self.update.matrix(weight.device).reshape(weight.shape)
+    def delta(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """strength · ΔW for the unpatched ``weight``: a new float32 tensor, shaped and placed like it."""
         if self.magnitude is None:
-            return change
-        base = weight.float()
-        merged = base + change
+            return self.update.matrix(weight.device, strength).reshape(weight.shape)
+        merged = self.update.matrix(weight.device).reshape(weight.shape).add_(weight)  # W + ΔW, float32
         dims = tuple(range(1, weight.dim())) if self.per_output else (0, *range(2, weight.dim()))
         norm = torch.linalg.vector_norm(merged, dim=dims, keepdim=True)
         magnitude = self.magnitude.to(weight.device, torch.float32).reshape(norm.shape)
-        return merged * (magnitude / norm) - base
+        change = merged.mul_(magnitude / norm).sub_(weight)
+        return change if strength == 1.0 else change.mul_(strength)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -343,16 +346,15 @@ def _kind(targets: list[Target], lokr_name: str = "LoKr", lora_name: str = "LoRA
     return kind + (" + DoRA" if any(t.magnitude is not None for t in targets) else "")
 
 
-# PEFT options whose effect is not a weight change (or not one this format can express): refused, not ignored.
-_PEFT_UNSUPPORTED = ("lora_bias", "modules_to_save", "layer_replication", "alora_invocation_tokens",
-                     "target_parameters", "trainable_token_indices", "use_bdlora")
-
-
-def _peft_pattern(patterns: dict, module: str) -> str | None:
+def _peft_pattern(patterns: dict, module: str, config_path: str) -> str | None:
     """The rank_pattern / alpha_pattern entry PEFT uses for ``module`` (a regex matching its name's tail)."""
     for pattern in patterns:
-        if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
-            return pattern
+        try:
+            if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
+                return pattern
+        except re.error as e:
+            raise CheckpointError(f"{config_path}: pattern {pattern!r} is not a valid regular expression: {e}") \
+                from None
     return None
 
 
@@ -362,7 +364,7 @@ def _load_peft(folder: str, given: str) -> Adapter:
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{config_path}: peft_type is {config.get('peft_type')!r}; the pack applies PEFT "
                               "adapters of type 'LORA'")
-    for option in _PEFT_UNSUPPORTED:
+    for option in PEFT_UNSUPPORTED_OPTIONS:
         if config.get(option):
             raise CheckpointError(f"{config_path}: {option} = {config[option]!r} is not supported (the pack applies "
                                   "LoRA and DoRA weight changes only)")
@@ -371,7 +373,7 @@ def _load_peft(folder: str, given: str) -> Adapter:
         pickled = os.path.join(folder, "adapter_model.bin")
         _refuse_pickle(pickled if os.path.isfile(pickled) else weights)
         raise CheckpointError(f"{weights}: missing (a PEFT folder holds {PEFT_CONFIG_FILE} and {PEFT_WEIGHTS_FILE})")
-    r, lora_alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    r, lora_alpha = config.get("r", PEFT_DEFAULT_R), config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     for name, value in (("r", r), ("lora_alpha", lora_alpha), *rank_pattern.items(), *alpha_pattern.items()):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
@@ -389,7 +391,8 @@ def _load_peft(folder: str, given: str) -> Adapter:
             raise CheckpointError(f"{weights}: {module!r} {'lacks' if use_dora else 'has'} lora_magnitude_vector but "
                                   f"{PEFT_CONFIG_FILE} says use_dora = {use_dora}")
         name = module[len("base_model.model."):] if module.startswith("base_model.model.") else module
-        rank_key, alpha_key = _peft_pattern(rank_pattern, name), _peft_pattern(alpha_pattern, name)
+        rank_key = _peft_pattern(rank_pattern, name, config_path)
+        alpha_key = _peft_pattern(alpha_pattern, name, config_path)
         expected_rank = rank_pattern[rank_key] if rank_key is not None else r
         alpha = alpha_pattern[alpha_key] if alpha_key is not None else lora_alpha
 
@@ -554,17 +557,18 @@ class WeightDeltas(Mapping):
         return len(self._stack)
 
     def delta(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
-        """Σ strength · ΔW for parameter ``name`` given its unpatched weight (float32, on its device)."""
+        """Σ strength · ΔW for parameter ``name`` given its unpatched weight (a new float32 tensor on its
+        device)."""
         total = None
         for target, strength in self._stack[name]:
-            change = target.delta(base_weight)
-            change = change if strength == 1.0 else strength * change
-            total = change if total is None else total + change
+            change = target.delta(base_weight, strength)
+            total = change if total is None else total.add_(change)
         return total
 
     def patch(self, name: str, base_weight: torch.Tensor) -> torch.Tensor:
-        """The patched weight: base + Σ strength · ΔW added in float32, then cast to the base's dtype."""
-        return (base_weight.float() + self.delta(name, base_weight)).to(base_weight.dtype)
+        """The patched weight: base + Σ strength · ΔW added in float32, then cast to the base's dtype.
+        (Three passes over the weight: the change, the sum in place, the cast.)"""
+        return self.delta(name, base_weight).add_(base_weight).to(base_weight.dtype)
 
 
 def weight_deltas(model: nn.Module, adapters: Iterable[tuple[Adapter, float]]) -> WeightDeltas:

@@ -155,6 +155,11 @@ PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_ADAPTER_SUBFOLDER = "adapter"  # the official trainer saves <output>/adapter/
 LOKR_WEIGHTS_FILE = "lokr_weights.safetensors"
+PEFT_DEFAULT_R, PEFT_DEFAULT_ALPHA = 8, 8  # LoraConfig's defaults, for a config that leaves them out
+# PEFT options whose effect is not a weight change the pack can apply: refused, never ignored.
+PEFT_UNSUPPORTED_OPTIONS = ("lora_bias", "modules_to_save", "layer_replication", "alora_invocation_tokens",
+                            "target_parameters", "trainable_token_indices", "use_bdlora")
+PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")  # never loaded (unpickling can run code)
 
 # What comes before the module name in an adapter key, tried in this order ("" = a bare module name). A module
 # name after a prefix is either a full model name (decoder.layers.0.self_attn.q_proj) or one relative to the DiT
