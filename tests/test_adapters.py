@@ -219,6 +219,15 @@ def test_lokr_parity_with_lycoris(tiny, lycoris_presets, variant):
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_lokr_parity_with_lycoris_xl(tiny_xl, lycoris_presets):
+    config = LOKR_CONFIGS["default"]
+    path = lf.write_lokr(os.path.join(tiny_xl.tmp, "xl", "lokr_weights.safetensors"),
+                         lf.module_shapes(tiny_xl.cfg, names=None, conv=True), config)
+    reference = copy.deepcopy(tiny_xl.model)
+    lycoris_network(reference, config).load_state_dict(_lycoris_state(path), strict=True)
+    assert_parity(tiny_xl, ours(tiny_xl, path), velocity(tiny_xl, reference))
+
+
 @pytest.mark.parametrize("per_output", [True, False], ids=["dora_scale_out", "dora_scale_in"])
 def test_lycoris_dora_lora_parity(tiny, lycoris_presets, per_output):
     """LyCORIS LoRA with DoRA (dora_scale [out, 1] or [1, in]) against LyCORIS' own weight decomposition."""
