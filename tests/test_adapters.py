@@ -79,6 +79,7 @@ def ours(tiny, path, strength=1.0) -> torch.Tensor:
 
 def assert_parity(tiny, got, ref):
     rel = ((got - ref).abs().max() / ref.abs().max()).item()
+    print(f"parity: relative error {rel:.2e}")  # shown with pytest -s (the numbers in the report)
     assert rel <= TOLERANCE, rel
     effect = ((ref - tiny.base).abs().max() / tiny.base.abs().max()).item()
     assert effect > 1e-2, f"the adapter barely changes the output ({effect}): the comparison proves nothing"
