@@ -32,7 +32,6 @@ the DoRA norm instead; the two agree at strength 1).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -56,8 +55,8 @@ from .constants import (
     PICKLE_EXTENSIONS,
     UNSUPPORTED_ADAPTER_KEYS,
 )
-from .errors import CheckpointError
-from .loading.weights import read_safetensors
+from .errors import CheckpointError, InputError
+from .loading.weights import read_json, read_safetensors
 from .models.model import to_checkpoint_keys
 
 LOKR_ROLES = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")
@@ -219,19 +218,6 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e}") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
 def _split_key(key: str, source: str) -> tuple[str, str]:
     """'<module><suffix>' → (module, role); a key of no known adapter part is an error naming it."""
     for suffix in sorted(ADAPTER_KEY_SUFFIXES, key=len, reverse=True):
@@ -360,7 +346,7 @@ def _peft_pattern(patterns: dict, module: str, config_path: str) -> str | None:
 
 def _load_peft(folder: str, given: str) -> Adapter:
     config_path = os.path.join(folder, PEFT_CONFIG_FILE)
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{config_path}: peft_type is {config.get('peft_type')!r}; the pack applies PEFT "
                               "adapters of type 'LORA'")
@@ -423,7 +409,8 @@ def list_adapters(root: str) -> list[str]:
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
     """'PATH[:STRENGTH]' → (path, strength), strength 1.0 when absent. Only a number after the last ':'
-    counts as a strength, so Windows paths (C:\\loras\\x.safetensors) stay whole."""
+    counts as a strength, so Windows paths (C:\\loras\\x.safetensors) stay whole; a non-finite one is an
+    InputError."""
     path, sep, tail = spec.rpartition(":")
     if sep and path:
         try:
@@ -431,7 +418,7 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
         except ValueError:
             return spec, 1.0
         if not math.isfinite(strength):
-            raise ValueError(f"LoRA {path}: strength {tail!r} is not a finite number")
+            raise InputError(f"strength of LoRA {path}", strength, "a finite number (negative and above 1 are fine)")
         return path, strength
     return spec, 1.0
 
@@ -578,7 +565,8 @@ def weight_deltas(model: nn.Module, adapters: Iterable[tuple[Adapter, float]]) -
     for adapter, strength in adapters:
         strength = float(strength)
         if not math.isfinite(strength):
-            raise ValueError(f"LoRA {adapter.name}: strength must be a finite number, got {strength}")
+            raise InputError(f"strength of LoRA {adapter.name}", strength,
+                             "a finite number (negative and above 1 are fine)")
         bound = bind(adapter, model)
         if strength == 0.0:
             continue

@@ -30,7 +30,7 @@ from acestep_core.adapters import (
     patched,
     weight_deltas,
 )
-from acestep_core.errors import CheckpointError
+from acestep_core.errors import CheckpointError, InputError
 from acestep_core.loading.weights import read_safetensors
 from acestep_core.models.config import AceStepConfig
 from acestep_core.models.model import AceStepModel
@@ -449,7 +449,7 @@ def test_deltas_follow_the_weights_device_and_strength_validation(tiny, two_adap
     deltas = weight_deltas(tiny.model, [(two_adapters.peft, 1.0)])
     name = next(iter(deltas))
     assert deltas[name].dtype == torch.float32 and deltas[name].shape == tiny.model.get_parameter(name).shape
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(InputError, match="strength of LoRA a=nan is not allowed: a finite number"):
         weight_deltas(tiny.model, [(two_adapters.peft, float("nan"))])
 
 
@@ -512,7 +512,7 @@ def test_parse_lora_spec(spec, expected):
 
 
 def test_parse_lora_spec_refuses_infinite_strength():
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(InputError, match="finite"):
         parse_lora_spec("x.safetensors:inf")
 
 
