@@ -37,7 +37,7 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -57,7 +57,11 @@ from .constants import (
 )
 from .errors import CheckpointError, InputError
 from .loading.weights import read_json, read_safetensors
-from .models.model import to_checkpoint_keys
+
+if TYPE_CHECKING:
+    from .models.config import AceStepConfig
+# The model code (models.model) is imported where it is used, so that listing and reading adapter files (the
+# ComfyUI node list, the CLI's argument checks) does not import the networks.
 
 LOKR_ROLES = ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")
 
@@ -432,6 +436,8 @@ _DIFFUSERS_RENAMES = ((".q_proj", ".to_q"), (".k_proj", ".to_k"), (".v_proj", ".
 
 def _spellings(name: str) -> set[str]:
     """The names an adapter file may use for the module ``name`` of our model (before any key prefix)."""
+    from .models.model import to_checkpoint_keys
+
     original = next(iter(to_checkpoint_keys({name + ".weight": None})))[: -len(".weight")]
     names = {name, original}
     if name.startswith("decoder."):
@@ -514,6 +520,31 @@ def bind(adapter: Adapter, model: nn.Module) -> dict[str, Target]:
     if unmatched:
         raise _unmatched_error(adapter, unmatched, model)
     return bound
+
+
+def check_fit(adapters: Iterable[tuple[Adapter, float]], config: AceStepConfig) -> None:
+    """Bind every adapter to a model of ``config`` built on the meta device (shapes, no weights), so a LoRA made
+    for the other model size or with unknown keys is refused before any weight is read; raises CheckpointError
+    naming the file and the first offending key."""
+    from .models.model import AceStepModel
+
+    with torch.device("meta"):
+        model = AceStepModel(config)
+    for adapter, _ in adapters:
+        bind(adapter, model)
+
+
+def resolve_adapters(adapters: Iterable[tuple[Adapter | str | os.PathLike, float]]) -> list[tuple[Adapter, float]]:
+    """(adapter or path, strength) pairs → (Adapter, strength), reading the files given as paths."""
+    out = []
+    for item in adapters:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InputError("adapters", item, "(adapter or path, strength) pairs")
+        adapter, strength = item
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise InputError(f"strength of LoRA {adapter}", strength, "a number (negative and above 1 are fine)")
+        out.append((adapter if isinstance(adapter, Adapter) else load_adapter(adapter), float(strength)))
+    return out
 
 
 # --------------------------------------------------------------------------- deltas and patching
