@@ -234,3 +234,28 @@ def _save(tensors: dict, path: str, dtype: torch.dtype | None, metadata: dict | 
     save_file({k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in tensors.items()}, path,
               metadata=metadata)
     return path
+
+
+# --------------------------------------------------------------------------- a loras folder
+
+
+EXAMPLE_LORA_FILE = "acestep_style.safetensors"  # names the LoRA workflow and the ComfyUI tests use
+EXAMPLE_LOKR_FOLDER = "acestep_lokr"
+EXAMPLE_PEFT_FOLDER = "official_trainer/adapter"
+
+
+def write_example_loras(folder: str, config_json: dict, seed: int = 0) -> dict[str, str]:
+    """A ``models/loras`` folder for the tiny models: a ComfyUI-named single-file LoRA on the attention
+    projections, the official trainer's LoKr as a folder, and the official trainer's PEFT output as a
+    folder in a subfolder. Returns the dropdown name → path of each."""
+    attention = module_shapes(config_json)
+    written = {
+        EXAMPLE_LORA_FILE: write_lora_file(os.path.join(folder, EXAMPLE_LORA_FILE),
+                                           lora_factors(attention, rank=4, seed=seed), alpha=4.0),
+        EXAMPLE_LOKR_FOLDER: write_lokr(os.path.join(folder, EXAMPLE_LOKR_FOLDER, "lokr_weights.safetensors"),
+                                        module_shapes(config_json, names=None, conv=True),
+                                        {"linear_dim": 4, "linear_alpha": 8}, seed=seed + 1),
+        EXAMPLE_PEFT_FOLDER: write_peft(os.path.join(folder, EXAMPLE_PEFT_FOLDER),
+                                        lora_factors(attention, rank=4, seed=seed + 2), r=4, alpha=8),
+    }
+    return {name: (os.path.dirname(path) if name == EXAMPLE_LOKR_FOLDER else path) for name, path in written.items()}
