@@ -47,10 +47,10 @@ TEXT2MUSIC = os.path.join(ROOT, "workflows", "acestep15_text2music_turbo.json")
 
 
 def _expected_node_ids() -> set[str]:
-    """The 13 nodes of the pack, plus every AceStep15_ node a workflow uses or the node module defines."""
+    """The 14 nodes of the pack, plus every AceStep15_ node a workflow uses or the node module defines."""
     ids = {PREFIX + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                                 "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
-                                "SaveAudio", "PreviewAudio")}
+                                "SaveAudio", "PreviewAudio", "LoraLoader")}
     for path in WORKFLOWS:
         with open(path, encoding="utf-8") as f:
             ids |= {n["type"] for n in json.load(f)["nodes"] if n["type"].startswith(PREFIX)}
