@@ -6,7 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import models
-from .acestep_nodes import _MODEL_TIP, CATEGORY, PREFIX, AceStepModel
+from .acestep_nodes import CATEGORY, PREFIX, AceStepModel
 
 STRENGTH_LIMIT = 100.0  # as ComfyUI's own LoRA loaders
 
@@ -23,7 +23,8 @@ class LoraLoader(io.ComfyNode):
                         "from models/loras. Chain several to stack them. The loaded model is not changed: the "
                         "weights are patched only while the sampler runs.",
             inputs=[
-                AceStepModel.Input("model", tooltip=_MODEL_TIP + " May already carry LoRAs (chain them)."),
+                AceStepModel.Input("model", tooltip="The ACE-Step 1.5 model from the Model Loader, or from another "
+                                                    "LoRA node (chain them to stack LoRAs)."),
                 io.Combo.Input("lora_name", options=models.lora_choices(),
                                tooltip="A .safetensors file or a LoRA folder (adapter_config.json + "
                                        "adapter_model.safetensors, or lokr_weights.safetensors) under "
