@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .audio import check_save_options, load_audio, save_audio
-from .constants import DTYPES, DURATION_MAX, GUIDANCE_METHODS, REPAINT_MODES
+from .constants import DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES
 from .errors import InputError, shown
 from .request import SOURCE_TASKS, TASKS, request
 
@@ -37,7 +37,12 @@ FLAGS = {
     "apg_norm_threshold": "--apg-norm-threshold", "cfg_interval_start": "--cfg-interval",
     "cfg_interval_end": "--cfg-interval", "velocity_norm_threshold": "--velocity-norm-threshold",
     "timesteps": "--timesteps", "tile_frames": "--tile-frames", "fade_in": "--fade-in", "fade_out": "--fade-out",
-    "src_audio": "--src-audio", "ref_audio": "--ref-audio",
+    "src_audio": "--src-audio", "ref_audio": "--ref-audio", "sampler_mode": "--sampler",
+    "infer_method": "--infer-method", "velocity_ema": "--velocity-ema", "dcw": "--dcw", "dcw_mode": "--dcw-mode",
+    "dcw_scaler": "--dcw-scaler", "dcw_high_scaler": "--dcw-high-scaler", "retake_seed": "--retake-seed",
+    "retake_variance": "--retake-variance", "vae_encode": "--vae-encode",
+    "flow_edit_source_caption": "--source-caption", "flow_edit_source_lyrics": "--source-lyrics",
+    "flow_edit_n_min": "--edit-n-min", "flow_edit_n_max": "--edit-n-max", "flow_edit_n_avg": "--edit-n-avg",
 }
 
 
@@ -121,9 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="start cover from the source instead of pure noise, 0-1 (default 0)")
     task.add_argument("--audio-codes", default=None,
                       help="5 Hz audio codes ('<|audio_code_N|>...' or integers); @FILE reads them from a file")
+    task.add_argument("--vae-encode", default=None,
+                      help="source audio → latents: sample (a posterior draw, the original; default) or mean")
+    task.add_argument("--flow-edit", action="store_true",
+                      help="cover / cover-nofsq: morph the source from --source-caption/--source-lyrics towards "
+                           "--caption/--lyrics")
+    task.add_argument("--source-caption", default=None, help="flow-edit: what the source is")
+    task.add_argument("--source-lyrics", default=None, help="flow-edit: the source's lyrics")
+    task.add_argument("--edit-n-min", type=float, default=None, help="flow-edit: start of the edited part, 0-1")
+    task.add_argument("--edit-n-max", type=float, default=None, help="flow-edit: end of the edited part, 0-1")
+    task.add_argument("--edit-n-avg", type=int, default=None, help="flow-edit: noise draws per step (default 1)")
 
     s = g.add_argument_group("sampling")
-    s.add_argument("--steps", type=int, default=None, help="diffusion steps (variant default: turbo 8, base 32, sft 50)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="diffusion steps (variant default: turbo 8, base 32, sft 50; turbo takes 1-20)")
     s.add_argument("--shift", type=float, default=None, help="timestep shift (default 3.0)")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale for base/sft models (turbo: none)")
     s.add_argument("--guidance-method", default=None, help=", ".join(GUIDANCE_METHODS) + " (default apg)")
@@ -133,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guidance only for timesteps START <= t <= END (default 0 1)")
     s.add_argument("--velocity-norm-threshold", type=float, default=None, help="velocity norm clamp (default 0 = off)")
     s.add_argument("--timesteps", default=None, help="custom schedule, e.g. '1,0.9,0.75,0.5,0.3' (turbo and sft)")
+    s.add_argument("--sampler", default=None, help=", ".join(SAMPLER_MODES) + " (default euler)")
+    s.add_argument("--infer-method", default=None, help=", ".join(INFER_METHODS) + " (default ode)")
+    s.add_argument("--velocity-ema", type=float, default=None, help="velocity smoothing, 0-1 (default 0 = off)")
+    s.add_argument("--dcw", default=None, choices=("auto", "on", "off"),
+                   help="wavelet correction after each step (auto: on for turbo, off for base/sft, as the app)")
+    s.add_argument("--dcw-mode", default=None, help=", ".join(DCW_MODES) + " (default double)")
+    s.add_argument("--dcw-scaler", type=float, default=None, help="DCW strength (default 0.05)")
+    s.add_argument("--dcw-high-scaler", type=float, default=None, help="DCW high-band strength, double mode (0.02)")
+    s.add_argument("--retake-seed", default=None, help="retake: seed of the noise mixed in (default random)")
+    s.add_argument("--retake-variance", type=float, default=None, help="retake: 0 (off) to 1")
     s.add_argument("--seed", default=None, help="integer, or comma-separated seeds, one per batch item (default random)")
     s.add_argument("--batch", type=int, default=None, help="number of songs, 1-8 (default 1)")
     return parser
@@ -153,15 +179,15 @@ def _read_text(path: str, flag: str) -> str:
         raise UsageError(f"{flag} {path}: not UTF-8 text") from None
 
 
-def _parse_seed(text: str | None):
+def _parse_seed(text: str | None, flag: str = "--seed"):
     if text is None:
         return None
     try:
         seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
-        raise UsageError(f"--seed {text!r} is not allowed: an integer 0 … 2^64-1, or comma-separated integers") from None
+        seeds = []
     if not seeds:
-        raise UsageError(f"--seed {text!r} is not allowed: an integer 0 … 2^64-1, or comma-separated integers")
+        raise UsageError(f"{flag} {text!r} is not allowed: an integer 0 … 2^64-1, or comma-separated integers")
     return seeds[0] if len(seeds) == 1 else seeds
 
 
@@ -283,6 +309,13 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
         "guidance": args.guidance, "guidance_method": args.guidance_method, "apg_momentum": args.apg_momentum,
         "apg_norm_threshold": args.apg_norm_threshold, "velocity_norm_threshold": args.velocity_norm_threshold,
         "timesteps": args.timesteps, "seed": _parse_seed(args.seed), "batch_size": args.batch,
+        "sampler_mode": args.sampler, "infer_method": args.infer_method, "velocity_ema": args.velocity_ema,
+        "dcw": {"on": True, "off": False}.get(args.dcw), "dcw_mode": args.dcw_mode, "dcw_scaler": args.dcw_scaler,
+        "dcw_high_scaler": args.dcw_high_scaler, "retake_seed": _parse_seed(args.retake_seed, "--retake-seed"),
+        "retake_variance": args.retake_variance, "vae_encode": args.vae_encode,
+        "flow_edit": True if args.flow_edit else None, "flow_edit_source_caption": args.source_caption,
+        "flow_edit_source_lyrics": args.source_lyrics, "flow_edit_n_min": args.edit_n_min,
+        "flow_edit_n_max": args.edit_n_max, "flow_edit_n_avg": args.edit_n_avg,
         "normalize": False if args.no_normalize else None, "tile_frames": args.tile_frames,
         "fade_in": args.fade_in, "fade_out": args.fade_out,
     }

@@ -161,6 +161,7 @@ SAMPLER_MODES = ("euler", "heun")  # upstream `sampler_mode`: first order, or th
 INFER_METHODS = ("ode", "sde")  # upstream `infer_method`: deterministic steps, or x0 estimate + fresh noise
 VAE_ENCODE_MODES = ("sample", "mean")  # source audio → latents: a posterior draw (upstream, always) or its mean
 FLOW_EDIT_TASKS = ("text2music", "cover", "cover-nofsq")  # where upstream runs the flow-edit morph overlay
+FLOW_EDIT_MAX_AVG = 16  # noise draws averaged per flow-edit step (each costs two DiT calls)
 
 # Turbo takes 1..TURBO_MAX_STEPS steps on t_i = s·u/(1+(s−1)u), u = 1 − i/N (the model function's limit); the
 # official app's generation handler clamps turbo to TURBO_APP_MAX_STEPS (a request for 12 runs 8 steps).

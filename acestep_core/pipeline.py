@@ -120,10 +120,10 @@ class AceStepPipeline:
 
         with self._adapted(adapters):
             conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
-            latents, num_steps = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
-        metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "steps": num_steps, "shift": schedule.shift,
+            latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
+        metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
-                    "frames": latents.shape[1]}
+                    "frames": latents.shape[1], **sampled}
         audio = None if req.render is None else self.render(latents, req.task, req.render, inputs.source)
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source)
 
@@ -141,9 +141,10 @@ class AceStepPipeline:
     # ------------------------------------------------------------------ 1. seeds
 
     @staticmethod
-    def _seeds(req: Request) -> list[int]:
-        """One seed per item: a tuple as given; one int → seed, seed+1, … (mod 2^64); None → random."""
-        seed, batch = req.sampler.seed, req.task.batch_size
+    def _seeds(req: Request, seed=None) -> list[int]:
+        """One seed per item: a tuple as given; one int → seed, seed+1, … (mod 2^64); None → random. ``seed``:
+        another seed setting of the request (the retake seed) instead of the main one."""
+        seed, batch = req.sampler.seed if seed is None else seed, req.task.batch_size
         if seed is None:
             rng = random.SystemRandom()
             return [rng.randint(0, 2**32 - 1) for _ in range(batch)]
@@ -168,14 +169,15 @@ class AceStepPipeline:
             window = window.shifted(before)
         return PreparedSource(wav, window)
 
-    def _encode_audio(self, wav: torch.Tensor, seed: int) -> torch.Tensor:
-        """[2, S] at the VAE rate → VAE latent [T, 64] in the model dtype. Sampled from the posterior as the
-        original does, but with a generator seeded from the generation seed (the original uses the global RNG)."""
+    def _encode_audio(self, wav: torch.Tensor, seed: int, sample: bool = True) -> torch.Tensor:
+        """[2, S] at the VAE rate → VAE latent [T, 64] in the model dtype: a posterior draw as the original takes it,
+        but from a generator seeded with the generation seed (the original uses the global RNG), or the posterior
+        mean (``sample=False``)."""
         vae = self.ckpt.vae
         p = next(vae.parameters())
         with torch.no_grad():
             z = tiled_encode(vae, wav[None].to(device=p.device, dtype=p.dtype),
-                             generator=torch.Generator().manual_seed(seed), sample=True)
+                             generator=torch.Generator().manual_seed(seed), sample=sample)
         return z[0].transpose(0, 1).to(self.model.dtype)
 
     def _inputs(self, task: Task, seeds: list[int]) -> TaskInputs:
@@ -191,7 +193,8 @@ class AceStepPipeline:
         elif source is not None:
             silent = source.waveform.abs().max() < 1e-6
             frames = source.waveform.shape[-1] // self.hop
-            target = silence_slice(silence, frames)[0] if silent else self._encode_audio(source.waveform, seeds[0])
+            target = silence_slice(silence, frames)[0] if silent else self._encode_audio(
+                source.waveform, seeds[0], sample=task.vae_encode == "sample")
         else:
             duration = DEFAULT_DURATION if task.duration is None else task.duration
             target = silence_slice(silence, int(round(duration, 1) * self.sample_rate) // self.hop)[0]
@@ -219,9 +222,9 @@ class AceStepPipeline:
             if rule.repaint:
                 repaint_mask = torch.zeros(frames, dtype=torch.bool, device=device)
                 repaint_mask[start:end] = True
-        if rule.hints or hints is not None:  # cover: the context holds 5 Hz semantic hints
+        if rule.hints or hints is not None:  # cover: the context holds 5 Hz semantic hints (raw remix: the latents)
             if hints is None:
-                hints = model.audio_to_hints(context_latents[None], silence)[0]
+                hints = model.cover_hints(context_latents[None], silence, fsq=rule.hints == "fsq")[0]
             context_latents = hints[:frames] if hints.shape[0] >= frames else torch.cat(
                 [hints, silence_slice(silence, frames - hints.shape[0])[0].to(dtype)])
 
@@ -244,8 +247,8 @@ class AceStepPipeline:
     # ------------------------------------------------------------------ 3. condition
 
     def _conditions(self, req: Request, inputs: TaskInputs, seeds: list[int], warn: Callable[[str], None]):
-        """{"cover": (condition, context)} plus {"plain": …} when cover hands the last steps to the caption alone;
-        the instruction and metas written into the prompt."""
+        """{"cover": (condition, context)} plus {"plain": …} when cover hands the last steps to the caption alone,
+        or {"source": …} for the flow-edit morph; the instruction and metas written into the prompt."""
         text, task, b = req.text, req.task, req.task.batch_size
         instruction = task_instruction(inputs.instruction_task, task.tracks)
         metas = format_metas(text.bpm, text.timesignature, text.keyscale, inputs.metas_duration)
@@ -255,9 +258,16 @@ class AceStepPipeline:
         refer = self._reference_latents(text.timbre, seeds)
         context = inputs.context[None].expand(b, -1, -1)
         conditions = {"cover": (self._condition(caption_prompt, lyrics_prompt, refer, b), context)}
-        if inputs.instruction_task == "cover" and task.cover_strength < 1.0:
+        if task.flow_edit is not None:  # the morph's source side: what the recording is, same instruction and metas
+            source_prompt = format_caption_prompt(task.flow_edit.source_caption, instruction, metas)
+            conditions["source"] = (self._condition(source_prompt, format_lyrics_prompt(
+                task.flow_edit.source_lyrics, text.language), refer, b), context)
+        elif inputs.instruction_task == "cover" and task.cover_strength < 1.0:
+            # The original pads the text2music caption ids to the cover caption's length; its instruction is one
+            # token longer, so the "padding" crops the last id (<|endoftext|>). Reproduced as it does it.
             plain = format_caption_prompt(text.caption, task_instruction("text2music"), metas)
-            conditions["plain"] = (self._condition(plain, lyrics_prompt, refer, b),
+            cover_length = len(self.ckpt.tokenizer.encode(caption_prompt, TEXT_MAX_TOKENS))
+            conditions["plain"] = (self._condition(plain, lyrics_prompt, refer, b, text_length=cover_length),
                                    inputs.silence_context[None].expand(b, -1, -1))
         return conditions, instruction, metas
 
@@ -281,10 +291,12 @@ class AceStepPipeline:
         wav = prepare_audio(timbre.waveform, timbre.sample_rate, self.sample_rate)
         return self._encode_audio(reference_segments(wav, seeds[0], self.sample_rate), seeds[0])[None]
 
-    def _condition(self, caption_prompt: str, lyrics_prompt: str, refer: torch.Tensor, batch: int):
-        """Packed condition [B, S, D] and mask for one prompt pair repeated over the batch."""
+    def _condition(self, caption_prompt: str, lyrics_prompt: str, refer: torch.Tensor, batch: int,
+                   text_length: int | None = None):
+        """Packed condition [B, S, D] and mask for one prompt pair repeated over the batch (the caption ids padded
+        or cropped to ``text_length`` when given)."""
         text, text_mask, lyr, lyr_mask = encode_text_inputs(self.ckpt.tokenizer, self.ckpt.text_encoder,
-                                                            [caption_prompt], [lyrics_prompt])
+                                                            [caption_prompt], [lyrics_prompt], text_length)
         dtype = self.model.dtype
         refs = refer.expand(batch, -1, -1).to(dtype)
         order = torch.arange(batch, device=refs.device)
@@ -294,58 +306,83 @@ class AceStepPipeline:
     # ------------------------------------------------------------------ 4. sample
 
     def _sample(self, req: Request, schedule: Schedule, inputs: TaskInputs, conditions: dict, seeds: list[int],
-                on_step, should_cancel) -> tuple[torch.Tensor, int]:
+                on_step, should_cancel) -> tuple[torch.Tensor, dict]:
+        """Final latents [B, T, C] and what the run used (steps, sampler, DCW, retake seeds) for the metadata."""
         model, dtype, device = self.model, self.model.dtype, self.model.device
         task, settings, b = req.task, req.sampler, req.task.batch_size
-        frames, channels = inputs.target.shape
-        noise = torch.cat([torch.randn(1, frames, channels, generator=torch.Generator().manual_seed(s))
-                           for s in seeds]).to(device=device, dtype=dtype)
+        target = inputs.target[None].expand(b, -1, -1)
+        generators = sampling.seeded_generators(seeds)
+        noise = sampling.item_noise(generators, target)  # per item from a CPU generator: the same song on any device
+        used = {"sampler": f"{settings.sampler_mode}/{settings.infer_method}",
+                "dcw": f"{schedule.dcw.mode} {schedule.dcw.scaler:g}/{schedule.dcw.high_scaler:g}"
+                       if schedule.dcw.active else "off"}
+        if settings.retake_variance > 0:
+            retake_seeds = self._seeds(req, settings.retake_seed)
+            retake = sampling.item_noise(sampling.seeded_generators(retake_seeds), target)
+            noise = sampling.retake_mix(noise, retake, settings.retake_variance)
+            used.update(retake_seeds=retake_seeds, retake_variance=settings.retake_variance)
+        guided = schedule.guidance > 1.0
+        active: dict[str, tuple] = {}  # the condition in use: its cross-attention K/V and DiT context
 
-        # Turbo: the fixed table (the cover-noise start is picked on the unrounded table, as the original);
+        def velocity_of(key_at: Callable[[int], str]):
+            def velocity(x_t: torch.Tensor, t: float, step: int):
+                key = key_at(step)
+                if key not in active:  # computed once per condition, not per step
+                    (enc, _), ctx = conditions[key]
+                    if guided:  # one batched call: [cond; uncond], uncond = the learned null embedding
+                        enc, ctx = torch.cat([enc, model.null_condition_emb.expand_as(enc)]), torch.cat([ctx, ctx])
+                    if task.flow_edit is None:
+                        active.clear()  # one condition at a time; the morph alternates between two
+                    active[key] = (model.decoder.cross_kv(enc), ctx)
+                kv, ctx = active[key]
+                batch_in = torch.cat([x_t, x_t]) if guided else x_t
+                tt = torch.full((batch_in.shape[0],), t, device=device, dtype=dtype)
+                v = model.decoder(batch_in, tt, ctx, kv)
+                return (v[:b], v[b:]) if guided else (v, None)
+            return velocity
+
+        common = dict(guidance_scale=schedule.guidance, cfg_interval_start=settings.cfg_interval_start,
+                      cfg_interval_end=settings.cfg_interval_end, velocity_norm_threshold=settings.velocity_norm_threshold,
+                      velocity_ema_factor=settings.velocity_ema, apg_momentum=settings.apg_momentum,
+                      apg_norm_threshold=settings.apg_norm_threshold, on_step=on_step, should_cancel=should_cancel)
+        if task.flow_edit is not None:  # the morph runs its own loop on the base-style schedule, turbo too
+            morph = task.flow_edit
+            steps = sampling.flow_edit_schedule(schedule.steps, schedule.shift, dtype, schedule.timesteps)
+            retake_seeds = used.get("retake_seeds")
+            latents = sampling.flow_edit(
+                target, steps, velocity_of(lambda step: "cover"), velocity_of(lambda step: "source"),
+                n_min=morph.n_min, n_max=morph.n_max, n_avg=morph.n_avg,
+                generators=sampling.seeded_generators(retake_seeds or seeds), **common)
+            used.update(steps=len(steps) - 1, sampler="flow-edit", dcw="off")
+            return latents, used
+
+        # Turbo: its step formula (the cover-noise start is picked on the unrounded values, as the original);
         # base/SFT: linspace + shift in the model dtype.
         if schedule.turbo:
-            steps = sampling.turbo_schedule(schedule.shift, schedule.timesteps, torch.float64)
+            steps = sampling.turbo_schedule(schedule.shift, schedule.timesteps, torch.float64, steps=schedule.steps)
         else:
             steps = sampling.base_schedule(schedule.steps, schedule.shift, dtype, schedule.timesteps)
         x = noise
         is_cover = inputs.instruction_task == "cover"
         if task.cover_noise > 0 and is_cover:
             steps, t_start = sampling.truncate_for_cover_noise(steps, task.cover_noise, turbo=schedule.turbo)
-            x = sampling.renoise(inputs.target[None].expand(b, -1, -1), noise, t_start)
+            x = sampling.renoise(target, noise, t_start)
         if schedule.turbo:
             steps = sampling.cast_schedule(steps, dtype)
         num_steps = len(steps) if schedule.turbo else len(steps) - 1
         cover_steps = int(num_steps * task.cover_strength) if is_cover else num_steps
-        guided = schedule.guidance > 1.0
-        active: dict[str, tuple] = {}  # the condition in use: its cross-attention K/V and DiT context
-
-        def velocity(x_t: torch.Tensor, t: float, step: int):
-            key = "plain" if ("plain" in conditions and step >= cover_steps) else "cover"
-            if key not in active:  # computed once per condition, not per step
-                (enc, _), ctx = conditions[key]
-                if guided:  # one batched call: [cond; uncond], uncond = the learned null embedding
-                    enc, ctx = torch.cat([enc, model.null_condition_emb.expand_as(enc)]), torch.cat([ctx, ctx])
-                active.clear()
-                active[key] = (model.decoder.cross_kv(enc), ctx)
-            kv, ctx = active[key]
-            batch_in = torch.cat([x_t, x_t]) if guided else x_t
-            tt = torch.full((batch_in.shape[0],), t, device=device, dtype=dtype)
-            v = model.decoder(batch_in, tt, ctx, kv)
-            return (v[:b], v[b:]) if guided else (v, None)
-
         repaint = None
         if inputs.repaint_mask is not None:
             injection_ratio, crossfade_frames, _ = sampling.repaint_settings(task.repaint_mode, task.repaint_strength)
-            repaint = sampling.Repaint(inputs.target[None].expand(b, -1, -1), inputs.repaint_mask[None].expand(b, -1),
-                                       noise, injection_ratio, crossfade_frames)
+            repaint = sampling.Repaint(target, inputs.repaint_mask[None].expand(b, -1), noise, injection_ratio,
+                                       crossfade_frames)
         latents = sampling.sample(
-            x, steps, velocity, turbo=schedule.turbo, guidance_scale=schedule.guidance,
-            cfg_interval_start=settings.cfg_interval_start, cfg_interval_end=settings.cfg_interval_end,
-            use_adg=settings.guidance_method == "adg", velocity_norm_threshold=settings.velocity_norm_threshold,
-            repaint=repaint, apg_momentum=settings.apg_momentum, apg_norm_threshold=settings.apg_norm_threshold,
-            on_step=on_step, should_cancel=should_cancel,
-        )
-        return latents, num_steps
+            x, steps, velocity_of(lambda step: "plain" if ("plain" in conditions and step >= cover_steps) else "cover"),
+            turbo=schedule.turbo, use_adg=settings.guidance_method == "adg", repaint=repaint,
+            sampler_mode=settings.sampler_mode, infer_method=settings.infer_method, dcw=schedule.dcw,
+            sde_generators=generators, **common)
+        used["steps"] = num_steps
+        return latents, used
 
     # ------------------------------------------------------------------ 5. render
 

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 
 from .constants import (
-    APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, DEFAULT_DURATION,
-    DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, MIN_WINDOW_SECONDS, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, GUIDANCE_MAX,
-    GUIDANCE_METHODS, GUIDANCE_MIN, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, REPAINT_MODES, SEED_MAX, SHIFT_MAX,
-    SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURE_FRACTIONS, TIME_SIGNATURES,
-    TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX,
+    APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, DCW_DEFAULTS,
+    DCW_MODES, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN,
+    EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
+    GUIDANCE_MIN, INFER_METHODS, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS, REPAINT_MODES,
+    SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN,
+    TIME_SIGNATURES, TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS,
+    VELOCITY_NORM_THRESHOLD_MAX, DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
 from .errors import Described, InputError
@@ -141,16 +143,16 @@ def check_task(task) -> str:
     return check_choice("task", task, tuple(TASKS))
 
 
-def check_seed(seed, batch_size: int | None = None) -> int | tuple[int, ...] | None:
+def check_seed(seed, batch_size: int | None = None, name: str = "seed") -> int | tuple[int, ...] | None:
     """None (random), one seed (item i gets seed + i), or one seed per batch item; each 0 … 2^64 − 1."""
     if seed is None:
         return None
     if isinstance(seed, (list, tuple)):
-        seeds = tuple(check_int("seed", s, 0, SEED_MAX) for s in seed)
+        seeds = tuple(check_int(name, s, 0, SEED_MAX) for s in seed)
         if not seeds or (batch_size is not None and len(seeds) != batch_size):
-            raise InputError("seed", list(seed), f"one seed per batch item ({batch_size})")
+            raise InputError(name, list(seed), f"one seed per batch item ({batch_size})")
         return seeds
-    return check_int("seed", seed, 0, SEED_MAX, " (2^64 − 1)")
+    return check_int(name, seed, 0, SEED_MAX, " (2^64 − 1)")
 
 
 _TIMESTEP_SEPARATORS = re.compile(r"[\s,]+")
@@ -288,22 +290,26 @@ class TaskRule:
     "inside" (within the source), "optional inside" or "outside" (may reach past either end); ``tracks``:
     "none", "one" or "any"; ``silence_window``: the window is replaced by silence in the context (the model fills
     it); ``repaint``: the source is injected outside the window during the first steps, blended in at the end and
-    spliced back after decoding; ``hints``: the context holds 5 Hz semantic hints (cover); ``instruction``: the
-    TASK_INSTRUCTIONS entry; ``base_only``: the official app offers it only on the base model."""
+    spliced back after decoding; ``hints``: the context holds the source as cover hints — "fsq": through the 5 Hz
+    semantic bottleneck (cover), "raw": the VAE latents themselves (raw remix, upstream's cover-nofsq);
+    ``instruction``: the TASK_INSTRUCTIONS entry; ``base_only``: the official app offers it only on the base
+    model; ``flow_edit``: the flow-edit morph can run on it."""
 
     source: str
     window: str | None = None
     tracks: str = "none"
     silence_window: bool = False
     repaint: bool = False
-    hints: bool = False
+    hints: str | None = None
     instruction: str = ""
     base_only: bool = False
+    flow_edit: bool = False
 
 
 TASKS: dict[str, TaskRule] = {
     "text2music": TaskRule(source="none", instruction="text2music"),
-    "cover": TaskRule(source="audio or codes", hints=True, instruction="cover"),
+    "cover": TaskRule(source="audio or codes", hints="fsq", instruction="cover", flow_edit=True),
+    "cover-nofsq": TaskRule(source="audio", hints="raw", instruction="cover", flow_edit=True),
     "repaint": TaskRule(source="audio", window="inside", silence_window=True, repaint=True, instruction="repaint"),
     "extend": TaskRule(source="audio", window="outside", silence_window=True, repaint=True, instruction="repaint"),
     "extract": TaskRule(source="audio", tracks="one", instruction="extract", base_only=True),
@@ -408,12 +414,37 @@ class SongText:
                                                                       f"one is below {SILENCE_THRESHOLD:g})")
 
 
+@dataclass(frozen=True)
+class FlowEdit:
+    """The flow-edit morph (upstream #1156) on a cover: the source audio moves from what it is (described by
+    ``source_caption`` / ``source_lyrics``) towards the request's caption and lyrics, by integrating the
+    difference of the two velocities over the schedule's fraction [n_min, n_max], averaging ``n_avg`` noise
+    draws per step."""
+
+    source_caption: str = ""
+    source_lyrics: str = ""
+    n_min: float = 0.0
+    n_max: float = 1.0
+    n_avg: int = 1
+
+    def __post_init__(self):
+        check_text("flow_edit_source_caption", self.source_caption)
+        check_text("flow_edit_source_lyrics", self.source_lyrics)
+        _set(self, "n_min", check_number("flow_edit_n_min", self.n_min, 0.0, 1.0))
+        _set(self, "n_max", check_number("flow_edit_n_max", self.n_max, 0.0, 1.0))
+        if self.n_min > self.n_max:
+            raise InputError("flow_edit_n_min/n_max", (self.n_min, self.n_max), "n_min ≤ n_max")
+        _set(self, "n_avg", check_int("flow_edit_n_avg", self.n_avg, 1, FLOW_EDIT_MAX_AVG))
+
+
 @dataclass(frozen=True, eq=False)
 class Task:
     """What to generate from what. ``duration``: seconds of a new song (text2music; the metas' duration for
     cover from codes). ``start``/``end``: the window in seconds on the source (see :func:`check_window`), or
     give ``window`` directly. ``audio_codes``: 5 Hz codes as text or ints (text2music → cover from codes, or
-    cover without source audio). ``batch_size``: songs generated at once."""
+    cover without source audio). ``batch_size``: songs generated at once. ``vae_encode``: the source's latents as a
+    posterior draw ("sample", the original) or the posterior mean ("mean", reproducible without the seed).
+    ``flow_edit``: the morph overlay on cover / cover-nofsq."""
 
     kind: str = "text2music"
     source: AudioClip | None = None
@@ -428,6 +459,8 @@ class Task:
     audio_codes: tuple[int, ...] | None = None
     batch_size: int = 1
     window: Window | None = None
+    vae_encode: str = "sample"
+    flow_edit: FlowEdit | None = None
 
     def __post_init__(self):
         rule = TASKS[check_task(self.kind)]
@@ -464,6 +497,13 @@ class Task:
         else:
             window = check_window(self.kind, self.start, self.end, self._source_seconds)
         _set(self, "window", window)
+        check_choice("vae_encode", self.vae_encode, VAE_ENCODE_MODES)
+        if self.flow_edit is not None:
+            if not isinstance(self.flow_edit, FlowEdit):
+                raise InputError("flow_edit", self.flow_edit, "a FlowEdit, or None")
+            if not rule.flow_edit or self.source is None:
+                raise InputError("flow_edit", self.kind, "cover or cover-nofsq from source audio (the morph "
+                                                         "edits a recording)")
 
     @property
     def rule(self) -> TaskRule:
@@ -501,9 +541,34 @@ class SamplerSettings:
     cfg_interval_end: float = 1.0
     velocity_norm_threshold: float = 0.0
     timesteps: tuple[float, ...] | None = None
+    sampler_mode: str = "euler"
+    infer_method: str = "ode"
+    velocity_ema: float = 0.0
+    dcw: bool | None = None
+    dcw_mode: str | None = None
+    dcw_scaler: float | None = None
+    dcw_high_scaler: float | None = None
+    retake_seed: int | tuple[int, ...] | None = None
+    retake_variance: float = 0.0
 
     def __post_init__(self):
         _set(self, "seed", check_seed(self.seed))
+        _set(self, "retake_seed", check_seed(self.retake_seed, name="retake_seed"))
+        _set(self, "retake_variance", check_number("retake_variance", self.retake_variance, 0.0, 1.0,
+                                                   " (0 = off, 1 = only the retake seed's noise)"))
+        check_choice("sampler_mode", self.sampler_mode, SAMPLER_MODES)
+        check_choice("infer_method", self.infer_method, INFER_METHODS)
+        if self.sampler_mode == "heun" and self.infer_method == "sde":
+            raise InputError("sampler_mode", self.sampler_mode, "euler with infer_method 'sde' (Heun and SDE do not "
+                                                                "combine)")
+        _set(self, "velocity_ema", check_number("velocity_ema", self.velocity_ema, 0.0, 1.0, " (0 = off)"))
+        if self.dcw is not None:
+            _set(self, "dcw", check_bool("dcw", self.dcw))
+        if self.dcw_mode is not None:
+            check_choice("dcw_mode", self.dcw_mode, DCW_MODES)
+        for name in ("dcw_scaler", "dcw_high_scaler"):
+            if getattr(self, name) is not None:
+                _set(self, name, check_number(name, getattr(self, name), 0.0, 1.0))
         if self.steps is not None:
             _set(self, "steps", check_int("steps", self.steps, STEPS_MIN, STEPS_MAX))
         if self.shift is not None:
@@ -555,9 +620,10 @@ class Request:
                 raise InputError(name, getattr(self, name), f"a {kind.__name__}")
         if self.render is not None and not isinstance(self.render, RenderSettings):
             raise InputError("render", self.render, "a RenderSettings, or None for latents only")
-        seed = self.sampler.seed
-        if isinstance(seed, tuple) and len(seed) != self.task.batch_size:
-            raise InputError("seed", list(seed), f"one seed per batch item ({self.task.batch_size})")
+        for name in ("seed", "retake_seed"):
+            seed = getattr(self.sampler, name)
+            if isinstance(seed, tuple) and len(seed) != self.task.batch_size:
+                raise InputError(name, list(seed), f"one seed per batch item ({self.task.batch_size})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -574,15 +640,19 @@ class Schedule:
     shift: float
     guidance: float  # 1.0 = no guidance (always for turbo)
     timesteps: tuple[float, ...] | None
+    dcw: DcwSettings
 
 
 def resolve_sampler(settings: SamplerSettings, variant: str) -> Schedule:
     """Fill the variant's defaults (steps, shift, guidance) and refuse what the variant cannot take: custom
-    timesteps on the base model (the original has no such option there), more than 20 non-zero turbo timesteps.
-    Turbo models are guidance-distilled, so their guidance is always 1."""
+    timesteps on the base model (the original has no such option there), more than 20 turbo steps or non-zero
+    turbo timesteps. Turbo models are guidance-distilled, so their guidance is always 1. DCW: on/off, mode and
+    scalers default to the official app's for the variant."""
     defaults = VARIANT_DEFAULTS[variant]
     turbo = variant.endswith("turbo")
     timesteps = settings.timesteps
+    if turbo and settings.steps is not None and settings.steps > MAX_TURBO_STEPS:
+        raise InputError("steps", settings.steps, f"1 to {MAX_TURBO_STEPS} on turbo models")
     if timesteps is not None:
         if variant.endswith("base"):
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
@@ -600,7 +670,17 @@ def resolve_sampler(settings: SamplerSettings, variant: str) -> Schedule:
         shift=defaults.shift if settings.shift is None else settings.shift,
         guidance=1.0 if turbo else (defaults.guidance if settings.guidance is None else settings.guidance),
         timesteps=timesteps,
+        dcw=resolve_dcw(settings, variant),
     )
+
+
+def resolve_dcw(settings: SamplerSettings, variant: str) -> DcwSettings:
+    """The DCW correction a run uses: each setting as given, else the official app's default for the variant."""
+    default = DCW_DEFAULTS[variant]
+    return DcwSettings(enabled=default.enabled if settings.dcw is None else settings.dcw,
+                       mode=settings.dcw_mode or default.mode,
+                       scaler=default.scaler if settings.dcw_scaler is None else settings.dcw_scaler,
+                       high_scaler=default.high_scaler if settings.dcw_high_scaler is None else settings.dcw_high_scaler)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -615,13 +695,15 @@ _FLAT = {
     "repaint_strength": ("task", "repaint_strength"), "tracks": ("task", "tracks"),
     "audio_cover_strength": ("task", "cover_strength"), "cover_noise_strength": ("task", "cover_noise"),
     "audio_codes": ("task", "audio_codes"), "batch_size": ("task", "batch_size"),
+    "vae_encode": ("task", "vae_encode"),
+    **{f"flow_edit_{name}": ("flow_edit", name) for name in (f.name for f in dataclasses.fields(FlowEdit))},
     **{name: ("sampler", name) for name in (f.name for f in dataclasses.fields(SamplerSettings))},
     **{name: ("render", name) for name in (f.name for f in dataclasses.fields(RenderSettings))},
 }
 _AUDIO = ("src_audio", "src_sample_rate", "ref_audio", "ref_sample_rate")
 
 
-def request(*, decode: bool = True, **fields) -> Request:
+def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Request:
     """A :class:`Request` from flat keyword arguments, e.g.
     ``request(caption="calm piano", duration=30, seed=7)`` or
     ``request(task="repaint", src_audio=wav, src_sample_rate=44100, repaint_start=10, repaint_end=20)``.
@@ -630,14 +712,16 @@ def request(*, decode: bool = True, **fields) -> Request:
     duration, src_audio + src_sample_rate, repaint_start, repaint_end, repaint_mode, repaint_strength, tracks,
     audio_cover_strength, cover_noise_strength, audio_codes, batch_size; seed, steps, shift, guidance,
     guidance_method, apg_momentum, apg_norm_threshold, cfg_interval_start, cfg_interval_end,
-    velocity_norm_threshold, timesteps; normalize, tile_frames, fade_in, fade_out. ``decode=False`` returns
-    latents only."""
+    velocity_norm_threshold, timesteps, sampler_mode, infer_method, velocity_ema, dcw, dcw_mode, dcw_scaler,
+    dcw_high_scaler, retake_seed, retake_variance; vae_encode; flow_edit=True with flow_edit_source_caption,
+    flow_edit_source_lyrics, flow_edit_n_min, flow_edit_n_max, flow_edit_n_avg; normalize, tile_frames, fade_in,
+    fade_out. ``decode=False`` returns latents only."""
     unknown = [name for name in fields if name not in _FLAT and name not in _AUDIO]
     if unknown:
         close = difflib.get_close_matches(unknown[0], [*_FLAT, *_AUDIO], n=1)
         hint = f"did you mean {close[0]!r}?" if close else "help(acestep_core.request.request) lists them"
         raise InputError(unknown[0], fields[unknown[0]], f"not a request field ({hint})")
-    parts: dict[str, dict] = {"text": {}, "task": {}, "sampler": {}, "render": {}}
+    parts: dict[str, dict] = {"text": {}, "task": {}, "sampler": {}, "render": {}, "flow_edit": {}}
     for name, value in fields.items():
         if name in _FLAT:
             part, key = _FLAT[name]
@@ -648,5 +732,10 @@ def request(*, decode: bool = True, **fields) -> Request:
             parts[part][key] = AudioClip(audio, rate, label)
         elif rate is not None:
             raise InputError(f"{prefix}_sample_rate", rate, f"only together with {label}")
+    if check_bool("flow_edit", flow_edit):
+        parts["task"]["flow_edit"] = FlowEdit(**parts["flow_edit"])
+    elif parts["flow_edit"]:
+        name = "flow_edit_" + next(iter(parts["flow_edit"]))
+        raise InputError(name, fields[name], "only with flow_edit=True")
     return Request(SongText(**parts["text"]), Task(**parts["task"]), SamplerSettings(**parts["sampler"]),
                    RenderSettings(**parts["render"]) if check_bool("decode", decode) else None)

@@ -18,15 +18,16 @@ from comfy_api.latest import io
 
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX,
-    EXTEND_SECONDS_MIN, GUIDANCE_MAX,
-    GUIDANCE_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SEED_MAX, SHIFT_MAX,
-    STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS,
+    BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
+    EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
+    INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX,
+    SHIFT_MAX, STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS,
+    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS,
 )
 from ..acestep_core.errors import InputError
 from ..acestep_core.request import (
-    APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, RenderSettings, Request, SamplerSettings, SongText, Task, check_bpm,
-    check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
+    APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, FlowEdit, RenderSettings, Request, SamplerSettings, SongText, Task,
+    check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
 )
 from . import comfy_adapter as host
 from . import models
@@ -41,6 +42,7 @@ AUTO = "auto"
 KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
 TIME_SIGNATURE_CHOICES = (AUTO,) + TIME_SIGNATURES
 SAVE_FORMATS = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
+DCW_SWITCH = ("auto", "on", "off")  # the Sampler's DCW switch: auto = the official app's choice per variant
 SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "192k", "256k", "320k")
 
 AceStepModel = io.Custom("ACESTEP_MODEL")
@@ -84,6 +86,13 @@ def _task_latent(task: Task) -> io.NodeOutput:
 
 def _batch_input() -> io.Int.Input:
     return io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH_SIZE, tooltip=_BATCH_TIP)
+
+
+def _vae_encode_input() -> io.Combo.Input:
+    return io.Combo.Input("vae_encode", options=list(VAE_ENCODE_MODES), default=VAE_ENCODE_MODES[0], advanced=True,
+                          tooltip="How the source becomes latents: sample = a draw from the VAE posterior, as the "
+                                  "original (follows the seed); mean = the posterior mean (the same latents every "
+                                  "run).")
 
 
 # ---------------------------------------------------------------------------------------------------- loader
@@ -234,14 +243,35 @@ class CoverLatent(io.ComfyNode):
                                tooltip="0 = start from pure noise. Higher values start from the source audio "
                                        "itself, partly noised (closer to the original sound)."),
                 _batch_input(),
+                io.Boolean.Input("raw_remix", default=False, advanced=True,
+                                 tooltip="Follow the source's own latents instead of its 5 Hz semantic hints "
+                                         "(upstream's cover-nofsq: closer to the source's sound)."),
+                _vae_encode_input(),
+                io.Boolean.Input("flow_edit", default=False, advanced=True,
+                                 tooltip="Flow-edit morph: move the source from what it is (source caption/lyrics) "
+                                         "towards the caption and lyrics, instead of generating anew."),
+                io.String.Input("source_caption", multiline=True, default="", advanced=True,
+                                tooltip="Flow-edit: a caption describing the source as it is."),
+                io.String.Input("source_lyrics", multiline=True, default="", advanced=True,
+                                tooltip="Flow-edit: the source's lyrics as they are."),
+                io.Float.Input("edit_n_min", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="Flow-edit: the part of the schedule where editing starts (0 = the first step)."),
+                io.Float.Input("edit_n_max", default=1.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="Flow-edit: where editing stops; the rest follows the caption alone."),
+                io.Int.Input("edit_n_avg", default=1, min=1, max=FLOW_EDIT_MAX_AVG, advanced=True,
+                             tooltip="Flow-edit: noise draws averaged per step (each costs two model passes)."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
-    def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1) -> io.NodeOutput:
-        return _task_latent(Task("cover", _audio_clip(audio), cover_strength=cover_strength, cover_noise=noise_strength,
-                                 batch_size=batch_size))
+    def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1, raw_remix=False,
+                vae_encode="sample", flow_edit=False, source_caption="", source_lyrics="", edit_n_min=0.0,
+                edit_n_max=1.0, edit_n_avg=1) -> io.NodeOutput:
+        morph = FlowEdit(source_caption, source_lyrics, edit_n_min, edit_n_max, edit_n_avg) if flow_edit else None
+        return _task_latent(Task("cover-nofsq" if raw_remix else "cover", _audio_clip(audio),
+                                 cover_strength=cover_strength, cover_noise=noise_strength, batch_size=batch_size,
+                                 vae_encode=vae_encode, flow_edit=morph))
 
 
 class RepaintLatent(io.ComfyNode):
@@ -265,6 +295,7 @@ class RepaintLatent(io.ComfyNode):
                 io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="How far the window may move away from the original (balanced/conservative)."),
                 _batch_input(),
+                _vae_encode_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -276,9 +307,10 @@ class RepaintLatent(io.ComfyNode):
         return _message(lambda: check_window("repaint", start, end))
 
     @classmethod
-    def execute(cls, audio, start=0.0, end=-1.0, mode="balanced", strength=0.5, batch_size=1) -> io.NodeOutput:
+    def execute(cls, audio, start=0.0, end=-1.0, mode="balanced", strength=0.5, batch_size=1,
+                vae_encode="sample") -> io.NodeOutput:
         return _task_latent(Task("repaint", _audio_clip(audio), start=start, end=end, repaint_mode=mode,
-                                 repaint_strength=strength, batch_size=batch_size))
+                                 repaint_strength=strength, batch_size=batch_size, vae_encode=vae_encode))
 
 
 class ExtendLatent(io.ComfyNode):
@@ -301,16 +333,17 @@ class ExtendLatent(io.ComfyNode):
                 io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
                                tooltip="How the join is blended (as in Repaint)."),
                 _batch_input(),
+                _vae_encode_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
 
     @classmethod
     def execute(cls, audio, direction=EXTEND_DIRECTIONS[0], seconds=30.0, overlap=0.0, mode="balanced",
-                batch_size=1) -> io.NodeOutput:
+                batch_size=1, vae_encode="sample") -> io.NodeOutput:
         source = _audio_clip(audio)
         return _task_latent(Task("extend", source, window=extend_window(source.seconds, direction, seconds, overlap),
-                                 repaint_mode=mode, batch_size=batch_size))
+                                 repaint_mode=mode, batch_size=batch_size, vae_encode=vae_encode))
 
 
 class StemLatent(io.ComfyNode):
@@ -334,6 +367,7 @@ class StemLatent(io.ComfyNode):
                 io.String.Input("more_tracks", default="",
                                 tooltip="complete only: further track names, comma-separated (e.g. 'drums, bass')."),
                 _batch_input(),
+                _vae_encode_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -345,8 +379,10 @@ class StemLatent(io.ComfyNode):
         return _message(lambda: check_tracks(f"{track},{more_tracks or ''}", task))
 
     @classmethod
-    def execute(cls, audio, task="extract", track="vocals", more_tracks="", batch_size=1) -> io.NodeOutput:
-        return _task_latent(Task(task, _audio_clip(audio), tracks=f"{track},{more_tracks}", batch_size=batch_size))
+    def execute(cls, audio, task="extract", track="vocals", more_tracks="", batch_size=1,
+                vae_encode="sample") -> io.NodeOutput:
+        return _task_latent(Task(task, _audio_clip(audio), tracks=f"{track},{more_tracks}", batch_size=batch_size,
+                                 vae_encode=vae_encode))
 
 
 # ---------------------------------------------------------------------------------------------------- sampler
@@ -358,10 +394,10 @@ class Sampler(io.ComfyNode):
             node_id=PREFIX + "Sampler",
             display_name="ACE-Step 1.5 Sampler",
             category=CATEGORY,
-            description="Generates the song's latents for the latent's task. Turbo models run their fixed 8-step "
-                        "schedule without guidance; base/SFT use APG guidance as the official pipeline. 0 in steps, "
-                        "shift or guidance = the variant's default (turbo 8/3.0/off, base 32/3.0/7.0, SFT "
-                        "50/3.0/7.0).",
+            description="Generates the song's latents for the latent's task, as the newest official app does: turbo "
+                        "without guidance and with DCW, base/SFT with APG guidance. 0 in steps, shift or guidance = "
+                        "the variant's default (turbo 8/3.0/off, base 32/3.0/7.0, SFT 50/3.0/7.0). Advanced: DCW, "
+                        "Heun/SDE sampling, velocity EMA, retake variations.",
             inputs=[
                 AceStepModel.Input("model", tooltip=_MODEL_TIP),
                 AceStepText.Input("conditioning", tooltip="From Caption & Lyrics (or Timbre Reference)."),
@@ -370,10 +406,11 @@ class Sampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Noise seed; the same seed gives the same song on CPU and GPU."),
                 io.Int.Input("steps", default=0, min=0, max=STEPS_MAX,
-                             tooltip="Denoising steps; 0 = the variant's default. Turbo runs its fixed table."),
+                             tooltip=f"Denoising steps; 0 = the variant's default. Turbo takes 1–{TURBO_MAX_STEPS} "
+                                     f"(its distilled schedule is {_D['turbo'].steps}; the official app runs at "
+                                     f"most {TURBO_APP_MAX_STEPS})."),
                 io.Float.Input("shift", default=0.0, min=0.0, max=SHIFT_MAX, step=0.1,
-                               tooltip=f"Timestep shift; 0 = default ({_D['turbo'].shift}). Turbo snaps to 1, 2 "
-                                       "or 3."),
+                               tooltip=f"Timestep shift; 0 = default ({_D['turbo'].shift})."),
                 io.Float.Input("guidance", default=0.0, min=0.0, max=GUIDANCE_MAX, step=0.1,
                                tooltip=f"Guidance scale for base/SFT; 0 = default ({_D['base'].guidance}), 1 = off. "
                                        "Ignored by turbo."),
@@ -393,6 +430,29 @@ class Sampler(io.ComfyNode):
                 io.String.Input("timesteps", default="", advanced=True,
                                 tooltip="Custom schedule (turbo and SFT), comma-separated from 1 towards 0; empty = "
                                         "the default schedule."),
+                io.Combo.Input("sampler_mode", options=list(SAMPLER_MODES), default=SAMPLER_MODES[0], advanced=True,
+                               tooltip="euler: one model pass per step; heun: a second pass per step (slower, "
+                                       "second order)."),
+                io.Combo.Input("infer_method", options=list(INFER_METHODS), default=INFER_METHODS[0], advanced=True,
+                               tooltip="ode: deterministic steps; sde: each step re-noises its clean estimate "
+                                       "(fresh noise from the seed)."),
+                io.Float.Input("velocity_ema", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="Smooth the velocity with the previous step's (0 = off; upstream suggests "
+                                       "0.1)."),
+                io.Combo.Input("dcw", options=list(DCW_SWITCH), default=DCW_SWITCH[0], advanced=True,
+                               tooltip="DCW, the wavelet-domain correction after each step. auto = the official "
+                                       "app's choice: on for turbo, off for base/SFT."),
+                io.Combo.Input("dcw_mode", options=list(DCW_MODES), default=DCW_DEFAULTS["turbo"].mode, advanced=True,
+                               tooltip="low / high: correct one wavelet band; double: both; pix: in latent space."),
+                io.Float.Input("dcw_scaler", default=DCW_DEFAULTS["turbo"].scaler, min=0.0, max=1.0, step=0.005,
+                               advanced=True, tooltip="DCW strength (low band; the only one for high and pix)."),
+                io.Float.Input("dcw_high_scaler", default=DCW_DEFAULTS["turbo"].high_scaler, min=0.0, max=1.0,
+                               step=0.005, advanced=True, tooltip="DCW strength of the high band in double mode."),
+                io.Int.Input("retake_seed", default=0, min=0, max=SEED_MAX, advanced=True,
+                             tooltip="Retake: a second seed whose noise is mixed in (with retake_variance)."),
+                io.Float.Input("retake_variance", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
+                               tooltip="Retake: 0 = off; small values give variations of the seed's song, 1 = the "
+                                       "retake seed's song."),
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Generated latents; decode with ACE-Step 1.5 VAE Decode.")],
@@ -409,17 +469,25 @@ class Sampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, latent, seed=0, steps=0, shift=0.0, guidance=0.0, guidance_method="apg",
                 apg_momentum=APG_MOMENTUM, apg_norm_threshold=APG_NORM_THRESHOLD, cfg_interval_start=0.0,
-                cfg_interval_end=1.0, velocity_norm_threshold=0.0, timesteps="") -> io.NodeOutput:
+                cfg_interval_end=1.0, velocity_norm_threshold=0.0, timesteps="", sampler_mode="euler",
+                infer_method="ode", velocity_ema=0.0, dcw="auto", dcw_mode=None, dcw_scaler=None,
+                dcw_high_scaler=None, retake_seed=0, retake_variance=0.0) -> io.NodeOutput:
         task = _latent_task(latent)
-        settings = SamplerSettings(seed, steps or None, shift or None, guidance or None, guidance_method, apg_momentum,
-                                   apg_norm_threshold, cfg_interval_start, cfg_interval_end, velocity_norm_threshold,
-                                   timesteps)
+        settings = SamplerSettings(
+            seed, steps or None, shift or None, guidance or None, guidance_method, apg_momentum, apg_norm_threshold,
+            cfg_interval_start, cfg_interval_end, velocity_norm_threshold, timesteps, sampler_mode, infer_method,
+            velocity_ema, dcw={"auto": None, "on": True, "off": False}.get(dcw, dcw), dcw_mode=dcw_mode,
+            dcw_scaler=dcw_scaler, dcw_high_scaler=dcw_high_scaler, retake_seed=retake_seed,
+            retake_variance=retake_variance)
         pipe = model.pipeline
         result = pipe(Request(conditioning, task, settings, render=None), on_step=host.Progress(cls.hidden.unique_id),
                       should_cancel=host.check_interrupted, adapters=model.pipeline_adapters)
         meta = result.metadata
         lines = [f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
-                 f"guidance {meta['guidance']} · seeds {', '.join(map(str, result.seeds))}"]
+                 f"guidance {meta['guidance']} · {meta['sampler']} · DCW {meta['dcw']} · "
+                 f"seeds {', '.join(map(str, result.seeds))}"]
+        if "retake_seeds" in meta:
+            lines.append(f"retake {meta['retake_variance']:g} · seeds {', '.join(map(str, meta['retake_seeds']))}")
         if task.rule.base_only and not meta["variant"].endswith("base"):
             lines.append(f"note: the official app offers {task.kind} only on the base model")
         lines += [f"warning: {w}" for w in result.warnings]

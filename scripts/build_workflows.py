@@ -69,7 +69,7 @@ def lora(key, name, strength, model="loader"):
 
 
 def decode():
-    return ("decode", P + "VAEDecode", {"normalize": True, "tile_frames": 512, "fade_in": 0.0, "fade_out": 0.0},
+    return ("decode", P + "VAEDecode", {"normalize": True},
             {"model": ("loader", 0), "latent": ("sampler", 0)})
 
 
@@ -187,6 +187,19 @@ ROWS = {"loader": 0, "text": 0, "timbre": 0, "ref": 1, "src": 1, "latent": 1, "s
         "lora1": 1, "lora2": 2}
 
 
+def _default(info: dict, name: str):
+    for section in ("required", "optional"):
+        spec = info["input"].get(section, {}).get(name)
+        if spec is not None:
+            options = spec[1] if len(spec) > 1 else {}
+            if "default" in options:
+                return options["default"]
+            if isinstance(spec[0], list):  # a V1 combo: the first option
+                return spec[0][0]
+            return options["options"][0]
+    raise KeyError(f"{info['name']}: no input {name!r}")
+
+
 def build(name: str, note: str, specs: list, infos: dict) -> dict:
     ids = {key: i + 2 for i, (key, *_) in enumerate(specs)}
     nodes = [{"id": 1, "type": "MarkdownNote", "pos": [0, -420], "size": [760, 360], "flags": {}, "order": 0,
@@ -211,8 +224,10 @@ def build(name: str, note: str, specs: list, infos: dict) -> dict:
         for n in names:
             if n is None:
                 values.append("randomize" if node_type.endswith("Sampler") else None)
-            else:
+            elif n in widgets:
                 values.append(widgets[n])
+            else:  # a widget the spec leaves alone (the advanced ones): its schema default
+                values.append(_default(info, n))
         node_inputs = []
         for inp, (src, slot) in inputs.items():
             link_id += 1
