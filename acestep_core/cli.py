@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "xl-sft, or a folder name; extract/lego/complete use base when it is there")
     io.add_argument("--allow-download", action="store_true",
                     help=f"download {HF_REPO} (turbo, VAE, text encoder) into --checkpoint when it is missing")
+    io.add_argument("--lora", action="append", default=None, metavar="PATH[:STRENGTH]",
+                    help="apply a LoRA/LoKr: a .safetensors file or a PEFT/LoKr folder, strength 1 unless given "
+                         "(negative and above 1 allowed); repeat to stack several")
     io.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on a capable GPU, else fp32")
     io.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps ... (default: cuda if available)")
     io.add_argument("--out", default="song.flac",
@@ -429,6 +432,27 @@ def _check_device(device: str | None):
     return resolve_device(device)
 
 
+def load_loras(specs: list[str]) -> list:
+    """``--lora PATH[:STRENGTH]`` values → [(Adapter, strength)], each file read and checked on its own (cheap:
+    adapter files are small); a missing or unreadable file ends the run naming it."""
+    if not specs:
+        return []
+    from .adapters import load_adapter, parse_lora_spec
+
+    loras = []
+    for spec in specs:
+        path, strength = parse_lora_spec(spec)
+        loras.append((load_adapter(path), strength))
+    return loras
+
+
+def describe_loras(loras: list) -> str:
+    """The first line's LoRA part: " · LoRA name (strength), …" (empty without LoRAs)."""
+    if not loras:
+        return ""
+    return " · LoRA " + ", ".join(f"{adapter.name} ({strength:g})" for adapter, strength in loras)
+
+
 def load_pipeline(path: str, model_folder: str | None, dtype, device):
     """The loaded pipeline (a seam for tests)."""
     from .pipeline import AceStepPipeline
@@ -455,6 +479,9 @@ def generate(args) -> int:
     ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio") if args.ref_audio else None
     fields = request_fields(args, lyrics, src, ref)
     req = request(**fields)
+    loras = load_loras(args.lora or [])
+    if loras:
+        fields["loras"] = [{"name": adapter.name, "strength": strength} for adapter, strength in loras]  # tags
     paths = output_paths(args.out, req.task.batch_size)
     check_output_paths([("--out", p) for p in paths] + ([("--save-latents", args.save_latents)]
                                                         if args.save_latents else []))
@@ -470,10 +497,14 @@ def generate(args) -> int:
         folder = "base"
     info = inspect_checkpoint(checkpoint, dit_folder=folder)
     resolve_sampler(req.sampler, info.variant)
+    if loras:
+        from .adapters import check_fit
+
+        check_fit(loras, info.config)  # keys and shapes against this model's size, before any weight is read
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
-    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · {req.task.kind}",
-          file=sys.stderr)
+    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · {req.task.kind}"
+          + describe_loras(loras), file=sys.stderr)
     if req.task.rule.base_only and not info.variant.endswith("base"):
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
               "(add --model base)", file=sys.stderr)
@@ -490,7 +521,7 @@ def generate(args) -> int:
         print(f"warning: {message}", file=sys.stderr)
 
     try:
-        result = pipe(req, on_step=bar, should_cancel=None, on_warning=warn)
+        result = pipe(req, on_step=bar, should_cancel=None, on_warning=warn, adapters=loras)
     except BaseException:
         bar.close(complete=False)
         raise

@@ -215,3 +215,66 @@ DCW_DEFAULTS = {
 # With the LM's "thinking" on, the app switches mode/scalers to these (dcw_defaults.py THINK_DCW_DEFAULTS,
 # b3a4561); the on/off switch stays the variant's.
 DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER = "double", 0.02, 0.06
+
+# ---------------------------------------------------------------------------------------------------------------
+# LoRA / LoKr / DoRA adapter files (names as the official trainer, PEFT, LyCORIS, ComfyUI and diffusers write them)
+# ---------------------------------------------------------------------------------------------------------------
+
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_ADAPTER_SUBFOLDER = "adapter"  # the official trainer saves <output>/adapter/
+LOKR_WEIGHTS_FILE = "lokr_weights.safetensors"
+PEFT_DEFAULT_R, PEFT_DEFAULT_ALPHA = 8, 8  # LoraConfig's defaults, for a config that leaves them out
+# PEFT options whose effect is not a weight change the pack can apply: refused, never ignored.
+PEFT_UNSUPPORTED_OPTIONS = ("lora_bias", "modules_to_save", "layer_replication", "alora_invocation_tokens",
+                            "target_parameters", "trainable_token_indices", "use_bdlora")
+PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")  # never loaded (unpickling can run code)
+
+# What comes before the module name in an adapter key, tried in this order ("" = a bare module name). A module
+# name after a prefix is either a full model name (decoder.layers.0.self_attn.q_proj) or one relative to the DiT
+# (layers.0.self_attn.q_proj), dotted or with "_" for "." (lycoris_layers_0_self_attn_q_proj).
+ADAPTER_KEY_PREFIXES = (
+    "base_model.model.",  # PEFT (official trainer: PEFT on the DiT)
+    "model.diffusion_model.",  # ComfyUI checkpoint naming
+    "diffusion_model.",  # ComfyUI's own LoRA naming
+    "transformer.",  # diffusers pipeline LoRAs (diffusers module names)
+    "lycoris_",  # LyCORIS on the DiT
+    "lora_unet_",  # kohya-style names as ComfyUI maps them
+    "",
+)
+
+# The last part of an adapter key → the role of that tensor. PEFT keys may carry the adapter name "default".
+ADAPTER_KEY_SUFFIXES = {
+    ".lora_A.weight": "down",
+    ".lora_B.weight": "up",
+    ".lora_A.default.weight": "down",
+    ".lora_B.default.weight": "up",
+    ".lora_down.weight": "down",
+    ".lora_up.weight": "up",
+    ".alpha": "alpha",
+    ".lora_magnitude_vector": "magnitude",  # PEFT DoRA: one norm per output channel
+    ".lora_magnitude_vector.weight": "magnitude",
+    ".dora_scale": "dora_scale",  # LyCORIS DoRA: [out, 1] (per output) or [1, in] (per input)
+    ".lokr_w1": "w1",
+    ".lokr_w1_a": "w1_a",
+    ".lokr_w1_b": "w1_b",
+    ".lokr_w2": "w2",
+    ".lokr_w2_a": "w2_a",
+    ".lokr_w2_b": "w2_b",
+    ".lokr_t2": "t2",
+}
+
+# Adapter families recognised by a key part but not applied by the pack (named in the error message).
+UNSUPPORTED_ADAPTER_KEYS = {
+    ".hada_": "LoHa",
+    ".oft_": "OFT",
+    ".boft_": "BOFT",
+    ".a1.weight": "GLoRA",
+    ".lora_mid.weight": "Tucker LoCon (lora_mid)",
+    ".diff": "full-weight difference",
+    ".diff_b": "full-bias difference",
+    ".lora_B.bias": "PEFT lora_bias",
+    ".w_norm": "norm-layer difference",
+    ".b_norm": "norm-layer difference",
+    ".weight": "full replacement weight (PEFT modules_to_save?)",
+}

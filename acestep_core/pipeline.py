@@ -16,12 +16,14 @@ It checks no input itself: every part of the request was checked when it was bui
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
 from . import sampling
+from .adapters import patched, resolve_adapters, weight_deltas
 from .audio import fade, postprocess, prepare_audio, reference_segments, repaint_splice
 from .constants import (
     DEFAULT_DURATION, LYRIC_MAX_TOKENS, MIN_LATENT_FRAMES, REFERENCE_SECONDS, SAMPLE_RATE, TEXT_MAX_TOKENS,
@@ -103,6 +105,7 @@ class AceStepPipeline:
         on_step: Callable[[int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         on_warning: Callable[[str], None] | None = None,
+        adapters: Sequence[tuple] = (),
     ) -> GenerationResult:
         schedule = resolve_sampler(req.sampler, self.ckpt.variant)
         self._use("text_encoder", "vae", "model")
@@ -115,13 +118,25 @@ class AceStepPipeline:
             if on_warning is not None:
                 on_warning(message)
 
-        conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
-        latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
+        with self._adapted(adapters):
+            conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
+            latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
                     "frames": latents.shape[1], **sampled}
         audio = None if req.render is None else self.render(latents, req.task, req.render, inputs.source)
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source)
+
+    @contextmanager
+    def _adapted(self, adapters: Sequence[tuple]):
+        """The model with ``adapters`` — (Adapter or path, strength) pairs, stacked — patched into its weights for
+        the block (the condition encoder and the DiT, cross-attention K/V included) and restored exactly after,
+        also on error or cancel. Nothing happens without adapters."""
+        if not adapters:
+            yield
+            return
+        with patched(self.model, weight_deltas(self.model, resolve_adapters(adapters))):
+            yield
 
     # ------------------------------------------------------------------ 1. seeds
 

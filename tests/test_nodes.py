@@ -16,7 +16,7 @@ P = "AceStep15_"
 TURBO = "diffusion_models/acestep_v1.5_turbo.safetensors"
 EXPECTED = {P + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                             "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
-                            "SaveAudio", "PreviewAudio")}
+                            "SaveAudio", "PreviewAudio", "LoraLoader")}
 
 
 def _audio(seconds=40.0, seed=0):

@@ -17,7 +17,7 @@ from devtools.comfy_harness import (
 
 WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
 TASKS = {"text2music_turbo", "text2music_sft_apg", "timbre_reference", "cover", "repaint", "extend", "extract",
-         "lego", "complete", "native_audio_chain"}
+         "lego", "complete", "native_audio_chain", "lora_stack"}
 
 
 def test_a_workflow_per_task():
