@@ -110,7 +110,6 @@ class AceStepPipeline:
         schedule = resolve_sampler(req.sampler, self.ckpt.variant)
         self._use("text_encoder", "vae", "model")
         seeds = self._seeds(req)
-        inputs = self._inputs(req.task, seeds)
         warnings: list[str] = []
 
         def warn(message: str) -> None:
@@ -118,7 +117,8 @@ class AceStepPipeline:
             if on_warning is not None:
                 on_warning(message)
 
-        with self._adapted(adapters):
+        with self._adapted(adapters):  # the whole model, as ComfyUI patches it: cover hints, condition, DiT
+            inputs = self._inputs(req.task, seeds)
             conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
             latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
@@ -130,8 +130,8 @@ class AceStepPipeline:
     @contextmanager
     def _adapted(self, adapters: Sequence[tuple]):
         """The model with ``adapters`` — (Adapter or path, strength) pairs, stacked — patched into its weights for
-        the block (the condition encoder and the DiT, cross-attention K/V included) and restored exactly after,
-        also on error or cancel. Nothing happens without adapters."""
+        the block (audio tokenizer, condition encoder and DiT, cross-attention K/V included) and restored exactly
+        after, also on error or cancel. Nothing happens without adapters."""
         if not adapters:
             yield
             return
