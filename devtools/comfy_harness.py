@@ -6,6 +6,7 @@ test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import sys
@@ -173,3 +174,71 @@ def make_comfy_tree(base: str) -> dict:
     save_audio(os.path.join(dirs["input"], SOURCE_FILE), song_signal(), TEST_AUDIO_RATE)
     save_audio(os.path.join(dirs["input"], REFERENCE_FILE), song_signal(seed=1), TEST_AUDIO_RATE)
     return dirs
+
+
+# ---------------------------------------------------------------------------------------------- a real ComfyUI
+
+PACK_FOLDER = "ComfyUI-ACE-Step-1.5"  # the pack's folder name under custom_nodes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_comfyui(comfyui_dir: str, base: str, extra_args: list[str] = (), start_timeout: float = 120.0):
+    """A real ComfyUI from ``comfyui_dir`` over the folder tree ``base`` (with this checkout linked into its
+    custom_nodes), on a free loopback port, started with $COMFYUI_PYTHON and $COMFYUI_ARGS (default --cpu).
+    Yields (url, process, log path) once GET /object_info answers; stops the server afterwards. A server that
+    exits or does not answer in time fails the caller with the log's tail."""
+    import shlex
+    import subprocess
+    import time
+    import urllib.request
+
+    os.makedirs(os.path.join(base, "custom_nodes"), exist_ok=True)
+    link = os.path.join(base, "custom_nodes", PACK_FOLDER)
+    if not os.path.exists(link):
+        os.symlink(ROOT, link, target_is_directory=True)
+    port = free_port()
+    cmd = [os.environ.get("COMFYUI_PYTHON") or sys.executable, "main.py", "--listen", "127.0.0.1", "--port",
+           str(port), "--base-directory", base, "--disable-auto-launch",
+           *shlex.split(os.environ.get("COMFYUI_ARGS", "--cpu")), *extra_args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)  # the server imports the pack from custom_nodes, not from this checkout
+    log_path = os.path.join(base, "server.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def tail() -> str:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            return "---- server log (tail) ----\n" + f.read()[-6000:]
+
+    try:
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"ComfyUI exited with code {proc.returncode} while starting: {cmd}\n{tail()}")
+            try:
+                with urllib.request.urlopen(url + "/object_info", timeout=10) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > start_timeout:
+                raise AssertionError(f"ComfyUI did not answer GET /object_info within {start_timeout:.0f} s: "
+                                     f"{cmd}\n{tail()}")
+            time.sleep(0.5)
+        yield url, proc, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)

@@ -17,19 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from devtools.comfy_harness import ROOT, make_comfy_tree
+from devtools.comfy_harness import PACK_FOLDER, ROOT, make_comfy_tree, running_comfyui
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-PACK_FOLDER = "ComfyUI-ACE-Step-1.5"
 NODE = shutil.which("node")
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 NODE_MODULES = os.environ.get("PLAYWRIGHT_NODE_MODULES") or os.path.join(ROOT, "node_modules")
@@ -66,11 +61,6 @@ def _song():
     return torch.stack([tone, 0.8 * tone]).float()
 
 
-def _get(url: str, timeout: float = 10.0) -> int:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.status
-
-
 @pytest.fixture(scope="module", params=FRONTENDS)
 def server(request, tmp_path_factory):
     from acestep_core.audio import save_audio
@@ -79,49 +69,15 @@ def server(request, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("comfyui_browser"))
     dirs = make_comfy_tree(base)
     save_audio(os.path.join(dirs["input"], SONG), _song(), SONG_RATE)
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK_FOLDER), target_is_directory=True)
     settings = os.path.join(base, "user", "default")
     os.makedirs(settings)
     with open(os.path.join(settings, "comfy.settings.json"), "w") as f:
         json.dump({"Comfy.TutorialCompleted": True}, f)  # no template browser over the canvas on first start
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [os.environ.get("COMFYUI_PYTHON") or sys.executable, "main.py", "--listen", "127.0.0.1", "--port",
-           str(port), "--base-directory", base, "--disable-auto-launch",
-           *shlex.split(os.environ.get("COMFYUI_ARGS", "--cpu"))]
-    if frontend != "default":
-        cmd += ["--front-end-root", frontend]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)
-    log_path = os.path.join(base, "server.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, open(log_path).read()[-4000:]
-            try:
-                if _get(url + "/object_info") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() - t0 < 120, "ComfyUI did not start:\n" + open(log_path).read()[-4000:]
-            time.sleep(0.5)
+    extra = [] if frontend == "default" else ["--front-end-root", frontend]
+    with running_comfyui(COMFYUI_DIR, base, extra) as (url, _, log_path):
         tag = "default" if frontend == "default" else "root-" + os.path.basename(os.path.dirname(
             os.path.dirname(frontend.rstrip("/")))) or "custom"
         yield url, tag, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ import glob
 import json
 import os
 import re
-import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ import uuid
 
 import pytest
 
-from devtools.comfy_harness import NOTE_TYPES, ROOT, ui_to_api
+from devtools.comfy_harness import NOTE_TYPES, PACK_FOLDER, ROOT, running_comfyui, ui_to_api
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 pytestmark = pytest.mark.skipif(
@@ -38,7 +36,6 @@ pytestmark = pytest.mark.skipif(
     reason="real-ComfyUI integration test: set COMFYUI_DIR to a ComfyUI checkout (the folder with main.py), "
            "and COMFYUI_PYTHON to its Python if that is not this one")
 
-PACK_FOLDER = "ComfyUI-ACE-Step-1.5"  # the pack's folder name under custom_nodes
 PREFIX = "AceStep15_"
 CATEGORY = "audio/ACE-Step 1.5"
 START_TIMEOUT = 120.0
@@ -96,12 +93,6 @@ class Server:
         return "---- server log (tail) ----\n" + self.log()[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from devtools.comfy_harness import make_comfy_tree
@@ -110,44 +101,12 @@ def server(tmp_path_factory):
     t_tree = time.monotonic()
     dirs = make_comfy_tree(base)
     t_tree = time.monotonic() - t_tree
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK_FOLDER), target_is_directory=True)
-    log_path = os.path.join(base, "server.log")
-    port = _free_port()
-    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
-    cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", base,
-           "--disable-auto-launch", *shlex.split(os.environ.get("COMFYUI_ARGS", "--cpu"))]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)  # the server imports the pack from custom_nodes, not from this checkout
     t0 = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT, env=env)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log_path, dirs, 0.0)
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ComfyUI exited with code {proc.returncode} while starting: {cmd}\n{srv.log_tail()}")
-            try:
-                status, _ = srv.request("GET", "/object_info", timeout=10)
-                if status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"ComfyUI did not answer GET /object_info within {START_TIMEOUT:.0f} s: {cmd}\n"
-                            f"{srv.log_tail()}")
-            time.sleep(0.5)
-        srv.start_seconds = time.monotonic() - t0
+    with running_comfyui(COMFYUI_DIR, base, start_timeout=START_TIMEOUT) as (url, proc, log_path):
+        srv = Server(url, proc, log_path, dirs, time.monotonic() - t0)
         print(f"\ntiny model tree in {t_tree:.1f} s; ComfyUI up in {srv.start_seconds:.1f} s at {srv.url} "
               f"(log: {log_path})")
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
 
 
 # ------------------------------------------------------------------------------------------------ registration

@@ -13,7 +13,6 @@ from acestep_core.request import RenderSettings
 from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, run_node, song_signal
 
 P = "AceStep15_"
-TURBO = "diffusion_models/acestep_v1.5_turbo.safetensors"
 EXPECTED = {P + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                             "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
                             "SaveAudio", "PreviewAudio", "LoraLoader")}
@@ -21,19 +20,6 @@ EXPECTED = {P + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "Emp
 
 def _audio(seconds=40.0, seed=0):
     return {"waveform": song_signal(seconds, seed=seed)[None], "sample_rate": TEST_AUDIO_RATE}
-
-
-@pytest.fixture(scope="module")
-def graph(comfy):
-    nodes, dirs, pack = comfy
-
-    def run(node_id, hidden=None, **inputs):
-        return run_node(nodes[node_id], hidden, **inputs)
-
-    model = run(P + "ModelLoader", model=TURBO, text_encoder="auto", vae="auto", dtype="fp32").args[0]
-    text = run(P + "TextEncode", caption="synth pop", lyrics="[Verse]\nhello", language="en", bpm=120,
-               keyscale="A minor", timesignature="4").args[0]
-    return run, model, text, dirs, pack
 
 
 # ------------------------------------------------------------------------------------------------ registration

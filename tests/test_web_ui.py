@@ -16,10 +16,9 @@ from acestep_core.constants import (
     DURATION_MAX, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, LATENT_RATE, MIN_WINDOW_SECONDS,
 )
 from acestep_core.peaks import PEAK_BINS, PEAK_SCALE, compute_peaks, peaks_summary
-from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, run_node, song_signal
+from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, song_signal
 
 P = "AceStep15_"
-TURBO = "diffusion_models/acestep_v1.5_turbo.safetensors"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="Node.js (`node`) is not installed: the JavaScript side "
                                                      "cannot run here")
@@ -113,19 +112,6 @@ def test_the_extension_makes_no_external_requests_and_imports_no_internal_module
 
 # ------------------------------------------------------------------------------------------------ nodes
 
-@pytest.fixture(scope="module")
-def graph(comfy):
-    nodes, dirs, _ = comfy
-
-    def run(node_id, hidden=None, **inputs):
-        return run_node(nodes[node_id], hidden, **inputs)
-
-    model = run(P + "ModelLoader", model=TURBO, text_encoder="auto", vae="auto", dtype="fp32").args[0]
-    text = run(P + "TextEncode", caption="synth pop", lyrics="[Verse]\nhello", language="en", bpm=120,
-               keyscale="A minor", timesignature="4").args[0]
-    return run, model, text, dirs
-
-
 def _source(seconds=12.0):
     return {"waveform": song_signal(seconds)[None], "sample_rate": TEST_AUDIO_RATE}
 
@@ -141,7 +127,7 @@ def _source(seconds=12.0):
      {"start": 0.0, "end": 5.0, "source_offset": 4.0}),
 ])
 def test_task_and_output_nodes_send_peaks_and_the_edited_region(graph, node, inputs, region):
-    run, model, text, dirs = graph
+    run, model, text, dirs, _ = graph
     source = _source()
     out = run(P + node, audio=source, batch_size=2, **inputs)
     (summary,) = out.ui["acestep_source"]
@@ -166,7 +152,7 @@ def test_task_and_output_nodes_send_peaks_and_the_edited_region(graph, node, inp
 
 
 def test_results_without_an_edit_have_peaks_only(graph):
-    run, model, text, _ = graph
+    run, model, text, _, _ = graph
     out = run(P + "EmptyLatent", duration=10.0, batch_size=1)
     assert out.ui is None or "acestep_source" not in out.ui  # text to music: no source to show
     latent = run(P + "Sampler", hidden={}, model=model, conditioning=text, latent=out.args[0], seed=1).args[0]
