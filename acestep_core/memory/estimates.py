@@ -66,10 +66,13 @@ def planned_bytes(module: nn.Module, dtype: torch.dtype,
     """Bytes of ``module`` loaded in ``dtype`` (floating tensors; others keep theirs), with the Linear weights that
     ``fp8(name, linear)`` selects stored as float8 plus one float32 scale per output channel."""
     size = element_size(dtype)
-    total = 0
+    total, seen = 0, set()
     for name, sub in module.named_modules():
         quantised = fp8 is not None and isinstance(sub, nn.Linear) and fp8(name, sub)
         for pname, p in sub.named_parameters(recurse=False):
+            if id(p) in seen:  # tied weights (an LM head sharing the embedding) count once
+                continue
+            seen.add(id(p))
             if quantised and pname == "weight":
                 total += p.numel() + 4 * p.shape[0]
             else:
