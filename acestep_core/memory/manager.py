@@ -176,6 +176,15 @@ class MemoryManager:
     def prepare(self, work: Workload, tile_limit: int | None = None) -> MemoryPlan:
         """Plan ``work`` for the current budget and set the units up for it (streamed stacks, resident views).
         Resets CUDA's peak-memory counter, so ``report()`` tells this request's peak."""
+        plan = self.plan_for(work, tile_limit)
+        self._apply(plan)
+        self.plan = plan
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return plan
+
+    def plan_for(self, work: Workload, tile_limit: int | None = None) -> MemoryPlan:
+        """The plan for ``work`` at the current budget, without changing anything."""
         from .estimates import vae_decode_working, vae_encode_working
 
         sizes = self.sizes()
@@ -191,10 +200,6 @@ class MemoryManager:
                            vae_encode_cost=lambda seconds: vae_encode_working(self.vae_dtype, seconds),
                            resident_layers=fixed, slots=self.slots, tile_limit=tile_limit)
         self._working = {p.name: p.working for p in phases}
-        self._apply(plan)
-        self.plan = plan
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         return plan
 
     def _apply(self, plan: MemoryPlan) -> None:
@@ -289,3 +294,31 @@ def _device_of(module: nn.Module) -> torch.device:
 def _on(module: nn.Module, device: torch.device) -> bool:
     p = next(module.parameters(), None)
     return p is not None and p.device.type == device.type
+
+
+def attach_memory(pipe, settings: MemorySettings, device, host: Host | None = None) -> MemoryManager:
+    """Give ``pipe`` (an ``AceStepPipeline``) a MemoryManager over its loaded units; it then plans every request
+    and places the units phase by phase on ``device``."""
+    ckpt = pipe.ckpt
+    units = {"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}
+    vae_dtype = next(ckpt.vae.parameters()).dtype
+    pipe.memory = MemoryManager(units, device, ckpt.model.config, ckpt.model.dtype, settings, host, vae_dtype)
+    return pipe.memory
+
+
+def load_device(info, dtype: torch.dtype, device, settings: MemorySettings, work: Workload) -> torch.device:
+    """Where to load a checkpoint (``loading.checkpoint.inspect_checkpoint``'s info) before generating ``work`` on
+    ``device``: the device itself when every unit fits there at once (nothing will move), else the CPU (the
+    units then go to the device in turn)."""
+    from .planner import plan_request
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    budget = TorchHost().budget(device)
+    if settings.budget_gb is not None:
+        budget = min(budget, int(settings.budget_gb * GIB))
+    fixed = {"model": settings.resident_layers} if settings.resident_layers is not None else None
+    plan = plan_request(budget, info.config, work, dtype, fp8=settings.weight_dtype != "default",
+                        resident_layers=fixed)
+    return device if plan.together else torch.device("cpu")
