@@ -135,3 +135,28 @@ def test_a_transformers_qwen3_stack_streams_too(pipe):
     stack = stream_layers(encoder.model, "layers", 0, CPU, slots=2, pin=False)
     got = encoder.encode_caption(ids)
     assert stack.streamer.copies == 2 and torch.equal(got, expected)
+
+
+def test_the_manager_streams_an_lm_unit(pipe):
+    """An LM unit (transformers' Qwen3ForCausalLM layout; the pack's LM keeps ``layers`` at the top) under a budget
+    too small for it: its layers stream, its geometry is read from its config, the logits do not change."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from acestep_core.memory.estimates import Workload
+
+    torch.manual_seed(0)
+    lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)).eval()
+    ids = torch.tensor([[3, 17, 250, 9, 41, 7]])
+    with torch.no_grad():
+        expected = lm(ids).logits
+    ckpt = pipe.ckpt
+    manager = MemoryManager({"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae, "lm": lm},
+                            "cpu", ckpt.model.config, torch.float32, MemorySettings(budget_gb=0.001))
+    assert manager.lm_size["num_hidden_layers"] == 4 and manager.lm_size["num_key_value_heads"] == 2
+    plan = manager.prepare(Workload(30, 1, lm_codes=150))
+    assert plan.streamed("lm") == 4 and "lm" in plan.peaks and isinstance(lm.model.layers, StreamedLayers)
+    manager.use(("lm",))
+    with torch.no_grad():
+        got = lm(ids).logits
+    assert lm.model.layers.streamer.copies >= 4 and torch.equal(got, expected)

@@ -158,7 +158,8 @@ class Workload:
     ``seconds``: the generated latents' length; ``batch``: songs at once; ``cfg``: the DiT runs conditional and
     unconditional rows together; ``conditions``: cross-attention K/V sets alive at once (flow-edit keeps two);
     ``source_seconds``: audio the VAE encodes (an audio task's source, or the 30-s timbre reference);
-    ``lm_codes``: 5 Hz codes the LM writes (0 = no LM)."""
+    ``reference``: a timbre reference is encoded while the condition is built; ``lm_codes``: 5 Hz codes the LM
+    writes (0 = no LM)."""
 
     seconds: float = 240.0
     batch: int = 1
@@ -166,6 +167,7 @@ class Workload:
     conditions: int = 1
     source_seconds: float = 0.0
     lm_codes: int = 0
+    reference: bool = False
 
     @property
     def frames(self) -> int:
@@ -190,7 +192,7 @@ class Workload:
         guided = resolve_sampler(req.sampler, variant).guidance > 1.0
         return cls(seconds=seconds, batch=task.batch_size, cfg=guided,
                    conditions=2 if task.flow_edit is not None else 1, source_seconds=source,
-                   lm_codes=int(seconds * 5) if lm else 0)
+                   lm_codes=int(seconds * 5) if lm else 0, reference=req.text.timbre is not None)
 
 
 def _margin(nbytes: float) -> int:
@@ -244,11 +246,13 @@ def condition_working(config: AceStepConfig, dtype: torch.dtype, work: Workload)
     return _margin(layer + mask + caption + packed)
 
 
-def lm_working(size: str, dtype: torch.dtype, work: Workload, prompt_tokens: int = LYRIC_MAX_TOKENS + 512) -> int:
+def lm_working(size: str | dict, dtype: torch.dtype, work: Workload, prompt_tokens: int = LYRIC_MAX_TOKENS + 512
+               ) -> int:
     """The LM phase: its KV cache over the prompt, the chain of thought and the codes for the conditional and
     unconditional rows of every song (positions rounded up to 256, as the LM allocates them), the prompt's
-    prefill activations, the float32 logits of a step."""
-    g = LM_GEOMETRIES[size]
+    prefill activations, the float32 logits of a step. ``size``: "0.6B", "1.7B", "4B" or a geometry dict
+    (transformers Qwen3 names, as ``LM_GEOMETRIES``)."""
+    g = LM_GEOMETRIES[size] if isinstance(size, str) else size
     esize = element_size(dtype)
     rows = 2 * work.batch
     positions = -(-(prompt_tokens + work.lm_codes + 512) // 256) * 256

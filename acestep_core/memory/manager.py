@@ -23,8 +23,9 @@ from .fp8 import check_weight_dtype, weight_format
 from .planner import MemoryPlan, UNIT_LABELS, plan_memory, request_phases
 from .streaming import StreamedLayers, stream_layers, unstream_layers
 
-# Where each streamable unit keeps its layers: (path of the module holding the ModuleList, attribute).
-STREAMABLE = {"model": ("decoder", "layers"), "lm": ("", "layers")}
+# Where each streamable unit keeps its layers (the first path that exists): the DiT's decoder layers; the LM's
+# layers (the pack's QwenLM, or transformers' Qwen3ForCausalLM layout).
+STREAMABLE = {"model": ("decoder.layers",), "lm": ("layers", "model.layers")}
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,13 @@ class MemoryManager:
 
     def __init__(self, units: dict[str, nn.Module], device: torch.device | str, config, dtype: torch.dtype,
                  settings: MemorySettings | None = None, host: Host | None = None, vae_dtype: torch.dtype | None = None,
-                 lm_size: str | None = None, slots: int = STREAM_SLOTS):
+                 lm_size: str | dict | None = None, slots: int = STREAM_SLOTS):
         self.units = dict(units)
         self.device = torch.device(device)
         self.config, self.dtype, self.vae_dtype = config, dtype, vae_dtype or dtype
         self.settings = settings or MemorySettings()
         self.host = host or TorchHost()
-        self.lm_size = lm_size
+        self.lm_size = lm_size if lm_size is not None or "lm" not in units else lm_geometry(units["lm"])
         self.slots = slots
         self.plan: MemoryPlan | None = None
         self.views: dict[str, nn.Module] = dict(self.units)
@@ -153,11 +154,20 @@ class MemoryManager:
         return out
 
     def _stack(self, unit: str) -> nn.ModuleList | None:
-        if unit not in STREAMABLE or unit not in self.units:
-            return None
-        path, attribute = STREAMABLE[unit]
-        owner = self.units[unit].get_submodule(path) if path else self.units[unit]
-        return getattr(owner, attribute, None)
+        found = self._stack_owner(unit)
+        return None if found is None else getattr(*found)
+
+    def _stack_owner(self, unit: str) -> tuple[nn.Module, str] | None:
+        """(the module holding the unit's layer list, its attribute name), or None for a unit placed whole."""
+        for path in STREAMABLE.get(unit, ()) if unit in self.units else ():
+            parent, _, attribute = path.rpartition(".")
+            try:
+                owner = self.units[unit].get_submodule(parent)
+            except AttributeError:
+                continue
+            if isinstance(getattr(owner, attribute, None), nn.ModuleList):
+                return owner, attribute
+        return None
 
     def budget(self) -> int:
         available = self.host.budget(self.device)
@@ -204,11 +214,11 @@ class MemoryManager:
 
     def _apply(self, plan: MemoryPlan) -> None:
         for unit in STREAMABLE:
-            stack = self._stack(unit)
-            if stack is None:
+            found = self._stack_owner(unit)
+            if found is None or unit not in plan.residency:
                 continue
-            path, attribute = STREAMABLE[unit]
-            owner = self.units[unit].get_submodule(path) if path else self.units[unit]
+            owner, attribute = found
+            stack = getattr(owner, attribute)
             residency = plan.residency[unit]
             if residency.streamed:
                 if not (isinstance(stack, StreamedLayers) and stack.resident == residency.resident):
@@ -322,3 +332,15 @@ def load_device(info, dtype: torch.dtype, device, settings: MemorySettings, work
     plan = plan_request(budget, info.config, work, dtype, fp8=settings.weight_dtype != "default",
                         resident_layers=fixed)
     return device if plan.together else torch.device("cpu")
+
+
+def lm_geometry(lm: nn.Module) -> dict:
+    """The geometry ``estimates.lm_working`` takes, read from an LM's config: the pack's ``LMConfig`` (num_layers,
+    num_heads, num_kv_heads) or a transformers Qwen3 config."""
+    cfg = lm.config
+    pick = lambda *names: next(getattr(cfg, n) for n in names if hasattr(cfg, n))  # noqa: E731
+    return dict(vocab_size=pick("vocab_size"), hidden_size=pick("hidden_size"),
+                intermediate_size=pick("intermediate_size"),
+                num_hidden_layers=pick("num_hidden_layers", "num_layers"),
+                num_attention_heads=pick("num_attention_heads", "num_heads"),
+                num_key_value_heads=pick("num_key_value_heads", "num_kv_heads"), head_dim=pick("head_dim"))

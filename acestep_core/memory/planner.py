@@ -158,7 +158,8 @@ def _with_vae(phase: Phase, tile, window, decode_cost, encode_cost) -> Phase:
 
 def request_phases(config, work, dtype, lm: str | None = None, lm_dtype=None) -> list[Phase]:
     """The phases of one request (see the module docstring), their working memory from ``estimates``: the DiT's
-    geometry ``config`` in ``dtype``; ``lm``: the LM size ("0.6B", "1.7B", "4B") when the LM plans the song."""
+    geometry ``config`` in ``dtype``; ``lm``: the LM size ("0.6B", "1.7B", "4B", or its geometry) when the LM plans
+    the song."""
     from .estimates import condition_working, dit_working, lm_working
 
     phases = []
@@ -166,7 +167,8 @@ def request_phases(config, work, dtype, lm: str | None = None, lm_dtype=None) ->
         phases.append(Phase("lm", ("lm",), lm_working(lm, lm_dtype or dtype, work)))
     if work.source_seconds > 0:
         phases.append(Phase("encode", ("vae", "model"), 0))
-    phases.append(Phase("condition", ("text_encoder", "model"), condition_working(config, dtype, work)))
+    condition = ("text_encoder", "vae", "model") if work.reference else ("text_encoder", "model")
+    phases.append(Phase("condition", condition, condition_working(config, dtype, work)))
     phases.append(Phase("sample", ("model",), dit_working(config, dtype, work)))
     phases.append(Phase("render", ("vae",), 0))
     return phases
