@@ -444,7 +444,7 @@ def main(argv=None) -> int:
 
 
 def markdown(info) -> str:
-    lines = [f"\n| run | budget | time (s) | peak GB | phases (s / GB) | plan |", "|---|---|---|---|---|---|"]
+    lines = ["\n| run | budget | time (s) | peak GB | phases (s / GB) | plan |", "|---|---|---|---|---|---|"]
     for r in info["runs"]:
         phases = ", ".join(f"{p['phase']} {p['seconds']:.2f}/{p['peak_gb']:.2f}" for p in r["phases"])
         lines.append(f"| {r['name']} | {r['budget_gb']:g} | {r['seconds']:.2f} | {r['peak_gb']:.2f} | {phases} | "

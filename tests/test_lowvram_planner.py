@@ -13,7 +13,8 @@ import torch
 from acestep_core.constants import LM_GEOMETRIES, MEMORY_OVERHEAD, QWEN3_EMBEDDING_GEOMETRY
 from acestep_core.memory import vae_tiles
 from acestep_core.memory.estimates import (
-    GIB, Workload, condition_working, dit_size, dit_working, lm_size, stored_bytes, text_encoder_size, vae_decode_working, vae_size,
+    GIB, Workload, condition_working, dit_size, dit_working, lm_size, stored_bytes, text_encoder_size,
+    vae_decode_working, vae_size,
 )
 from acestep_core.memory.manager import resident_view
 from acestep_core.memory.planner import plan_request
