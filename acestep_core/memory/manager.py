@@ -235,8 +235,9 @@ class MemoryManager:
     # ------------------------------------------------------------------------------------------------ placing
 
     def use(self, parts) -> None:
-        """The pipeline's ``before_use``: put these units (their resident views) on the device for the next phase.
-        The VAE stays on the CPU when the plan decodes there."""
+        """The pipeline's ``before_use``: put these units (their resident views) on the device for the next phase
+        (when the units take turns, the others go back to the CPU). The VAE goes too (0.3 GB): when no tile fits
+        next to it, ``vae_tiles`` decodes with a CPU copy."""
         if self.plan is None:  # e.g. a decode before any generation: plan a default song
             self.prepare(Workload())
         loads = [(p, self.views[p]) for p in parts if p in self.units]
