@@ -617,11 +617,14 @@ def patched(model: nn.Module, deltas: WeightDeltas, offload_originals: bool = Fa
     weight in float32 and the sum cast to the weight's dtype (no float32 copy of the model). The original
     tensors are kept and put back as they are, so the weights after the block are bit-identical (they are
     the same tensors), also when the block raises. ``offload_originals`` keeps them on the CPU meanwhile
-    (saves device memory the size of the patched weights; costs a copy each way).
+    (saves device memory the size of the patched weights; costs a copy each way). A layer that stores its
+    weight in another form (``memory.fp8.Fp8Linear``: float8 with scales) patches itself through its
+    ``patch_weight(change) -> restore``.
     """
     if getattr(model, _PATCHED_FLAG, False):
         raise RuntimeError("this model is already patched with adapters; leave that patched() block first")
     originals: dict[str, torch.Tensor] = {}
+    restores = []
     object.__setattr__(model, _PATCHED_FLAG, True)
     try:
         for name in deltas:
@@ -629,12 +632,18 @@ def patched(model: nn.Module, deltas: WeightDeltas, offload_originals: bool = Fa
             if tuple(param.shape) != deltas.shapes[name]:
                 raise ValueError(f"{name} is {list(param.shape)} in this model, the deltas were made for "
                                  f"{list(deltas.shapes[name])}")
+            owner = model.get_submodule(name.rpartition(".")[0])
+            if hasattr(owner, "patch_weight"):
+                restores.append(owner.patch_weight(lambda weight, n=name: deltas.patch(n, weight)))
+                continue
             original = param.data
             new = deltas.patch(name, original)
             originals[name] = original.cpu() if offload_originals else original
             param.data = new
         yield model
     finally:
+        for restore in reversed(restores):
+            restore()
         for name, original in originals.items():
             param = model.get_parameter(name)
             param.data = original if original.device == param.device else original.to(param.device)

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 from . import __version__
 from .audio import check_save_options, load_audio, save_audio
-from .constants import DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES
+from .constants import (
+    DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
+)
 from .errors import InputError, shown
 from .request import SOURCE_TASKS, TASKS, request
 
@@ -39,6 +41,7 @@ FLAGS = {
     "timesteps": "--timesteps", "tile_frames": "--tile-frames", "fade_in": "--fade-in", "fade_out": "--fade-out",
     "src_audio": "--src-audio", "ref_audio": "--ref-audio", "sampler_mode": "--sampler",
     "infer_method": "--infer-method", "velocity_ema": "--velocity-ema", "dcw": "--dcw", "dcw_mode": "--dcw-mode",
+    "vram_budget": "--vram-budget", "resident_layers": "--resident-layers", "weight_dtype": "--weight-dtype",
     "dcw_scaler": "--dcw-scaler", "dcw_high_scaler": "--dcw-high-scaler", "retake_seed": "--retake-seed",
     "retake_variance": "--retake-variance", "vae_encode": "--vae-encode",
     "flow_edit_source_caption": "--source-caption", "flow_edit_source_lyrics": "--source-lyrics",
@@ -84,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "(negative and above 1 allowed); repeat to stack several")
     io.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on a capable GPU, else fp32")
     io.add_argument("--device", default=None, help="cuda, cuda:1, cpu, mps ... (default: cuda if available)")
+    vram = g.add_argument_group("low VRAM (see the README's VRAM section)")
+    vram.add_argument("--vram-budget", type=float, default=None, metavar="GB",
+                      help="GPU memory to plan for (default: what is free); the text encoder, DiT and VAE then take "
+                           "turns on the GPU and DiT layers that do not fit stream from CPU memory")
+    vram.add_argument("--resident-layers", type=int, default=None, metavar="N",
+                      help="DiT layers kept on the GPU, the others streamed (default: as many as the budget allows)")
+    vram.add_argument("--weight-dtype", default="default", choices=WEIGHT_DTYPES,
+                      help="fp8_*: the DiT's Linear weights in 8 bits with per-channel scales (about half the DiT's "
+                           "memory); _fast: the GPU's fp8 matmul where it exists")
     io.add_argument("--out", default="song.flac",
                     help="output file; .flac, .wav, .mp3 or .opus; batch items 2.. get _1, _2 ... (default song.flac)")
     io.add_argument("--quality", default=None,
@@ -453,11 +465,12 @@ def describe_loras(loras: list) -> str:
     return " · LoRA " + ", ".join(f"{adapter.name} ({strength:g})" for adapter, strength in loras)
 
 
-def load_pipeline(path: str, model_folder: str | None, dtype, device):
+def load_pipeline(path: str, model_folder: str | None, dtype, device, weight_dtype: str = "default"):
     """The loaded pipeline (a seam for tests)."""
     from .pipeline import AceStepPipeline
 
-    return AceStepPipeline.from_pretrained(path, dtype=dtype, device=device, dit_folder=model_folder)
+    return AceStepPipeline.from_pretrained(path, dtype=dtype, device=device, dit_folder=model_folder,
+                                           weight_dtype=weight_dtype)
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -475,6 +488,9 @@ def generate(args) -> int:
         raise UsageError(f"--save-latents {args.save_latents!r}: the file name must end in .safetensors")
     lyrics = _read_text(args.lyrics_file, "--lyrics-file") if args.lyrics_file is not None else args.lyrics
     device = _check_device(args.device)
+    from .memory.manager import MemorySettings
+
+    memory = MemorySettings(args.vram_budget, args.resident_layers, args.weight_dtype)
     src = load_audio(args.src_audio, DURATION_MAX, "--src-audio") if args.src_audio else None
     ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio") if args.ref_audio else None
     fields = request_fields(args, lyrics, src, ref)
@@ -503,7 +519,8 @@ def generate(args) -> int:
         check_fit(loras, info.config)  # keys and shapes against this model's size, before any weight is read
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
-    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · {req.task.kind}"
+    weights = "" if memory.weight_dtype == "default" else f" · {memory.weight_dtype}"
+    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)}{weights} · {device} · {req.task.kind}"
           + describe_loras(loras), file=sys.stderr)
     if req.task.rule.base_only and not info.variant.endswith("base"):
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
@@ -511,7 +528,14 @@ def generate(args) -> int:
 
     # 3. Load, generate, write.
     t0 = time.monotonic()
-    pipe = load_pipeline(checkpoint, folder, dtype, device)
+    from .memory.estimates import Workload
+    from .memory.manager import attach_memory, load_device
+
+    placed = device.type == "cuda" or memory.manual  # plan per request, one unit at a time when it must
+    where = load_device(info, dtype, device, memory, Workload.of(req, info.variant)) if placed else device
+    pipe = load_pipeline(checkpoint, folder, dtype, where, memory.weight_dtype)
+    if placed:
+        attach_memory(pipe, memory, device)
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     bar = ProgressBar()
     t1 = time.monotonic()
@@ -530,6 +554,9 @@ def generate(args) -> int:
     seconds = result.audio.shape[-1] / result.sample_rate
     print(f"generated {len(paths)} x {seconds:.1f}s in {time.monotonic() - t1:.1f}s "
           f"(seeds {', '.join(str(s) for s in result.seeds)})", file=sys.stderr)
+    if result.metadata.get("memory"):
+        vae = getattr(pipe, "last_vae_run", None)
+        print(f"memory: {result.metadata['memory']}" + (f" · {vae.describe()}" if vae else ""), file=sys.stderr)
     for path in paths + ([args.save_latents] if args.save_latents else []):
         print(path)
     return 0

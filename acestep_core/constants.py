@@ -278,3 +278,30 @@ UNSUPPORTED_ADAPTER_KEYS = {
     ".b_norm": "norm-layer difference",
     ".weight": "full replacement weight (PEFT modules_to_save?)",
 }
+
+# ---------------------------------------------------------------------------------------------------------------
+# Low VRAM: weight formats, geometries for the memory planner, estimate margins
+# ---------------------------------------------------------------------------------------------------------------
+
+# ComfyUI's weight_dtype names (UNETLoader): default = as loaded; fp8_* = the DiT decoder's Linear weights stored in
+# that float8 format with one float32 scale per output channel; _fast = the GPU's scaled fp8 matmul where it exists.
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+FP8_SCALE_SUFFIX = ".weight_scale"  # fp8 files: "<linear>.weight" float8 + "<linear>.weight_scale" float32 [out]
+
+# Geometries the planner sizes on the meta device (transformers Qwen3 names; tied embeddings).
+QWEN3_EMBEDDING_GEOMETRY = dict(vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                                num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)
+LM_GEOMETRIES = {
+    "0.6B": dict(vocab_size=217204, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "1.7B": dict(vocab_size=217204, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "4B": dict(vocab_size=217204, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+}
+
+WORKING_MARGIN = 1.25  # working-memory estimates are multiplied by this (allocator rounding, kernel workspaces)
+MEMORY_OVERHEAD = 384 * 1024**2  # kept free in every phase (cuBLAS/cuDNN handles, fragmentation)
+STREAM_SLOTS = 2  # layer buffers a streamed stack uses on the device: the running layer and the next one
+VAE_TILE_CHOICES = (512, 384, 256, 128, 64)  # decode tile lengths (latent frames) tried from the largest that fits
+VAE_ENCODE_WINDOW_CHOICES = (30.0, 20.0, 12.0, 8.0)  # encode windows (seconds) tried likewise

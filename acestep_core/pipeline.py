@@ -31,7 +31,7 @@ from .constants import (
 from .loading.checkpoint import AceStepCheckpoint, load_checkpoint
 from .loading.silence import silence_slice
 from .models.text_encoder import encode_text_inputs
-from .models.vae import tiled_decode, tiled_encode
+from .memory import vae_tiles
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
 from .request import AudioClip, RenderSettings, Request, Schedule, Task, Window, resolve_sampler
 
@@ -80,6 +80,10 @@ class AceStepPipeline:
         # Called with the names of the parts about to be used ("text_encoder", "vae", "model") so a host
         # application (ComfyUI) can move them onto its compute device first; None = use them where they are.
         self.before_use: Callable[[tuple[str, ...]], None] | None = None
+        # A memory.manager.MemoryManager (low VRAM): plans each request for a VRAM budget and places the units
+        # phase by phase (it is then the before_use hook); None = every unit stays where it was loaded.
+        self.memory = None
+        self.last_vae_run: vae_tiles.VaeRun | None = None  # how the last decode/encode ran (tile, CPU fallback)
 
     @classmethod
     def from_pretrained(cls, path: str, dtype="auto", device=None, **paths) -> "AceStepPipeline":
@@ -90,7 +94,9 @@ class AceStepPipeline:
         return self.ckpt.model
 
     def _use(self, *parts: str) -> None:
-        if self.before_use is not None:
+        if self.memory is not None:
+            self.memory.use(parts)
+        elif self.before_use is not None:
             self.before_use(parts)
         silence = self.ckpt.silence_latent
         if "model" in parts and silence.device != self.model.device:
@@ -108,7 +114,9 @@ class AceStepPipeline:
         adapters: Sequence[tuple] = (),
     ) -> GenerationResult:
         schedule = resolve_sampler(req.sampler, self.ckpt.variant)
-        self._use("text_encoder", "vae", "model")
+        if self.memory is not None:
+            self.memory.prepare_request(req, self.ckpt.variant)
+        self._use(*(("vae", "model") if req.task.source is not None else ("model",)))  # one phase at a time
         seeds = self._seeds(req)
         warnings: list[str] = []
 
@@ -119,12 +127,16 @@ class AceStepPipeline:
 
         with self._adapted(adapters):  # the whole model, as ComfyUI patches it: cover hints, condition, DiT
             inputs = self._inputs(req.task, seeds)
+            self._use("text_encoder", *(("vae",) if req.text.timbre is not None else ()), "model")
             conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
+            self._use("model")
             latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
                     "frames": latents.shape[1], **sampled}
         audio = None if req.render is None else self.render(latents, req.task, req.render, inputs.source)
+        if self.memory is not None:
+            metadata["memory"] = self.memory.report()
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source)
 
     @contextmanager
@@ -176,8 +188,8 @@ class AceStepPipeline:
         vae = self.ckpt.vae
         p = next(vae.parameters())
         with torch.no_grad():
-            z = tiled_encode(vae, wav[None].to(device=p.device, dtype=p.dtype),
-                             generator=torch.Generator().manual_seed(seed), sample=sample)
+            z, self.last_vae_run = vae_tiles.encode(vae, wav[None].to(device=p.device, dtype=p.dtype), self._free(),
+                                                    generator=torch.Generator().manual_seed(seed), sample=sample)
         return z[0].transpose(0, 1).to(self.model.dtype)
 
     def _inputs(self, task: Task, seeds: list[int]) -> TaskInputs:
@@ -413,7 +425,8 @@ class AceStepPipeline:
         if not torch.isfinite(latents).all():
             raise ValueError("the generated latents contain NaN or infinity; try dtype fp32 or bf16 (fp16 can "
                              "overflow), or another seed")
-        audio = tiled_decode(self.ckpt.vae, latents.transpose(1, 2), chunk_size=settings.tile_frames, overlap=64)
+        audio, self.last_vae_run = vae_tiles.decode(self.ckpt.vae, latents.transpose(1, 2), settings.tile_frames,
+                                                    overlap=64, free=self._free())
         if normalize is False:
             return postprocess(audio.float(), normalize=False)
         return self._finish(audio.float(), settings, settings.normalize if normalize is None else normalize)
@@ -428,4 +441,10 @@ class AceStepPipeline:
         tiled): each made stereo and resampled to the VAE rate first."""
         self._use("vae")
         wav = torch.stack([prepare_audio(c.waveform, c.sample_rate, self.sample_rate) for c in clips])
-        return tiled_encode(self.ckpt.vae, wav).transpose(1, 2).float()
+        z, self.last_vae_run = vae_tiles.encode(self.ckpt.vae, wav, self._free())
+        return z.transpose(1, 2).float()
+
+    def _free(self) -> Callable[[], int] | None:
+        """The free-memory function the VAE sizes its tiles by: the memory manager's (budget and host aware), or
+        None for the device's own."""
+        return None if self.memory is None else self.memory.free_memory

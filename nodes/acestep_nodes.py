@@ -22,7 +22,7 @@ from ..acestep_core.constants import (
     EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
     INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX,
     SHIFT_MAX, STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS,
-    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS,
+    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, WEIGHT_DTYPES,
 )
 from ..acestep_core.errors import InputError
 from ..acestep_core.request import (
@@ -121,6 +121,17 @@ class ModelLoader(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default=AUTO,
                                tooltip="Weight precision. auto: bf16 where the GPU supports it (as the original "
                                        "runs), else fp32. fp16 can overflow into silence on some inputs."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default=WEIGHT_DTYPES[0], advanced=True,
+                               tooltip="default: as the file stores them. fp8_*: the DiT's Linear weights in 8 bits "
+                                       "with one scale per output channel (about half the DiT's memory, a small "
+                                       "error; see the README); _fast: the GPU's fp8 matmul (RTX 40xx and newer)."),
+                io.Float.Input("vram_budget", default=0.0, min=0.0, max=1024.0, step=0.5, advanced=True,
+                               tooltip="GB of GPU memory to plan for; 0 = what ComfyUI can give (its --reserve-vram "
+                                       "honoured). Below what the model needs, its parts take turns on the GPU and "
+                                       "DiT layers stream from CPU memory."),
+                io.Int.Input("resident_layers", default=-1, min=-1, max=64, advanced=True,
+                             tooltip="DiT layers kept on the GPU, the others streamed; -1 = as many as the budget "
+                                     "allows."),
             ],
             outputs=[
                 AceStepModel.Output(display_name="model", tooltip="The loaded model for the other ACE-Step nodes."),
@@ -131,8 +142,9 @@ class ModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, text_encoder=AUTO, vae=AUTO, dtype=AUTO) -> io.NodeOutput:
-        loaded = models.load_model(model, text_encoder, vae, dtype)
+    def execute(cls, model, text_encoder=AUTO, vae=AUTO, dtype=AUTO, weight_dtype="default", vram_budget=0.0,
+                resident_layers=-1) -> io.NodeOutput:
+        loaded = models.load_model(model, text_encoder, vae, dtype, weight_dtype, vram_budget, resident_layers)
         return io.NodeOutput(loaded, loaded.variant, ui={"text": [loaded.describe()]})
 
 
@@ -490,6 +502,8 @@ class Sampler(io.ComfyNode):
             lines.append(f"retake {meta['retake_variance']:g} · seeds {', '.join(map(str, meta['retake_seeds']))}")
         if task.rule.base_only and not meta["variant"].endswith("base"):
             lines.append(f"note: the official app offers {task.kind} only on the base model")
+        if meta.get("memory"):
+            lines.append(meta["memory"])
         lines += [f"warning: {w}" for w in result.warnings]
         out = _latent(result.latents, **{LATENT_TASK_KEY: task, LATENT_SOURCE_KEY: result.source})
         return io.NodeOutput(out, ui={"text": ["\n".join(lines)]})

@@ -50,6 +50,11 @@ def offload_device() -> torch.device:
     return _mm.unet_offload_device() if in_comfyui() else torch.device("cpu")
 
 
+def low_vram_mode() -> bool:
+    """ComfyUI runs with --lowvram or --novram."""
+    return in_comfyui() and _mm.vram_state in (_mm.VRAMState.LOW_VRAM, _mm.VRAMState.NO_VRAM)
+
+
 def bf16_supported() -> bool | None:
     """ComfyUI's answer to "can the compute device run bf16" (the core's dtype rule asks torch when None)."""
     return bool(_mm.should_use_bf16(compute_device())) if in_comfyui() else None
@@ -72,15 +77,19 @@ class ManagedModules:
 
     ``use(names)`` makes sure those modules are on the compute device: in ComfyUI through ``load_models_gpu``
     (full load: our layers are plain ``nn.Module`` and must sit on one device; ComfyUI frees other models to make
-    room), outside by ``module.to(device)``."""
+    room), outside by ``module.to(device)``.
+
+    It is also the core memory manager's host (``budget``, ``free``, ``load``): each unit is its own ModelPatcher,
+    loaded with the unit's working memory as ``memory_required``; a unit with streamed layers is loaded through a
+    ModelPatcher of its resident view (the streamed layers stay in pinned CPU memory, outside ComfyUI's count)."""
 
     def __init__(self, modules: dict[str, torch.nn.Module], patchers: dict | None = None):
         self.modules = modules
         self.patchers = patchers if patchers is not None else {}
+        self._views: dict[str, tuple] = {}  # unit → (resident view, its ModelPatcher)
         if in_comfyui() and patchers is None:
             for name, module in modules.items():
-                self.patchers[name] = _patcher.ModelPatcher(_Held(module), load_device=compute_device(),
-                                                            offload_device=offload_device())
+                self.patchers[name] = _new_patcher(module)
 
     def with_weight_deltas(self, name: str, deltas) -> "ManagedModules":
         """These modules with ``deltas`` (the core's ``WeightDeltas``: parameter name → change) on module ``name``,
@@ -97,7 +106,9 @@ class ManagedModules:
             missing = sorted(set(patches) - set(added))
             if missing:
                 raise RuntimeError(f"ComfyUI's ModelPatcher does not know the weights {missing[:3]} of {name}")
-        return ManagedModules(self.modules, {**self.patchers, name: patcher})
+        derived = ManagedModules(self.modules, {**self.patchers, name: patcher})
+        derived._views = self._views  # one resident-view patcher per unit, whichever clone loads it
+        return derived
 
     def use(self, names) -> None:
         names = [n for n in names if n in self.modules]
@@ -107,6 +118,69 @@ class ManagedModules:
         device = compute_device()
         for n in names:
             self.modules[n].to(device)
+
+    # -------------------------------------------------------------- host of acestep_core.memory.MemoryManager
+
+    def budget(self, device: torch.device) -> int:
+        """Bytes our units may use on the device: its total less ComfyUI's reserve (``--reserve-vram``), ComfyUI
+        evicting other models as needed; nothing with ``--novram`` (every layer then streams)."""
+        if not in_comfyui():
+            return _core_host().budget(device)
+        if device.type == "cpu":
+            return 1 << 62
+        if _mm.vram_state == _mm.VRAMState.NO_VRAM:
+            return 0
+        return max(0, int(_mm.get_total_memory(device) - _mm.extra_reserved_memory()))
+
+    def free(self, device: torch.device) -> int:
+        if not in_comfyui():
+            return _core_host().free(device)
+        return int(_mm.get_free_memory(device)) if device.type != "cpu" else 1 << 62
+
+    def load(self, device, loads, working: int, exclusive: bool, views: dict) -> None:
+        """Units (name, resident view) on the device for the next phase. A whole unit goes through its own patcher
+        (a LoRA clone's included); a view through a patcher of its own, the unit's other patcher unloaded first."""
+        if not in_comfyui():
+            return _core_host().load(device, loads, working, exclusive, views)
+        patchers = []
+        for name, view in loads:
+            if view is self.modules[name]:
+                if name in self._views:
+                    _unload(self._views[name][0])
+                patchers.append(self.patchers[name])
+            else:
+                # the whole unit's patcher (or a LoRA clone of it, whose patched weights ComfyUI puts back now)
+                _unload(self.modules[name])
+                if name not in self._views or self._views[name][0] is not view:
+                    if name in self._views:
+                        _unload(self._views[name][0])
+                    self._views[name] = (view, _new_patcher(view))
+                patchers.append(self._views[name][1])
+        _mm.load_models_gpu(patchers, memory_required=int(working), force_full_load=True)
+        for _, view in loads:  # --novram: ComfyUI leaves plain modules on the CPU; compute on the GPU all the same
+            p = next(view.parameters(), None)
+            if p is not None and p.device != device and device.type != "cpu":
+                view.to(device)
+
+
+def _new_patcher(module: torch.nn.Module):
+    return _patcher.ModelPatcher(_Held(module), load_device=compute_device(), offload_device=offload_device())
+
+
+def _unload(module: torch.nn.Module) -> None:
+    """Take every loaded patcher holding ``module`` out of ComfyUI's loaded models (the module back on the
+    offload device)."""
+    for loaded in list(_mm.current_loaded_models):
+        held = getattr(loaded.model, "model", None)
+        if getattr(held, "module", None) is module:
+            loaded.model_unload()
+            _mm.current_loaded_models.remove(loaded)
+
+
+def _core_host():
+    from ..acestep_core.memory.manager import TorchHost
+
+    return TorchHost()
 
 
 _HELD_PREFIX = "module."  # a parameter's name in the patcher's model: _Held holds our module as ``module``

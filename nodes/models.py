@@ -10,7 +10,7 @@ from . import comfy_adapter as host
 
 AUTO = "auto"
 _HEADER_CACHE: dict[tuple[str, float], bool] = {}
-_LOADED: "OrderedDict[tuple, LoadedModel]" = OrderedDict()
+_LOADED: "OrderedDict[tuple, dict]" = OrderedDict()  # file choice → {memory settings: LoadedModel over one load}
 # Reused when the loader runs again with the same choice (ComfyUI keeps node outputs between runs itself, so
 # this matters only after its cache dropped them); one at a time keeps RAM to one model's worth.
 MAX_CACHED_MODELS = 1
@@ -86,11 +86,14 @@ class LoadedModel:
     adapters: tuple = ()  # ((Adapter, strength), …) in graph order
     base: "LoadedModel | None" = None  # the loader's value this one stacks adapters on
     host_patched: bool = False  # ComfyUI's model manager applies the adapters (else the pipeline does, per run)
+    low_vram: bool = False  # layers may stream / weights are fp8: the pipeline patches adapters itself
+    memory: str = ""  # the loader's memory settings and first plan, for its text
 
     def describe(self) -> str:
         p = self.paths
-        return (f"variant: {self.variant} · dtype: {self.dtype}\nDiT: {p['dit']}\nVAE: {p['vae']}\n"
+        text = (f"variant: {self.variant} · dtype: {self.dtype}\nDiT: {p['dit']}\nVAE: {p['vae']}\n"
                 f"text encoder: {p['text_encoder']}")
+        return text + (f"\n{self.memory}" if self.memory else "")
 
     @property
     def pipeline_adapters(self) -> tuple:
@@ -109,10 +112,14 @@ class LoadedModel:
         base = self.base or self
         stack = self.adapters + ((adapter, float(strength)),)
         deltas = weight_deltas(base.pipeline.model, stack)  # binds every adapter of the stack: errors name the file
-        host_patched = host.host_patches_weights()
+        # ComfyUI's weight patches need whole, full-precision units: with streamed layers or fp8 weights the
+        # pipeline patches (fp8 layers requantise themselves)
+        host_patched = host.host_patches_weights() and not base.low_vram
         modules = base.modules.with_weight_deltas("model", deltas) if host_patched else base.modules
         pipeline = AceStepPipeline(base.pipeline.ckpt)  # shares the loaded weights; only its before_use differs
         pipeline.before_use = modules.use
+        if base.pipeline.memory is not None:
+            _attach(pipeline, base.pipeline.memory.settings, modules)
         return replace(base, pipeline=pipeline, modules=modules, adapters=stack, base=base, host_patched=host_patched)
 
     def describe_adapters(self) -> str:
@@ -120,9 +127,13 @@ class LoadedModel:
                          for a, s in self.adapters)
 
 
-def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str = AUTO) -> LoadedModel:
-    """Load (or reuse) the model picked in the loader."""
+def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str = AUTO,
+               weight_dtype: str = "default", vram_budget: float = 0.0, resident_layers: int = -1) -> LoadedModel:
+    """Load (or reuse) the model picked in the loader. ``weight_dtype``: see ``acestep_core.memory.fp8``;
+    ``vram_budget`` GB (0 = what ComfyUI can give) and ``resident_layers`` (-1 = as many as fit): the low-VRAM
+    settings (``acestep_core.memory``)."""
     from ..acestep_core.loading.checkpoint import dtype_name, load_checkpoint, resolve_dtype
+    from ..acestep_core.memory.manager import MemorySettings
     from ..acestep_core.pipeline import AceStepPipeline
 
     path = resolve_choice(model)
@@ -130,19 +141,55 @@ def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str
     te_path = _component_path("text_encoders", text_encoder, "qwen_0.6b_ace15.safetensors") if is_file or text_encoder != AUTO else None
     vae_path = _component_path("vae", vae, "ace_1.5_vae.safetensors") if is_file or vae != AUTO else None
     chosen = dtype_name(resolve_dtype(dtype, host.compute_device(), host.bf16_supported()))
-    key = (path, te_path, vae_path, chosen, _mtime(path))
+    settings = MemorySettings(vram_budget or None, None if resident_layers < 0 else resident_layers, weight_dtype)
+    key = (path, te_path, vae_path, chosen, weight_dtype, _mtime(path))
     if key in _LOADED:
         _LOADED.move_to_end(key)
-        return _LOADED[key]
-    ckpt = load_checkpoint(path, dtype=chosen, device=host.offload_device(), vae=vae_path, text_encoder=te_path)
+        variants = _LOADED[key]
+        if settings not in variants:  # the same weights with other memory settings: its own pipeline and plan
+            first = next(iter(variants.values()))
+            pipe = AceStepPipeline(first.pipeline.ckpt)
+            pipe.before_use = first.modules.use
+            variants[settings] = _with_memory(replace(first, pipeline=pipe), settings)
+        return variants[settings]
+    ckpt = load_checkpoint(path, dtype=chosen, device=host.offload_device(), vae=vae_path, text_encoder=te_path,
+                           weight_dtype=weight_dtype)
     pipe = AceStepPipeline(ckpt)
     modules = host.ManagedModules({"model": ckpt.model, "text_encoder": ckpt.text_encoder, "vae": ckpt.vae})
     pipe.before_use = modules.use
-    loaded = LoadedModel(pipe, modules, ckpt.variant, chosen, dict(ckpt.paths))
-    _LOADED[key] = loaded
+    loaded = _with_memory(LoadedModel(pipe, modules, ckpt.variant, chosen, dict(ckpt.paths)), settings)
+    _LOADED[key] = {settings: loaded}
     while len(_LOADED) > MAX_CACHED_MODELS:
         _LOADED.popitem(last=False)
     return loaded
+
+
+def _attach(pipe, settings, modules):
+    from ..acestep_core.memory.manager import attach_memory
+
+    return attach_memory(pipe, settings, host.compute_device(), host=modules)
+
+
+def _with_memory(loaded: LoadedModel, settings) -> LoadedModel:
+    """``loaded`` with a memory manager for ``settings``. Low-VRAM mode (layers may stream, adapters patched by the
+    pipeline) when a setting asks for it, the weights are fp8, ComfyUI runs with --lowvram/--novram, or the DiT
+    does not fit the card whole for a 4-minute song; otherwise every unit is placed whole, as ComfyUI places its
+    own models, with its working memory passed to ComfyUI's model manager."""
+    from dataclasses import replace as _replace
+
+    from ..acestep_core.memory.estimates import Workload
+
+    pipe = loaded.pipeline
+    memory = _attach(pipe, settings, loaded.modules)
+    low = settings.manual or settings.weight_dtype != "default" or host.low_vram_mode() or \
+        memory.plan_for(Workload()).streamed("model") > 0
+    memory.settings = _replace(settings, stream=low)
+    text = f"weights: {settings.weight_dtype}" + (" · low VRAM: layers may stream" if low else "")
+    if settings.budget_gb is not None:
+        text += f" · budget {settings.budget_gb:g} GB"
+    if settings.resident_layers is not None:
+        text += f" · {settings.resident_layers} resident layers"
+    return _replace(loaded, low_vram=low, memory=text)
 
 
 def _mtime(path: str) -> float:

@@ -66,7 +66,7 @@ class FakePipeline:
 def fake(monkeypatch, tmp_path, models):
     FakePipeline.loaded, FakePipeline.requests, FakePipeline.adapters = [], [], []
 
-    def load(path, folder, dtype, device):
+    def load(path, folder, dtype, device, weight_dtype="default"):
         FakePipeline.loaded.append((path, folder, dtype, device))
         return FakePipeline()
 

@@ -409,3 +409,25 @@ def test_lora_weight_patches_in_comfyuis_model_manager(server, tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"\nComfyUI weight patches: {result}")
     assert result["core_equals_comfyui"] and result["patched_weights"] > 0
+
+
+def _low_vram(prompt: dict, **settings) -> dict:
+    prompt["1"]["inputs"].update(settings)
+    return prompt
+
+
+def test_low_vram_loader_streams_and_gives_the_same_song(server, tmp_path):
+    """The loader's low-VRAM settings (a 1-GB budget, one resident DiT layer): the units go through ComfyUI's
+    model manager as their own ModelPatchers (the DiT as its resident view), the other layers stream, and the song
+    equals the default loader's to the bit, with and without a LoRA (which the pipeline then patches)."""
+    import torch
+
+    from devtools.lora_fixtures import EXAMPLE_LORA_FILE
+
+    plain, _ = _run_song(server, _song(server, "lowvram/plain"), tmp_path)
+    low, _ = _run_song(server, _low_vram(_song(server, "lowvram/low"), vram_budget=1.0, resident_layers=1), tmp_path)
+    assert torch.equal(low, plain)
+    styled, _ = _run_song(server, _song(server, "lowvram/styled", [(EXAMPLE_LORA_FILE, 0.8)]), tmp_path)
+    low_styled, _ = _run_song(server, _low_vram(_song(server, "lowvram/low_styled", [(EXAMPLE_LORA_FILE, 0.8)]),
+                                                vram_budget=1.0, resident_layers=1), tmp_path)
+    assert (styled - plain).abs().max() > 1e-3 and torch.equal(low_styled, styled)

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from acestep_core import pipeline as pipeline_module
+from acestep_core.models import vae as vae_module
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import request
 from acestep_core.loading.silence import silence_slice
@@ -97,8 +97,8 @@ def test_repaint_without_injection_matches_diffusers(turbo, monkeypatch):
     ours, theirs = turbo
     # 10 s at the tiny rate, within [-1, 1] (the original clamps source audio; diffusers does not)
     source = 0.9 * (2 * torch.rand(2, 2000, generator=torch.Generator().manual_seed(11)) - 1)
-    real_encode = pipeline_module.tiled_encode
-    monkeypatch.setattr(pipeline_module, "tiled_encode", lambda *a, **k: real_encode(*a, **{**k, "sample": False}))
+    real_encode = vae_module.tiled_encode  # what the pipeline's VAE runs (through acestep_core.memory.vae_tiles)
+    monkeypatch.setattr(vae_module, "tiled_encode", lambda *a, **k: real_encode(*a, **{**k, "sample": False}))
     from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDiagonalGaussianDistribution
 
     monkeypatch.setattr(OobleckDiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)

@@ -14,6 +14,7 @@ import acestep_core.sampling as sampling_module
 from acestep_core import cli
 from acestep_core import pipeline as pipeline_module
 from acestep_core.audio import save_audio
+from acestep_core.models import vae as vae_module
 from acestep_core.models.vae import tiled_encode
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import request
@@ -140,8 +141,8 @@ def test_raw_remix_follows_the_latents_not_the_hints(pipe, monkeypatch):
 
 def test_mean_encode_is_the_posterior_mean_whatever_the_seed(pipe, monkeypatch):
     seen = []
-    real = pipeline_module.tiled_encode
-    monkeypatch.setattr(pipeline_module, "tiled_encode",
+    real = vae_module.tiled_encode  # what the pipeline's VAE runs (through acestep_core.memory.vae_tiles)
+    monkeypatch.setattr(vae_module, "tiled_encode",
                         lambda *a, **k: seen.append(k["sample"]) or real(*a, **k))
     pipe(request(task="repaint", repaint_start=2.0, repaint_end=5.0, seed=1, vae_encode="mean", **SRC))
     pipe(request(task="repaint", repaint_start=2.0, repaint_end=5.0, seed=1, **SRC))

@@ -126,13 +126,19 @@ def read_dit_config(path: str) -> tuple[AceStepConfig, dict | None, str]:
     return config, None, prefix
 
 
-def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> DitCheckpoint:
-    """A DiT checkpoint: an official variant folder, or a Comfy-Org diffusion-model / all-in-one file."""
+def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu", weight_dtype: str = "default"
+             ) -> DitCheckpoint:
+    """A DiT checkpoint: an official variant folder, or a Comfy-Org diffusion-model / all-in-one file.
+    ``weight_dtype``: the decoder's Linear weights as loaded ("default") or in an fp8 format (``memory.fp8``)."""
+    from ..memory.fp8 import check_weight_dtype, dit_from_state_dict, keeps_for_quantising, keeps_stored_dtype
+
+    check_weight_dtype(weight_dtype)
+    keep = keeps_stored_dtype if weight_dtype == "default" else keeps_for_quantising
     device = torch.device(device)
     config, config_json, prefix = read_dit_config(path)
     if os.path.isdir(path):
         files = sharded_files(path)
-        state = read_safetensors(files, dtype, device)
+        state = read_safetensors(files, dtype, device, keep=keep)
         source = files[0] if len(files) == 1 else f"{path} (sharded)"
         silence_path = os.path.join(path, "silence_latent.pt")
         if not os.path.isfile(silence_path):
@@ -142,10 +148,10 @@ def load_dit(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> Dit
                 "from the VAE)")
         silence = load_silence_latent_file(silence_path, dtype, device, channels=config.audio_acoustic_hidden_dim)
     else:
-        state = read_safetensors(path, dtype, device, select=lambda k: k.startswith(prefix))
+        state = read_safetensors(path, dtype, device, select=lambda k: k.startswith(prefix), keep=keep)
         state = {k[len(prefix):]: v for k, v in state.items()}
         source, silence = path, None
-    model = AceStepModel.from_state_dict(state, config, source=source)
+    model = dit_from_state_dict(state, config, dtype, weight_dtype, source=source)
     variant, how = detect_variant([path], config_json, config.is_xl)
     return DitCheckpoint(model, variant, how, path, silence)
 
@@ -321,13 +327,14 @@ def inspect_checkpoint(path: str, vae: str | None = None, text_encoder: str | No
 
 def load_checkpoint(path: str, dtype="auto", device=None, vae: str | None = None,
                     text_encoder: str | None = None, tokenizer_dir: str | None = None,
-                    dit_folder: str | None = None, vae_dtype=None) -> AceStepCheckpoint:
-    """Load every component from either layout (see ``resolve_paths`` for what ``path`` may be)."""
+                    dit_folder: str | None = None, vae_dtype=None, weight_dtype: str = "default") -> AceStepCheckpoint:
+    """Load every component from either layout (see ``resolve_paths`` for what ``path`` may be). ``weight_dtype``:
+    see ``load_dit``."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     vae_dtype = resolve_dtype(vae_dtype, device) if vae_dtype is not None else dtype
     paths = resolve_paths(path, vae, text_encoder, tokenizer_dir, dit_folder)
-    dit = load_dit(paths.dit, dtype, device)
+    dit = load_dit(paths.dit, dtype, device, weight_dtype)
     vae_model = load_vae(paths.vae, vae_dtype, device)
     text = load_text_encoder(paths.text_encoder, dtype, device)
     tokenizer = load_tokenizer(paths.tokenizer_dir)

@@ -44,12 +44,14 @@ def read_safetensors(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     select: Callable[[str], bool] | None = None,
+    keep: Callable[[str, torch.Tensor], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read tensors from one or more safetensors files.
 
     Floating-point tensors are cast to ``dtype`` (when given) as they are read, so a bf16 load of a bf16
     file is a plain memory-mapped read and a bf16 load of an fp32 file never materialises an fp32 model.
-    Integer tensors keep their dtype. ``select`` filters keys before anything is read.
+    Integer tensors, and those ``keep(key, tensor)`` picks (an fp8 file's float8 weights and their scales),
+    keep their dtype. ``select`` filters keys before anything is read.
     """
     if isinstance(paths, str):
         paths = [paths]
@@ -63,7 +65,7 @@ def read_safetensors(
                     t = f.get_tensor(k)
                 except (SafetensorError, RuntimeError) as e:
                     raise CheckpointError(f"{path}: tensor {k!r} is unreadable (truncated or corrupt?): {e}") from None
-                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype and not (keep and keep(k, t)):
                     t = t.to(dtype)
                 out[k] = t.to(device) if str(device) != "cpu" else t
     return out
