@@ -56,7 +56,8 @@ def hf_config(config: dict | None = None):
     return Qwen3Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type", "torch_dtype")})
 
 
-def random_lm_state_dict(seed: int = 0, config: dict | None = None, tied: bool | None = None) -> dict[str, torch.Tensor]:
+def random_lm_state_dict(seed: int = 0, config: dict | None = None,
+                         tied: bool | None = None) -> dict[str, torch.Tensor]:
     """transformers ``Qwen3ForCausalLM`` names → deterministic random tensors (``lm_head.weight`` only if untied)."""
     from transformers import Qwen3ForCausalLM
 
@@ -72,7 +73,7 @@ def random_lm_state_dict(seed: int = 0, config: dict | None = None, tied: bool |
 
 
 def hf_reference_lm(state_dict: dict[str, torch.Tensor], config: dict | None = None):
-    """transformers' own Qwen3ForCausalLM holding ``state_dict`` (fp32, eager attention off: sdpa)."""
+    """transformers' own Qwen3ForCausalLM (SDPA attention, float32) holding ``state_dict``."""
     from transformers import Qwen3ForCausalLM
 
     cfg = hf_config(config)

@@ -158,7 +158,8 @@ def test_tokenizer_of_each_layout(files):
     _, folder_tok = load_lm_and_tokenizer(files["official"], dtype=torch.float32)
     _, file_tok = load_lm_and_tokenizer(files["comfy"], dtype=torch.float32)
     assert folder_tok.source.endswith("tokenizer.json") and file_tok.source.endswith("tokenizer.json.gz")
-    text = "<|im_start|>user\n# Caption\nlo-fi ♭ 夜\n<|im_end|>\n<think>\n\n</think>\n\n<|audio_code_7|><|audio_code_65534|>"
+    text = ("<|im_start|>user\n# Caption\nlo-fi ♭ 夜\n<|im_end|>\n<think>\n\n</think>\n\n"
+            "<|audio_code_7|><|audio_code_65534|>")
     assert folder_tok.encode(text) == file_tok.encode(text)
     assert len(folder_tok) == len(file_tok) == 217204
 
