@@ -81,7 +81,7 @@ def test_prefill_logits_equal_transformers_with_left_padding(ours, reference):
 def test_cached_decode_equals_transformers_cache(ours, reference):
     ids, mask = _batch()
     out = reference(input_ids=ids, attention_mask=mask, use_cache=True)
-    cache, full_mask = out.past_key_values, mask
+    cache, full_mask = out.cache, mask
     ours.setup_cache(2, 32, mask.bool())
     ours.prefill(ids, 0)
     g = torch.Generator().manual_seed(1)
@@ -89,7 +89,7 @@ def test_cached_decode_equals_transformers_cache(ours, reference):
         token = torch.randint(151669, 217204, (2, 1), generator=g)
         full_mask = torch.cat([full_mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
         out = reference(input_ids=token, attention_mask=full_mask, cache=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         got = ours.decode(token, 14 + step)
         assert _rel(got, out.logits[:, -1]) <= 1e-5, step
 
@@ -107,6 +107,25 @@ def test_static_cache_equals_full_recomputation(ours):
         ours.setup_cache(2, 32, mask.bool())
         full = ours.prefill(torch.cat([ids, tail], dim=1)[:, :n], 0)
         assert _rel(got, full) <= 1e-5, n
+
+
+@torch.no_grad()
+def test_prompts_prefilled_row_by_row_equal_the_padded_batch(ours):
+    """The planner runs each prompt on its own cache row from its first real position and copies rows shared
+    by several songs: same logits, and the same following decode steps, as prefilling the left-padded batch."""
+    ids, mask = _batch()
+    token = torch.tensor([[151700], [151700], [151800], [151800]])
+    batch_ids, batch_mask = ids[[0, 0, 1, 1]], mask[[0, 0, 1, 1]]
+    ours.setup_cache(4, 32, batch_mask.bool())
+    expected_prefill = ours.prefill(batch_ids, 0)
+    expected_step = ours.decode(token, 14)
+    ours.setup_cache(4, 32, batch_mask.bool())
+    first = ours.prefill(ids[:1], 0, rows=slice(0, 1))
+    ours.copy_cache_row(0, slice(1, 2))
+    second = ours.prefill(ids[1:, 5:], 5, rows=slice(2, 3))  # the padded row: its real tokens only
+    ours.copy_cache_row(2, slice(3, 4))
+    assert _rel(first, expected_prefill[:1]) <= 1e-5 and _rel(second, expected_prefill[2:3]) <= 1e-5
+    assert _rel(ours.decode(token, 14), expected_step) <= 1e-5
 
 
 @torch.no_grad()

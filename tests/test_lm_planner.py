@@ -368,7 +368,7 @@ def test_codes_equal_the_original_cfg_loop_on_transformers(planner, weights, off
         expected.append(code)
         mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
         out = model(input_ids=torch.tensor([[FIRST_CODE + code]] * 2), attention_mask=mask,
-                    cache=out.past_key_values, use_cache=True)
+                    cache=out.cache, use_cache=True)
     assert plan.codes == expected
 
 
@@ -451,15 +451,19 @@ class ScriptedLM:
     def release_cache(self):
         pass
 
-    def prefill(self, tokens, start=0, logit_rows=None, last_only=True):
-        self.batches.append((tokens.clone(), start))
+    def prefill(self, tokens, start=0, logit_rows=None, last_only=True, rows=slice(None)):
+        self.batches.append((tokens.clone(), start, rows))
         done = start + tokens.shape[1] - self.prompt_length
         wanted = self.script[done] if done < len(self.script) else EOS
         logits = torch.zeros(tokens.shape[0], self.config.vocab_size)
         logits[:, wanted] = 10.0
         return logits if logit_rows is None else logits[:, logit_rows]
 
-    decode = prefill
+    def decode(self, tokens, pos, logit_rows=None, pos_tensor=None):
+        return self.prefill(tokens, pos, logit_rows)
+
+    def copy_cache_row(self, source, targets):
+        pass
 
 
 def scripted(planner, prompt, text):
@@ -509,10 +513,16 @@ def test_plan_feeds_the_cot_and_both_branches(planner):
     fake, lm = scripted(planner, metas_prompt("jazz", "la"), text)
     plan = fake.plan("jazz", "la", temperature=0.0, negative_prompt="harsh noise")
     assert plan.caption == "Warm jazz." and plan.duration == 10.0 and len(plan.codes) == 50
-    codes_batch = next(tokens for tokens, start in lm.batches if tokens.shape[0] == 2)
-    cond, uncond = (planner.tokenizer.decode([t for t in row.tolist() if t != PAD]) for row in codes_batch)
-    assert cond == codes_prompt("jazz", "la", plan.cot)
-    assert uncond == unconditional_codes_prompt("harsh noise")
+    # The codes phase: each prompt prefilled on its own cache row, the shorter one from its left-padded start.
+    (cond, cond_start, cond_rows), (uncond, uncond_start, uncond_rows) = [b for b in lm.batches if b[1] == 0
+                                                                          or b[2] == slice(1, 2)][-2:]
+    assert planner.tokenizer.decode(cond[0].tolist()) == codes_prompt("jazz", "la", plan.cot)
+    assert planner.tokenizer.decode(uncond[0].tolist()) == unconditional_codes_prompt("harsh noise")
+    assert (cond_start, cond_rows, uncond_rows) == (0, slice(0, 1), slice(1, 2))
+    assert uncond_start == cond.shape[1] - uncond.shape[1] > 0
+    assert not lm.valid[1, :uncond_start].any() and bool(lm.valid[1, uncond_start:].all())  # left padding
+    assert bool(lm.valid[0].all())
+    step = lm.batches[-1]
+    assert step[0].shape == (2, 1) and step[0][0, 0] == step[0][1, 0]  # one code, fed to both branches
     assert plan.cot == ("<think>\nbpm: 90\ncaption: Warm jazz.\nduration: 10\nkeyscale: C major\nlanguage: en\n"
                         "timesignature: 4\n</think>")
-    assert codes_batch[1, 0] == PAD and lm.valid[1, 0] == 0 and bool(lm.valid[0].all())  # left padding

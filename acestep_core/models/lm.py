@@ -104,10 +104,11 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
-        return self.k[:, :, :kv_len], self.v[:, :, :kv_len]
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int, rows: slice):
+        keys, values = self.k[rows], self.v[rows]
+        keys.index_copy_(2, input_pos, k)
+        values.index_copy_(2, input_pos, v)
+        return keys[:, :, :kv_len], values[:, :, :kv_len]
 
 
 class CausalAttention(Attention):
@@ -117,11 +118,11 @@ class CausalAttention(Attention):
         super().__init__(*args, **kwargs)
         self.kv_cache: KVCache | None = None  # set by QwenLM.setup_cache
 
-    def forward(self, x, rope, mask, input_pos: torch.Tensor, kv_len: int) -> torch.Tensor:
+    def forward(self, x, rope, mask, input_pos: torch.Tensor, kv_len: int, rows: slice) -> torch.Tensor:
         q = apply_rotary(self._heads(x, self.q_proj, self.q_norm), *rope)
         k = apply_rotary(self._heads(x, self.k_proj, self.k_norm), *rope)
         v = self._heads(x, self.v_proj, None)
-        k, v = self.kv_cache.update(input_pos, k, v, kv_len)
+        k, v = self.kv_cache.update(input_pos, k, v, kv_len, rows)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads)
         return self.o_proj(out.transpose(1, 2).flatten(2))
 
@@ -135,8 +136,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, rope, mask, input_pos, kv_len):
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, input_pos, kv_len)
+    def forward(self, x, rope, mask, input_pos, kv_len, rows):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, input_pos, kv_len, rows)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -216,36 +217,51 @@ class QwenLM(nn.Module):
         kv_len: int,
         logit_rows: slice | None = None,
         last_only: bool = True,
+        rows: slice = slice(None),
     ) -> torch.Tensor:
         """Logits [B, V'] of the last position (or [B, L, V'] with ``last_only=False``) for ``tokens`` [B, L] at
-        positions ``input_pos`` [L]; attention reads cache positions 0..kv_len-1 (kv_len > the last position)."""
+        positions ``input_pos`` [L]; attention reads cache positions 0..kv_len-1 (kv_len > the last position).
+        ``rows`` selects the cache rows the B token rows belong to (all of them by default)."""
         key_pos = torch.arange(kv_len, device=tokens.device)
         query_pos = input_pos[:, None]
-        visible = (key_pos <= query_pos) & self.key_valid[:, None, None, :kv_len]
+        visible = (key_pos <= query_pos) & self.key_valid[rows, None, None, :kv_len]
         mask = visible | (key_pos == query_pos)  # a padded query attends to itself only
         rope = (self.rope_cos[input_pos], self.rope_sin[input_pos])
         x = self.embed_tokens(tokens)
         for layer in self.layers:
-            x = layer(x, rope, mask, input_pos, kv_len)
+            x = layer(x, rope, mask, input_pos, kv_len, rows)
         x = self.norm(x[:, -1] if last_only else x)
         weight = self.head_weight if logit_rows is None else self.head_weight[logit_rows]
         return F.linear(x, weight)
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, logit_rows: slice | None = None,
-                last_only: bool = True) -> torch.Tensor:
-        """Run ``tokens`` [B, L] at positions start..start+L-1 (the prompt, or a run of forced tokens)."""
+                last_only: bool = True, rows: slice = slice(None)) -> torch.Tensor:
+        """Run ``tokens`` [B, L] at positions start..start+L-1 (the prompt, or a run of forced tokens), on the cache
+        rows ``rows``. A left-padded prompt can run on its own row from its first real position: padded keys
+        are masked anyway, so that gives the same cache as running the padded batch, for less work."""
         length = tokens.shape[1]
         if start + length > self.cache_length:
             raise ValueError(f"position {start + length} is past the KV cache ({self.cache_length}); call setup_cache")
         input_pos = torch.arange(start, start + length, device=self.device)
-        return self(tokens.to(self.device), input_pos, start + length, logit_rows, last_only)
+        return self(tokens.to(self.device), input_pos, start + length, logit_rows, last_only, rows)
 
-    def decode(self, tokens: torch.Tensor, pos: int, logit_rows: slice | None = None) -> torch.Tensor:
-        """One token per row [B, 1] at position ``pos``: the compiled step when enabled, else eager."""
+    def copy_cache_row(self, source: int, targets: slice):
+        """Copy one row's keys and values to other rows (songs of a batch that share a prompt)."""
+        for layer in self.layers:
+            cache = layer.self_attn.kv_cache
+            cache.k[targets] = cache.k[source: source + 1]
+            cache.v[targets] = cache.v[source: source + 1]
+
+    def decode(self, tokens: torch.Tensor, pos: int, logit_rows: slice | None = None,
+               pos_tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row [B, 1] at position ``pos``: the compiled step when enabled, else eager.
+        ``pos_tensor`` ([1] on the model's device, = pos) spares the compiled step a host-to-device copy, which
+        would wait for the GPU every step."""
         if self._compiled_decode is None:
             return self.prefill(tokens, pos, logit_rows)
-        pos_t = torch.tensor([pos], device=self.device)
-        return self._compiled_decode(tokens.to(self.device), pos_t, logit_rows)
+        if pos_tensor is None:
+            pos_tensor = torch.tensor([pos], device=self.device)
+        return self._compiled_decode(tokens.to(self.device), pos_tensor, logit_rows)
 
     def _decode_full_cache(self, tokens: torch.Tensor, pos: torch.Tensor, logit_rows: slice | None):
         # Static shapes for torch.compile / CUDA graphs: the position is a tensor and attention spans the whole

@@ -24,7 +24,6 @@ from ..constants import (
     LM_MIN_P,
     LM_NO_LYRICS,
     LM_NO_USER_INPUT,
-    LM_PAD_ID,
     LM_TEMPERATURE,
     LM_TEXT_MAX_NEW_TOKENS,
     LM_TOP_K,
@@ -344,15 +343,13 @@ class Planner:
         the token drawn for a song goes into both of its rows. Exactly ``n_codes`` codes (the original masks EOS
         until then and forces it after); ``n_codes`` None lets EOS end each song (up to the longest duration)."""
         lm, n = self.lm, len(seeds)
-        rows = [self.tokenizer.encode(cond_prompt)] * n
+        prompts = [self.tokenizer.encode(cond_prompt)]
         if uncond_prompt is not None:
-            rows += [self.tokenizer.encode(uncond_prompt)] * n
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), LM_PAD_ID, dtype=torch.long)
-        valid = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row)
-            valid[i, width - len(row):] = True
+            prompts.append(self.tokenizer.encode(uncond_prompt))
+        width = max(len(p) for p in prompts)
+        valid = torch.zeros((n * len(prompts), width), dtype=torch.bool)
+        for i, prompt in enumerate(prompts):
+            valid[i * n: (i + 1) * n, width - len(prompt):] = True
         free_length = n_codes is None
         steps = DURATION_MAX * CODES_PER_SECOND + 1 if free_length else n_codes
         uniforms = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
@@ -365,12 +362,20 @@ class Planner:
             allowed = torch.zeros(lm.config.vocab_size, dtype=torch.bool, device=lm.device)
             allowed[self.code_rows] = True
             allowed[LM_EOS_ID] = True
-        lm.setup_cache(len(rows), width + steps, valid)
+        lm.setup_cache(n * len(prompts), width + steps, valid)
         codes = torch.empty((n, steps), dtype=torch.long, device=lm.device)
+        positions = torch.arange(width, width + steps, device=lm.device)
         finished = torch.zeros(n, dtype=torch.bool, device=lm.device)
         length = steps
         try:
-            logits = lm.prefill(ids, 0, head)
+            # Each prompt runs once, on the first of its n rows and from its first real (left-padded) position.
+            first_logits = []
+            for i, prompt in enumerate(prompts):
+                first_logits.append(lm.prefill(torch.tensor([prompt]), width - len(prompt), head,
+                                               rows=slice(i * n, i * n + 1)))
+                if n > 1:
+                    lm.copy_cache_row(i * n, slice(i * n + 1, (i + 1) * n))
+            logits = torch.cat([x.expand(n, -1) for x in first_logits])
             for i in range(steps):
                 _check_cancel(should_cancel, "codes", i)
                 scores = cfg_combine(logits[:n], logits[n:], cfg_scale) if uncond_prompt else logits[:n].float()
@@ -390,7 +395,7 @@ class Planner:
                     length = i + 1
                     break
                 step = (token + AUDIO_CODE_FIRST_ID)[:, None]
-                logits = lm.decode(step.repeat(len(rows) // n, 1), width + i, head)
+                logits = lm.decode(step.repeat(len(prompts), 1), width + i, head, positions[i: i + 1])
         finally:
             if not self.compiled:
                 lm.release_cache()
