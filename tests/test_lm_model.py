@@ -223,3 +223,22 @@ def test_compiled_decode_step_traces_as_one_graph(ours):
     finally:
         ours.disable_compile()
     assert _rel(got, expected) <= 1e-5
+
+
+@torch.no_grad()
+def test_a_failing_compilation_falls_back_to_eager(ours):
+    ids, mask = _batch()
+    token = torch.tensor([[151700], [151700]])
+    ours.setup_cache(2, 32, mask.bool())
+    ours.prefill(ids, 0)
+    expected = ours.decode(token, 14)
+    ours.setup_cache(2, 32, mask.bool())
+    ours.prefill(ids, 0)
+    def broken_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    ours.enable_compile(backend=broken_compiler)
+    with pytest.warns(UserWarning, match="running it eagerly"):
+        got = ours.decode(token, 14)
+    assert ours._compiled_decode is None
+    assert torch.equal(got, expected)

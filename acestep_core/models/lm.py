@@ -16,6 +16,7 @@ with no renaming.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -152,6 +153,7 @@ class QwenLM(nn.Module):
         self.cache_batch = 0
         self.cache_length = 0
         self._compiled_decode = None
+        self._compiled_ran = False
 
     @property
     def device(self) -> torch.device:
@@ -261,18 +263,28 @@ class QwenLM(nn.Module):
             return self.prefill(tokens, pos, logit_rows)
         if pos_tensor is None:
             pos_tensor = torch.tensor([pos], device=self.device)
-        return self._compiled_decode(tokens.to(self.device), pos_tensor, logit_rows)
+        try:
+            logits = self._compiled_decode(tokens.to(self.device), pos_tensor, logit_rows)
+        except Exception as e:  # compilation fails before anything runs (no compiler, no triton, ...)
+            if self._compiled_ran:
+                raise
+            warnings.warn(f"torch.compile of the LM decode step failed, running it eagerly: {e}", stacklevel=2)
+            self._compiled_decode = None
+            return self.prefill(tokens, pos, logit_rows)
+        self._compiled_ran = True
+        return logits
 
     def _decode_full_cache(self, tokens: torch.Tensor, pos: torch.Tensor, logit_rows: slice | None):
         # Static shapes for torch.compile / CUDA graphs: the position is a tensor and attention spans the whole
         # cache (the mask hides positions past ``pos``).
         return self(tokens, pos, self.cache_length, logit_rows)
 
-    def enable_compile(self, backend: str = "inductor", mode: str | None = "reduce-overhead"):
+    def enable_compile(self, backend="inductor", mode: str | None = "reduce-overhead"):
         """Compile the one-token decode step (``torch.compile``; CUDA graphs with inductor's "reduce-overhead").
         Only worth it on CUDA; the first request pays the compilation."""
         mode = mode if backend == "inductor" else None
         self._compiled_decode = torch.compile(self._decode_full_cache, backend=backend, mode=mode, fullgraph=True)
+        self._compiled_ran = False
 
     def disable_compile(self):
         self._compiled_decode = None

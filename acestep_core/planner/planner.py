@@ -8,6 +8,7 @@ prompt, prefill the static KV cache, then one step per token (forced tokens go i
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -130,7 +131,8 @@ class Planner:
     """Runs the LM for plans, simple mode, understanding and format.
 
     ``max_duration``: the longest duration the LM may choose (upstream: 600 s on large GPUs, less on small ones).
-    ``compile``: compile the decode step (None = on CUDA only)."""
+    ``compile``: compile the decode step (None = on CUDA when triton is installed; a failed compilation falls
+    back to eager with a warning)."""
 
     def __init__(self, lm: QwenLM, tokenizer: LMTokenizer, max_duration: int = DURATION_MAX,
                  compile: bool | None = None):
@@ -142,7 +144,9 @@ class Planner:
         n_codes = min(AUDIO_CODEBOOK_SIZE, lm.config.vocab_size - AUDIO_CODE_FIRST_ID)
         self.code_rows = slice(AUDIO_CODE_FIRST_ID, AUDIO_CODE_FIRST_ID + n_codes)
         self._vocabs: dict[str, MetasVocab] = {}
-        self.compiled = lm.device.type == "cuda" if compile is None else compile
+        if compile is None:
+            compile = lm.device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        self.compiled = compile
         if self.compiled:
             lm.enable_compile()
 
