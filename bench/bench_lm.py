@@ -16,8 +16,8 @@ vocabulary, temperature, ``multinomial``; the attention mask and ids grow by one
 
 Usage (from the repository root)::
 
-    PYTHONPATH=. python bench/bench_lm.py                      # 1.7B, CPU: ours bf16, original bf16 and fp32
-    PYTHONPATH=. python bench/bench_lm.py --original-dtypes bf16
+    PYTHONPATH=. python bench/bench_lm.py                      # 1.7B on the CPU, both sides in bf16 and fp32
+    PYTHONPATH=. python bench/bench_lm.py --dtypes bf16
     PYTHONPATH=. python bench/bench_lm.py --device cuda --compile --size 4B
     PYTHONPATH=. python bench/bench_lm.py --size tiny --codes 20  # checks the harness in seconds
 
@@ -217,72 +217,69 @@ def run_original(model, tokenizer, n_codes: int, device: str, marks: list | None
 # ------------------------------------------------------------------------------------------------ main
 
 
+def measure(rows: list, name: str, dtype_name: str, run, n_codes: int, device: str, decode_steps: int):
+    """Time one run (after the caller's warm-up); ``run(marks)`` appends the time of its first code to marks."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    marks = []
+    _, wall, contention, t0 = timed(lambda: run(marks), device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    first = marks[0] - t0
+    rows.append((name, dtype_name, wall, first, decode_steps / (wall - first), contention, peak))
+    print(f"{name} {dtype_name}: {wall:.1f} s, {n_codes / wall:.2f} codes/s, first code after {first:.1f} s, "
+          f"contention {contention:.2f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=SIZES, default="1.7B")
     ap.add_argument("--codes", type=int, default=300, help="codes to generate (5 per second of audio)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=DTYPES, default="bf16", help="ours (and the shared weights)")
-    ap.add_argument("--original-dtypes", default="bf16,fp32", help="comma list; '' skips the original")
+    ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of dtypes for both sides")
+    ap.add_argument("--skip-original", default="", help="comma list of dtypes in which not to run the original")
     ap.add_argument("--compile", action="store_true", help="also time ours with the compiled decode step")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    device, config = args.device, SIZES[args.size]
-    print(f"# {args.size} LM, {args.codes} codes, CFG batch 2 — {platform.processor() or platform.machine()}, "
+    device, config, n = args.device, SIZES[args.size], args.codes
+    print(f"# {args.size} LM, {n} codes, CFG batch 2 — {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), flush=True)
-
+    dtypes = [d for d in args.dtypes.split(",") if d]
     t0 = time.perf_counter()
-    weights = random_weights(config, DTYPES[args.dtype], device)
+    base = random_weights(config, DTYPES[dtypes[0]], device)
     print(f"random weights: {time.perf_counter() - t0:.1f} s", flush=True)
+    tokenizer = load_lm_tokenizer(None, config["vocab_size"])
+    hf_tokenizer = official_like_tokenizer()
     rows = []
+    for dtype_name in dtypes:
+        weights = base if dtype_name == dtypes[0] else {k: v.to(DTYPES[dtype_name]) for k, v in base.items()}
+        planner = Planner(our_lm(weights, config), tokenizer, compile=False)
+        for compiled in [False] + ([True] if args.compile else []):
+            planner.compiled = compiled
+            planner.lm.enable_compile() if compiled else planner.lm.disable_compile()
+            run_ours(planner, n if compiled else 5)  # warm-up (and compilation)
+            measure(rows, "ours (compiled)" if compiled else "ours", dtype_name,
+                    lambda marks: run_ours(planner, n, marks), n, device, n - 1)
+        planner.release()
+        planner = None
+        if dtype_name not in args.skip_original.split(","):
+            model = original_lm(weights, config)
+            run_original(model, hf_tokenizer, 5, device)
+            # the original runs one more forward, whose output is the forced EOS
+            measure(rows, "original pt path", dtype_name, lambda marks: run_original(model, hf_tokenizer, n, device,
+                    marks), n, device, n)
+            model = None
+        weights = None
 
-    planner = Planner(our_lm(weights, config), load_lm_tokenizer(None, config["vocab_size"]), compile=False)
-    variants = [("ours (eager)", False)] + ([("ours (compiled)", True)] if args.compile else [])
-    for name, compiled in variants:
-        planner.compiled = compiled
-        planner.lm.enable_compile() if compiled else planner.lm.disable_compile()
-        run_ours(planner, 5 if not compiled else args.codes)  # warm-up (compilation when compiled)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        marks = []
-        codes, wall, contention, t0 = timed(lambda: run_ours(planner, args.codes, marks), device)
-        assert len(codes) == args.codes
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        rows.append((name, args.dtype, wall, marks[0] - t0, contention, peak))
-        print(f"{name}: {wall:.1f} s, {args.codes / wall:.1f} codes/s, first code after {marks[0] - t0:.1f} s, "
-              f"contention {contention:.2f}", flush=True)
-    planner.release()
-    planner.lm.disable_compile()
-
-    tokenizer = official_like_tokenizer()
-    for dtype_name in [d for d in args.original_dtypes.split(",") if d]:
-        shared = dtype_name == args.dtype
-        model_weights = weights if shared else {k: v.to(DTYPES[dtype_name]) for k, v in weights.items()}
-        model = original_lm(model_weights, config)
-        run_original(model, tokenizer, 5, device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        marks = []
-        codes, wall, contention, t0 = timed(lambda: run_original(model, tokenizer, args.codes, device, marks), device)
-        assert len(codes) == args.codes + 1 and codes[-1] == EOS - FIRST_CODE
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        rows.append(("original pt path", dtype_name, wall, marks[0] - t0, contention, peak))
-        print(f"original pt path {dtype_name}: {wall:.1f} s, {args.codes / wall:.1f} codes/s, first code after "
-              f"{marks[0] - t0:.1f} s, contention {contention:.2f}", flush=True)
-        del model, model_weights
-
-    ours_best = min(r[2] for r in rows if r[0].startswith("ours"))
-    print(f"\n| implementation | dtype | {args.codes} codes (s) | codes/s | first code (s) | decode steps/s "
-          "| ours faster by | contention |" + (" peak VRAM (GiB) |" if device == "cuda" else ""))
+    print(f"\n| implementation | dtype | {n} codes (s) | codes/s | first code (s) | decode steps/s | "
+          "the original / ours (same dtype) | contention |" + (" peak VRAM (GiB) |" if device == "cuda" else ""))
     print("|---|---|---|---|---|---|---|---|" + ("---|" if device == "cuda" else ""))
-    for name, dtype_name, wall, first, contention, peak in rows:
-        ratio = "—" if name.startswith("ours") else f"{wall / ours_best:.2f}×"
-        decode_steps = args.codes - 1 if name.startswith("ours") else args.codes  # the original's EOS step too
-        decode_rate = decode_steps / (wall - first)
-        print(f"| {name} | {dtype_name} | {wall:.1f} | {args.codes / wall:.1f} | {first:.1f} | {decode_rate:.2f} "
-              f"| {ratio} | {contention:.2f} |" + (f" {peak:.1f} |" if peak is not None else ""))
+    for name, dtype_name, wall, first, rate, contention, peak in rows:
+        ours = min(r[2] for r in rows if r[0].startswith("ours") and r[1] == dtype_name)
+        ratio = f"{wall / ours:.2f}×" if name.startswith("original") else "—"
+        print(f"| {name} | {dtype_name} | {wall:.1f} | {n / wall:.2f} | {first:.1f} | {rate:.2f} | {ratio} "
+              f"| {contention:.2f} |" + (f" {peak:.1f} |" if peak is not None else ""))
 
 
 if __name__ == "__main__":
