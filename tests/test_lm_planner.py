@@ -400,6 +400,11 @@ def test_given_metas_are_kept_and_four_given_skip_the_thinking(planner):
         planner.plan("rock", "", mode="codes", metas={"bpm": 100})
     with pytest.raises(ValueError, match="mode 'fast'"):
         planner.plan("rock", "", mode="fast")
+    for duration in (0.1, 601):
+        with pytest.raises(ValueError, match=f"duration {duration} s is outside"):
+            planner.plan("rock", "", mode="codes", metas={"duration": duration})
+    with pytest.raises(ValueError, match="unknown metas field 'tempo'"):
+        planner.plan("rock", "", metas={"tempo": 120})
 
 
 def test_same_seed_same_plan(planner):

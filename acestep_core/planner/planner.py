@@ -200,8 +200,10 @@ class Planner:
         if mode == "codes" and "duration" not in given:
             raise ValueError("LM mode 'codes' needs a duration (the number of codes is 5 per second); "
                              "give one or use mode 'think'")
-        if given.get("duration", 0) > DURATION_MAX:
-            raise ValueError(f"duration {given['duration']} s is above the LM's limit of {DURATION_MAX} s")
+        duration = given.get("duration")
+        if duration is not None and not 1 <= int(duration * CODES_PER_SECOND) <= DURATION_MAX * CODES_PER_SECOND:
+            raise ValueError(f"duration {duration:g} s is outside what the LM writes codes for "
+                             f"(0.2–{DURATION_MAX} s, 5 codes per second)")
         sampling = Sampling(temperature, top_p, top_k, min_p)
 
         metas_text = ""
@@ -222,7 +224,6 @@ class Planner:
             written = {k: int(v) if k == "duration" else v for k, v in given.items() if k in FOUR_METAS}
         cot = format_cot(written)
 
-        duration = given.get("duration")
         if duration is None and isinstance(written.get("duration"), int):
             duration = float(written["duration"])
         n_codes = int(duration * CODES_PER_SECOND) if duration else None
