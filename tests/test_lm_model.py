@@ -242,3 +242,17 @@ def test_a_failing_compilation_falls_back_to_eager(ours):
         got = ours.decode(token, 14)
     assert ours._compiled_decode is None
     assert torch.equal(got, expected)
+
+
+@torch.no_grad()
+def test_bf16_on_cpu_keeps_a_float32_cache_and_stays_close(files, ours):
+    half = load_lm(files["official"], dtype=torch.bfloat16)
+    ids, mask = _batch()
+    token = torch.tensor([[151700], [151700]])
+    results = []
+    for model in (ours, half):
+        model.setup_cache(2, 32, mask.bool())
+        model.prefill(ids, 0)
+        results.append(model.decode(token, 14).float())
+    assert half.layers[0].self_attn.kv_cache.k.dtype == torch.float32
+    assert _rel(results[1], results[0]) < 0.05

@@ -10,6 +10,9 @@ keeps its (unused) activations finite.
 ``logit_rows`` restricts the output head to a contiguous slice of the vocabulary (the audio codes): the head is
 the largest single matrix of the model, and the codes phase only ever samples from that slice.
 
+On the CPU a bf16/fp16 model keeps its cache in float32: one-token attention over a half-precision cache is
+several times slower there than in float32 (prompts still attend in the model dtype).
+
 Parameter names are transformers' ``Qwen3ForCausalLM`` names without the ``model.`` prefix, so checkpoints load
 with no renaming.
 """
@@ -107,8 +110,8 @@ class KVCache(nn.Module):
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int, rows: slice):
         keys, values = self.k[rows], self.v[rows]
-        keys.index_copy_(2, input_pos, k)
-        values.index_copy_(2, input_pos, v)
+        keys.index_copy_(2, input_pos, k.to(keys.dtype))
+        values.index_copy_(2, input_pos, v.to(values.dtype))
         return keys[:, :, :kv_len], values[:, :, :kv_len]
 
 
@@ -124,8 +127,13 @@ class CausalAttention(Attention):
         k = apply_rotary(self._heads(x, self.k_proj, self.k_norm), *rope)
         v = self._heads(x, self.v_proj, None)
         k, v = self.kv_cache.update(input_pos, k, v, kv_len, rows)
+        if k.dtype != q.dtype:  # a float32 cache on the CPU (see the module docstring)
+            if q.shape[2] == 1:
+                q = q.to(k.dtype)
+            else:
+                k, v = k.to(q.dtype), v.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.o_proj(out.transpose(1, 2).flatten(2))
+        return self.o_proj(out.transpose(1, 2).flatten(2).to(x.dtype))
 
 
 class DecoderLayer(nn.Module):
@@ -180,6 +188,8 @@ class QwenLM(nn.Module):
             raise ValueError(f"the LM request needs {length} positions; the model allows {self.config.max_positions}")
         if batch != self.cache_batch or length > self.cache_length:
             dtype, device = self.dtype, self.device
+            if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+                dtype = torch.float32
             for layer in self.layers:
                 layer.self_attn.kv_cache = KVCache(batch, self.config.num_kv_heads, length, self.config.head_dim,
                                                    dtype, device)
