@@ -22,7 +22,8 @@ Usage (from the repository root)::
     PYTHONPATH=. python bench/bench_lm.py --size tiny --codes 20  # checks the harness in seconds
 
 Each timed run is one call after a short warm-up (5 codes). ``contention`` is the share of the machine that
-other processes and the hypervisor took during the call (from /proc/stat); above ~0.05 the time is inflated.
+other processes and the hypervisor took during the call (from /proc/stat); a run above ``--max-contention``
+(0.05) is repeated up to ``--retries`` (2) times and the least contended one is reported.
 """
 from __future__ import annotations
 
@@ -217,17 +218,27 @@ def run_original(model, tokenizer, n_codes: int, device: str, marks: list | None
 # ------------------------------------------------------------------------------------------------ main
 
 
-def measure(rows: list, name: str, dtype_name: str, run, n_codes: int, device: str, decode_steps: int):
-    """Time one run (after the caller's warm-up); ``run(marks)`` appends the time of its first code to marks."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    marks = []
-    _, wall, contention, t0 = timed(lambda: run(marks), device)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    first = marks[0] - t0
-    rows.append((name, dtype_name, wall, first, decode_steps / (wall - first), contention, peak))
-    print(f"{name} {dtype_name}: {wall:.1f} s, {n_codes / wall:.2f} codes/s, first code after {first:.1f} s, "
-          f"contention {contention:.2f}", flush=True)
+def measure(rows: list, name: str, dtype_name: str, run, n_codes: int, device: str, decode_steps: int,
+            max_contention: float, retries: int):
+    """Time one run (after the caller's warm-up); ``run(marks)`` appends the time of its first code to marks.
+    A run during which others took more than ``max_contention`` of the machine is repeated (up to ``retries``
+    times); the least contended run is kept."""
+    best = None
+    for attempt in range(retries + 1):
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        marks = []
+        _, wall, contention, t0 = timed(lambda: run(marks), device)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        first = marks[0] - t0
+        print(f"{name} {dtype_name}: {wall:.1f} s, {n_codes / wall:.2f} codes/s, first code after {first:.1f} s, "
+              f"contention {contention:.2f}", flush=True)
+        result = (name, dtype_name, wall, first, decode_steps / (wall - first), contention, peak)
+        if best is None or contention < best[5]:
+            best = result
+        if contention <= max_contention:
+            break
+    rows.append(best)
 
 
 def main():
@@ -239,6 +250,8 @@ def main():
     ap.add_argument("--skip-original", default="", help="comma list of dtypes in which not to run the original")
     ap.add_argument("--compile", action="store_true", help="also time ours with the compiled decode step")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--max-contention", type=float, default=0.05, help="repeat runs contended above this")
+    ap.add_argument("--retries", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device, config, n = args.device, SIZES[args.size], args.codes
@@ -260,7 +273,7 @@ def main():
             planner.lm.enable_compile() if compiled else planner.lm.disable_compile()
             run_ours(planner, n if compiled else 5)  # warm-up (and compilation)
             measure(rows, "ours (compiled)" if compiled else "ours", dtype_name,
-                    lambda marks: run_ours(planner, n, marks), n, device, n - 1)
+                    lambda marks: run_ours(planner, n, marks), n, device, n - 1, args.max_contention, args.retries)
         planner.release()
         planner = None
         if dtype_name not in args.skip_original.split(","):
@@ -268,7 +281,7 @@ def main():
             run_original(model, hf_tokenizer, 5, device)
             # the original runs one more forward, whose output is the forced EOS
             measure(rows, "original pt path", dtype_name, lambda marks: run_original(model, hf_tokenizer, n, device,
-                    marks), n, device, n)
+                    marks), n, device, n, args.max_contention, args.retries)
             model = None
         weights = None
 

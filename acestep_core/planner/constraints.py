@@ -37,7 +37,6 @@ from ..constants import (
 from ..models.lm_tokenizer import LMTokenizer
 
 CHOICE_FIELDS = ("bpm", "duration", "keyscale", "language", "timesignature")  # values from a prefix tree
-TEXT_FIELDS = ("caption", "genres")
 # Fields a free-written name after the caption may jump to (upstream maps these straight to their value).
 _JUMP_FIELDS = ("duration", "genres", "keyscale", "language", "timesignature")
 
@@ -166,7 +165,6 @@ class MetasMachine:
         self.stage = "open"
         self.field: str | None = None
         self.queue = deque(vocab.think_open)
-        self.injecting = False
         self._reset_value()
 
     # ----------------------------------------------------------------------------------------------- state
@@ -193,7 +191,6 @@ class MetasMachine:
 
     def _enter_name(self, name: str | None, on_new_line: bool = False):
         self._reset_value()
-        self.injecting = False
         if name is None:
             if self.after_think == "stop":
                 self.stage, self.field = "done", None
@@ -207,8 +204,7 @@ class MetasMachine:
     def _enter_value(self, name: str):
         self._reset_value()
         self.stage, self.field = "value", name
-        self.injecting = name in self.given
-        if self.injecting:
+        if name in self.given:
             self.queue = deque(self.vocab.inject(self.given[name]))
 
     def _segment_done(self):
