@@ -6,6 +6,7 @@ import torch
 from acestep_core.constants import BPM_MAX, BPM_MIN, KEYSCALES, TIME_SIGNATURES, VALID_LANGUAGES
 from acestep_core.loading.lm import load_lm, load_lm_tokenizer
 from acestep_core.planner import Planner
+from acestep_core.planner.planner import Sampling
 from acestep_core.planner.constraints import MetasMachine, MetasVocab
 from acestep_core.planner.prompts import codes_prompt, format_cot, parse_metas, unconditional_codes_prompt
 from acestep_core.planner.sampling import cfg_combine, sample
@@ -531,3 +532,33 @@ def test_plan_feeds_the_cot_and_both_branches(planner):
     assert step[0].shape == (2, 1) and step[0][0, 0] == step[0][1, 0]  # one code, fed to both branches
     assert plan.cot == ("<think>\nbpm: 90\ncaption: Warm jazz.\nduration: 10\nkeyscale: C major\nlanguage: en\n"
                         "timesignature: 4\n</think>")
+
+
+class EosAtLM(ScriptedLM):
+    """Codes phase stand-in: every row wants code 5, until song ``r`` (cond row r) wants EOS from step stop[r]."""
+
+    def __init__(self, real, stops):
+        super().__init__(real, 0, [])
+        self.stops, self.step = stops, 0
+
+    def prefill(self, tokens, start=0, logit_rows=None, last_only=True, rows=slice(None)):
+        logits = torch.zeros(tokens.shape[0], self.config.vocab_size)
+        logits[:, FIRST_CODE + 5] = 5.0
+        if rows == slice(None):  # a decode step on all rows: [cond x n, uncond x n]
+            self.step += 1
+            for song, stop in enumerate(self.stops):
+                if self.step >= stop:
+                    logits[song, EOS] = 20.0
+        return logits
+
+
+def test_without_a_duration_each_song_ends_at_its_eos(planner):
+    lm = EosAtLM(planner.lm, stops=[3, 6])
+    fake = Planner(lm, planner.tokenizer, compile=False)
+    codes = fake._generate_codes("cond", "uncond", None, [1, 2], 2.0, Sampling(temperature=0.0), None, None,
+                                 max_codes=40)
+    assert codes == [[5, 5, 5], [5] * 6]
+    lm = EosAtLM(planner.lm, stops=[1000, 1000])
+    codes = Planner(lm, planner.tokenizer, compile=False)._generate_codes(
+        "cond", None, None, [1], 1.0, Sampling(temperature=0.0), None, None, max_codes=40)
+    assert codes == [[5] * 40]  # no EOS: stops at the longest duration

@@ -343,10 +343,12 @@ class Planner:
                 lm.release_cache()
 
     def _generate_codes(self, cond_prompt: str, uncond_prompt: str | None, n_codes: int | None, seeds: list[int],
-                        cfg_scale: float, sampling: Sampling, on_token, should_cancel) -> list[list[int]]:
-        """Audio codes for each seed: rows [cond x n, uncond x n] left-padded into one batch and decoded together;
-        the token drawn for a song goes into both of its rows. Exactly ``n_codes`` codes (the original masks EOS
-        until then and forces it after); ``n_codes`` None lets EOS end each song (up to the longest duration)."""
+                        cfg_scale: float, sampling: Sampling, on_token, should_cancel,
+                        max_codes: int = DURATION_MAX * CODES_PER_SECOND) -> list[list[int]]:
+        """Audio codes for each seed: rows [cond x n, uncond x n] sharing positions (the shorter prompt
+        left-padded), decoded together; the token drawn for a song goes into both of its rows. Exactly
+        ``n_codes`` codes (the original masks EOS until then and forces it after); ``n_codes`` None (no duration
+        known) lets EOS end each song, within ``max_codes``."""
         lm, n = self.lm, len(seeds)
         prompts = [self.tokenizer.encode(cond_prompt)]
         if uncond_prompt is not None:
@@ -356,7 +358,7 @@ class Planner:
         for i, prompt in enumerate(prompts):
             valid[i * n: (i + 1) * n, width - len(prompt):] = True
         free_length = n_codes is None
-        steps = DURATION_MAX * CODES_PER_SECOND + 1 if free_length else n_codes
+        steps = max_codes if free_length else n_codes
         uniforms = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         uniforms = uniforms.to(lm.device)
         # The head only needs the code rows, unless EOS may be drawn (free length): then the full vocabulary,
