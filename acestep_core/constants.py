@@ -305,6 +305,8 @@ MEMORY_OVERHEAD = 384 * 1024**2  # kept free in every phase (cuBLAS/cuDNN handle
 STREAM_SLOTS = 2  # layer buffers a streamed stack uses on the device: the running layer and the next one
 VAE_TILE_CHOICES = (512, 384, 256, 128, 64)  # decode tile lengths (latent frames) tried from the largest that fits
 VAE_ENCODE_WINDOW_CHOICES = (30.0, 20.0, 12.0, 8.0)  # encode windows (seconds) tried likewise
+
+# ---------------------------------------------------------------------------------------------------------------
 # 5 Hz LM planner (acestep-5Hz-lm-{0.6B,1.7B,4B}); strings byte-exact with upstream 6d467e4 (acestep/constants.py,
 # acestep/llm_inference.py)
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,10 +318,8 @@ LM_EOS_ID = 151645  # <|im_end|>: end of the assistant turn
 LM_THINK_ID = 151667  # <think>
 LM_THINK_END_ID = 151668  # </think>
 AUDIO_CODE_FIRST_ID = 151669  # <|audio_code_0|>; <|audio_code_N|> is AUDIO_CODE_FIRST_ID + N
-AUDIO_CODE_TOKEN = "<|audio_code_{}|>"
-AUDIO_CODEBOOK_SIZE = 64000  # FSQ indices 0..63999; the vocabulary holds more code tokens than that
+AUDIO_CODE_TOKEN = "<|audio_code_{}|>"  # the LM samples only CODEBOOK_SIZE of them, CODES_PER_SECOND per second
 LM_VOCAB_SIZE = 217204  # the published LMs: 151,669 Qwen3 ids + 65,535 <|audio_code_N|> tokens
-CODES_PER_SECOND = 5
 
 # Qwen3 facts the Comfy-Org LM files (no config.json) do not carry; the same for all three LM sizes.
 LM_ROPE_THETA = 1_000_000.0

@@ -40,20 +40,15 @@ if REPO not in sys.path:
 
 import torch  # noqa: E402
 
+from acestep_core.constants import LM_GEOMETRIES  # noqa: E402
 from acestep_core.loading.lm import load_lm_tokenizer  # noqa: E402
 from acestep_core.models.lm import LMConfig, QwenLM  # noqa: E402
-from acestep_core.planner import Planner  # noqa: E402
-from acestep_core.planner.prompts import codes_prompt, format_cot, unconditional_codes_prompt  # noqa: E402
-from devtools.lm_fixtures import LM_1_7B_CONFIG, TINY_LM_CONFIG, hf_config, official_like_tokenizer  # noqa: E402
+from acestep_core.lm_planner import Planner  # noqa: E402
+from acestep_core.lm_planner.prompts import codes_prompt, format_cot, unconditional_codes_prompt  # noqa: E402
+from devtools.lm_fixtures import TINY_LM_CONFIG, hf_config, official_like_tokenizer  # noqa: E402
 
-SIZES = {
-    "tiny": TINY_LM_CONFIG,
-    "1.7B": LM_1_7B_CONFIG,
-    "4B": dict(LM_1_7B_CONFIG, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-               num_attention_heads=32, num_key_value_heads=8),
-    "0.6B": dict(LM_1_7B_CONFIG, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                 num_attention_heads=16, num_key_value_heads=8),
-}
+# The published LMs' geometries (the memory planner's table) on the tiny config's other settings.
+SIZES = {"tiny": TINY_LM_CONFIG, **{name: dict(TINY_LM_CONFIG, **geometry) for name, geometry in LM_GEOMETRIES.items()}}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 FIRST_CODE, N_CODES, EOS = 151669, 64000, 151645
 CAPTION = ("An energetic indie pop song with jangly electric guitars, driving bass, bright synth pads and a "
@@ -189,7 +184,8 @@ def run_original(model, tokenizer, n_codes: int, device: str, marks: list | None
         if step > 0:  # the processor is in the codes state from the second step on
             valid = (allowed_mask[0] == 0).nonzero(as_tuple=False).squeeze(1)
             scores = torch.full((1, vocab), float("-inf"), device=device)
-            scores[:, valid] = uncond[:, valid].float() + cfg_scale * (cond[:, valid].float() - uncond[:, valid].float())
+            cond_valid, uncond_valid = cond[:, valid].float(), uncond[:, valid].float()
+            scores[:, valid] = uncond_valid + cfg_scale * (cond_valid - uncond_valid)
         else:
             scores = torch.nan_to_num(uncond.float() + cfg_scale * (cond.float() - uncond.float()), nan=float("-inf"))
         scores = scores + allowed_mask

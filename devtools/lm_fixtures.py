@@ -42,9 +42,6 @@ TINY_LM_CONFIG = {
     "eos_token_id": 151645,
     "torch_dtype": "float32",
 }
-# The published 1.7B LM's geometry (ComfyUI's Qwen3_2B_ACE15_lm config; Qwen3-1.7B with the audio-code vocabulary).
-LM_1_7B_CONFIG = dict(TINY_LM_CONFIG, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                      num_attention_heads=16, num_key_value_heads=8, head_dim=128, torch_dtype="bfloat16")
 BUNDLED_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "acestep_core", "assets", "qwen3_tokenizer",
                                  "tokenizer.json.gz")
 

@@ -205,6 +205,9 @@ def test_errors_name_the_file_and_the_problem(tmp_path, files):
         load_lm(str(tmp_path / "missing"))
     with pytest.raises(CheckpointError, match="no room for audio-code tokens"):
         load_lm_tokenizer(None, 151669)
+    folder = write_official_lm(str(tmp_path), random_lm_state_dict(seed=1), dict(TINY_LM_CONFIG, hidden_size="32"))
+    with pytest.raises(CheckpointError, match="config.json: hidden_size is '32'; expected a positive integer"):
+        load_lm(folder)
 
 
 @torch.no_grad()

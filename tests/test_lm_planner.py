@@ -5,11 +5,11 @@ import torch
 
 from acestep_core.constants import BPM_MAX, BPM_MIN, KEYSCALES, TIME_SIGNATURES, VALID_LANGUAGES
 from acestep_core.loading.lm import load_lm, load_lm_tokenizer
-from acestep_core.planner import Planner
-from acestep_core.planner.planner import Sampling
-from acestep_core.planner.constraints import MetasMachine, MetasVocab
-from acestep_core.planner.prompts import codes_prompt, format_cot, parse_metas, unconditional_codes_prompt
-from acestep_core.planner.sampling import cfg_combine, sample
+from acestep_core.lm_planner import Planner
+from acestep_core.lm_planner.planner import Sampling
+from acestep_core.lm_planner.constraints import MetasMachine, MetasVocab
+from acestep_core.lm_planner.prompts import codes_prompt, format_cot, parse_metas, unconditional_codes_prompt
+from acestep_core.lm_planner.sampling import cfg_combine, sample
 from acestep_core.sampling import GenerationCancelled
 from devtools.lm_fixtures import hf_reference_lm, official_like_tokenizer, random_lm_state_dict, write_comfy_lm
 
@@ -479,7 +479,7 @@ def scripted(planner, prompt, text):
 
 
 def test_simple_mode_reads_caption_metas_and_lyrics(planner):
-    from acestep_core.planner.prompts import inspiration_prompt
+    from acestep_core.lm_planner.prompts import inspiration_prompt
 
     text = ("<think>\nbpm: 72\ncaption: A soft Bengali love song.\nduration: 11\ngenres: ballad\n"
             "keyscale: E minor\nlanguage: bn\ntimesignature: 4\n</think>\n\n# Lyric\n[Verse]\nAmi tomake")
@@ -494,7 +494,7 @@ def test_simple_mode_reads_caption_metas_and_lyrics(planner):
 
 
 def test_understand_and_format(planner):
-    from acestep_core.planner.prompts import format_prompt, understand_prompt
+    from acestep_core.lm_planner.prompts import format_prompt, understand_prompt
 
     text = ("<think>\nbpm: 128\ncaption: Driving techno.\nduration: 10\ngenres: techno\nkeyscale: A minor\n"
             "language: unknown\ntimesignature: 4\n</think>\n\n[Instrumental]")
@@ -512,7 +512,7 @@ def test_understand_and_format(planner):
 
 
 def test_plan_feeds_the_cot_and_both_branches(planner):
-    from acestep_core.planner.prompts import metas_prompt
+    from acestep_core.lm_planner.prompts import metas_prompt
 
     text = "<think>\nbpm: 90\ncaption: Warm jazz.\nduration: 10\nkeyscale: C major\nlanguage: en\n" \
            "timesignature: 4\n"

@@ -4,7 +4,7 @@ writing and parsing."""
 import pytest
 
 from acestep_core.loading.lm import load_lm_tokenizer
-from acestep_core.planner.prompts import (
+from acestep_core.lm_planner.prompts import (
     codes_prompt,
     extract_lyrics,
     format_cot,

@@ -11,7 +11,6 @@ tokenizer get the bundled Qwen3 tokenizer plus the ``<|audio_code_N|>`` tokens, 
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from typing import Iterable
 
@@ -23,7 +22,7 @@ from ..errors import CheckpointError
 from ..models.lm import LMConfig, QwenLM
 from ..models.lm_tokenizer import LMTokenizer, add_audio_code_tokens
 from .text import BUNDLED_TOKENIZER
-from .weights import assign_state_dict, read_safetensors, safetensors_keys, sharded_files
+from .weights import assign_state_dict, read_json, read_safetensors, safetensors_keys, sharded_files
 
 _EMBED = "model.embed_tokens.weight"
 
@@ -49,15 +48,20 @@ def has_lm(path: str) -> bool:
     return shapes[prefix + _EMBED][0] > AUDIO_CODE_FIRST_ID
 
 
+_GEOMETRY_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim")
+
+
 def _read_config(folder: str) -> dict | None:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable config: {e}") from None
+    config = read_json(path)
+    for key in _GEOMETRY_KEYS:
+        value = config.get(key)
+        if key in config and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise CheckpointError(f"{path}: {key} is {value!r}; expected a positive integer")
+    return config
 
 
 def load_lm(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> QwenLM:

@@ -20,9 +20,9 @@ import torch
 
 from ..constants import (
     AUDIO_CODE_FIRST_ID,
-    AUDIO_CODEBOOK_SIZE,
     BPM_MAX,
     BPM_MIN,
+    CODEBOOK_SIZE,
     DURATION_MAX,
     DURATION_MIN,
     KEYSCALES,
@@ -116,7 +116,7 @@ class MetasVocab:
             for prefix, tokens in tree.items():
                 vocab.allowed[name, prefix] = torch.tensor(tokens, dtype=torch.long, device=device)
         codes = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        codes[AUDIO_CODE_FIRST_ID: AUDIO_CODE_FIRST_ID + AUDIO_CODEBOOK_SIZE] = True
+        codes[AUDIO_CODE_FIRST_ID: AUDIO_CODE_FIRST_ID + CODEBOOK_SIZE] = True
         vocab.code_block = codes
         vocab.caption_block = codes.clone()
         vocab.caption_block[tokenizer.encode_plain("`")[-1]] = True

@@ -16,7 +16,7 @@ import torch
 
 from ..constants import (
     AUDIO_CODE_FIRST_ID,
-    AUDIO_CODEBOOK_SIZE,
+    CODEBOOK_SIZE,
     CODES_PER_SECOND,
     DURATION_MAX,
     LM_CFG_SCALE,
@@ -30,6 +30,7 @@ from ..constants import (
     LM_TOP_K,
     LM_TOP_P,
     LM_UNDERSTAND_TOP_P,
+    MAX_AUDIO_CODES,
 )
 from ..models.lm import QwenLM
 from ..models.lm_tokenizer import LMTokenizer
@@ -141,7 +142,7 @@ class Planner:
         self.lm = lm
         self.tokenizer = tokenizer
         self.max_duration = max_duration
-        n_codes = min(AUDIO_CODEBOOK_SIZE, lm.config.vocab_size - AUDIO_CODE_FIRST_ID)
+        n_codes = min(CODEBOOK_SIZE, lm.config.vocab_size - AUDIO_CODE_FIRST_ID)
         self.code_rows = slice(AUDIO_CODE_FIRST_ID, AUDIO_CODE_FIRST_ID + n_codes)
         self._vocabs: dict[str, MetasVocab] = {}
         if compile is None:
@@ -201,7 +202,7 @@ class Planner:
             raise ValueError("LM mode 'codes' needs a duration (the number of codes is 5 per second); "
                              "give one or use mode 'think'")
         duration = given.get("duration")
-        if duration is not None and not 1 <= int(duration * CODES_PER_SECOND) <= DURATION_MAX * CODES_PER_SECOND:
+        if duration is not None and not 1 <= int(duration * CODES_PER_SECOND) <= MAX_AUDIO_CODES:
             raise ValueError(f"duration {duration:g} s is outside what the LM writes codes for "
                              f"(0.2–{DURATION_MAX} s, 5 codes per second)")
         sampling = Sampling(temperature, top_p, top_k, min_p)
@@ -344,7 +345,7 @@ class Planner:
 
     def _generate_codes(self, cond_prompt: str, uncond_prompt: str | None, n_codes: int | None, seeds: list[int],
                         cfg_scale: float, sampling: Sampling, on_token, should_cancel,
-                        max_codes: int = DURATION_MAX * CODES_PER_SECOND) -> list[list[int]]:
+                        max_codes: int = MAX_AUDIO_CODES) -> list[list[int]]:
         """Audio codes for each seed: rows [cond x n, uncond x n] sharing positions (the shorter prompt
         left-padded), decoded together; the token drawn for a song goes into both of its rows. Exactly
         ``n_codes`` codes (the original masks EOS until then and forces it after); ``n_codes`` None (no duration
