@@ -305,3 +305,70 @@ MEMORY_OVERHEAD = 384 * 1024**2  # kept free in every phase (cuBLAS/cuDNN handle
 STREAM_SLOTS = 2  # layer buffers a streamed stack uses on the device: the running layer and the next one
 VAE_TILE_CHOICES = (512, 384, 256, 128, 64)  # decode tile lengths (latent frames) tried from the largest that fits
 VAE_ENCODE_WINDOW_CHOICES = (30.0, 20.0, 12.0, 8.0)  # encode windows (seconds) tried likewise
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5 Hz LM planner (acestep-5Hz-lm-{0.6B,1.7B,4B}); strings byte-exact with upstream 6d467e4 (acestep/constants.py,
+# acestep/llm_inference.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Token ids of the Qwen3 vocabulary the LM extends; the audio codes follow it as added tokens.
+LM_PAD_ID = ENDOFTEXT_ID  # <|endoftext|>: left padding of the CFG batch, and a stop token like <|im_end|>
+LM_IM_START_ID = 151644
+LM_EOS_ID = 151645  # <|im_end|>: end of the assistant turn
+LM_THINK_ID = 151667  # <think>
+LM_THINK_END_ID = 151668  # </think>
+AUDIO_CODE_FIRST_ID = 151669  # <|audio_code_0|>; <|audio_code_N|> is AUDIO_CODE_FIRST_ID + N
+AUDIO_CODE_TOKEN = "<|audio_code_{}|>"  # the LM samples only CODEBOOK_SIZE of them, CODES_PER_SECOND per second
+LM_VOCAB_SIZE = 217204  # the published LMs: 151,669 Qwen3 ids + 65,535 <|audio_code_N|> tokens
+
+# Qwen3 facts the Comfy-Org LM files (no config.json) do not carry; the same for all three LM sizes.
+LM_ROPE_THETA = 1_000_000.0
+LM_RMS_NORM_EPS = 1e-6
+LM_MAX_POSITION_EMBEDDINGS = 40960
+
+# Where the LM lives in the supported files, tried in this order; under the prefix are transformers'
+# Qwen3ForCausalLM names ("model.layers.0...", optional "lm_head.weight": absent = tied to the embeddings).
+LM_KEY_PREFIXES = (
+    "text_encoders.qwen3_2b.transformer.",  # ComfyUI all-in-one checkpoint with the 1.7B LM
+    "text_encoders.qwen3_4b.transformer.",  # ComfyUI all-in-one checkpoint with the 4B LM
+    "",  # official acestep-5Hz-lm-* folder and Comfy-Org qwen_{1.7b,4b}_ace15.safetensors
+)
+
+# Instructions (system message "# Instruction\n{instruction}\n\n").
+LM_INSTRUCTION = "Generate audio semantic tokens based on the given conditions:"
+LM_UNDERSTAND_INSTRUCTION = "Understand the given musical conditions and describe the audio semantics accordingly:"
+LM_INSPIRED_INSTRUCTION = "Expand the user's input into a more detailed and specific musical description:"
+LM_REWRITE_INSTRUCTION = "Format the user's input into a more detailed and specific musical description:"
+
+# The Qwen3 chat template as the LM tokenizer renders a system + user conversation with add_generation_prompt=True.
+LM_SYSTEM_CONTENT = "# Instruction\n{instruction}\n\n"
+LM_CHAT_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"
+LM_GENERATION_PROMPT = "<|im_start|>assistant\n"
+
+# User messages.
+LM_USER_CAPTION_LYRICS = "# Caption\n{caption}\n\n# Lyric\n{lyrics}\n"  # metas (CoT) and codes phases
+LM_USER_FORMAT = "# Caption\n{caption}\n\n# Lyric\n{lyrics}"  # format/rewrite (no trailing newline)
+LM_USER_INSPIRATION = "{query}\n\ninstrumental: {instrumental}"  # simple mode; "true"/"false"
+LM_NO_USER_INPUT = "NO USER INPUT"  # unconditional user message and default negative prompt; empty query
+LM_NO_LYRICS = "[Instrumental]"  # format: empty lyrics; simple mode: instrumental without lyrics
+
+# Chain of thought: "<think>\n{yaml}\n</think>", YAML with sorted keys; the codes follow after "\n\n".
+LM_COT_TEMPLATE = "<think>\n{yaml}\n</think>"
+LM_EMPTY_COT = "<think>\n\n</think>"  # the unconditional branch's CoT (the 2026-04-22 CFG fix)
+LM_COT_SEPARATOR = "\n\n"
+LM_COT_KEYS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")  # what the codes CoT holds
+# Fields of the metas state machine, in the order it writes them ("genres" only outside the plan's CoT phase).
+LM_METAS_FIELDS = ("bpm", "caption", "duration", "genres", "keyscale", "language", "timesignature")
+LM_CAPTION_MAX_TOKENS = 512  # caption (and genres) value length; a newline is forced at the limit
+LM_FIELD_NAME_MAX_TOKENS = 16  # free-written field name after a caption; past it the next field is forced
+LM_COT_MAX_NEW_TOKENS = 1536  # metas phase budget (the state machine ends well before)
+LM_TEXT_MAX_NEW_TOKENS = 3500  # simple mode / understand / format (metas + lyrics): 600 s x 5 + 500, as upstream
+
+# Sampling defaults (GenerationParams and the Gradio app); top-k 0 = off, top-p 1 = off, min-p 0 = off.
+LM_CFG_SCALE = 2.0
+LM_TEMPERATURE = 0.85
+LM_TOP_P = 0.9
+LM_TOP_K = 0
+LM_MIN_P = 0.0
+LM_UNDERSTAND_TOP_P = 1.0  # understanding runs without nucleus filtering (understand_music and the app)
+LM_SKIPPED_TASKS = ("cover", "repaint", "extract")  # tasks upstream runs without the LM
