@@ -647,14 +647,6 @@ def _simple_fields(fields: dict, desc) -> dict:
     return out
 
 
-def _describe_simple(desc) -> str:
-    text = desc.text
-    metas = [f"bpm {text.bpm}" if text.bpm else "", text.keyscale or "",
-             f"time signature {text.timesignature}" if text.timesignature else "",
-             f"{desc.duration:g} s" if desc.duration else "", f"language {text.language}"]
-    return f"simple mode: {' · '.join(m for m in metas if m)}\ncaption: {desc.caption}"
-
-
 # --------------------------------------------------------------------------------------------------- main
 
 
@@ -752,7 +744,7 @@ def generate(args) -> int:
                                on_token=tokens)
         finally:
             tokens.close()
-        print(_describe_simple(desc), file=sys.stderr)
+        print(f"simple mode: {desc.summary()}", file=sys.stderr)
         fields = _simple_fields(fields, desc)
         req = request(**fields)
         fields["simple"] = {"query": args.simple, "instrumental": args.instrumental}  # tags

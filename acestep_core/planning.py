@@ -169,6 +169,15 @@ class Description:
     language: str | None  # the language the LM wrote (None = none, or not one of the valid codes)
     raw: str  # everything the LM wrote
 
+    def summary(self, duration: float | None = None) -> str:
+        """"bpm 120 · A minor · time signature 4 · 180 s · language en", then the caption on its own line
+        (``duration``: the one to show, default the LM's)."""
+        text, duration = self.text, duration or self.duration
+        metas = [f"bpm {text.bpm}" if text.bpm else "", text.keyscale or "",
+                 f"time signature {text.timesignature}" if text.timesignature else "",
+                 f"{duration:g} s" if duration else "", f"language {self.language}" if self.language else ""]
+        return f"{' · '.join(m for m in metas if m)}\ncaption: {self.caption}"
+
 
 def _describe(sample, language: str | None, fallback_caption: str) -> Description:
     caption = (sample.caption or "").strip() or fallback_caption

@@ -24,7 +24,6 @@ from ..constants import (
 from ..errors import CheckpointError
 from ..models.lm import LMConfig, QwenLM
 from ..models.lm_tokenizer import LMTokenizer, add_audio_code_tokens
-from .text import BUNDLED_TOKENIZER
 from .weights import assign_state_dict, read_json, read_safetensors, safetensors_keys, sharded_files
 
 _EMBED = "model.embed_tokens.weight"
@@ -113,6 +112,8 @@ def load_lm_tokenizer(folder: str | None = None, vocab_size: int | None = None) 
         except Exception as e:  # tokenizers raises plain Exception subclasses for bad JSON
             raise CheckpointError(f"{source}: not a readable tokenizer file: {e}") from None
     else:
+        from .text import BUNDLED_TOKENIZER  # (loading.text imports the text encoder, i.e. transformers)
+
         if vocab_size is None or vocab_size <= AUDIO_CODE_FIRST_ID:
             raise CheckpointError(f"the LM vocabulary size ({vocab_size}) leaves no room for audio-code tokens")
         with gzip.open(BUNDLED_TOKENIZER, "rt", encoding="utf-8") as f:
