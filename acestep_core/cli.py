@@ -1,5 +1,7 @@
 """Command line: ``acestep generate --caption "..." --lyrics-file song.txt --duration 60 --out song.flac``
-(``python -m acestep_core generate …`` from the pack folder does the same).
+(``python -m acestep_core generate …`` from the pack folder does the same); ``acestep generate --simple "a soft
+Bengali love song"`` lets the 5 Hz LM write caption, lyrics and metas first; ``acestep understand --src-audio
+song.flac`` describes a recording.
 
 Order of work: every argument, file and request field is checked first (output paths included), then the model
 is found and its variant read from its config or file header (settings the variant cannot take are refused
@@ -19,15 +21,17 @@ from collections.abc import Sequence
 from . import __version__
 from .audio import check_save_options, load_audio, save_audio
 from .constants import (
-    DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
+    DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, LM_DECIDE_FIELDS, LM_MODES, LM_UNDERSTAND_TOP_P,
+    REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
 )
 from .errors import InputError, shown
-from .request import SOURCE_TASKS, TASKS, request
+from .request import SOURCE_TASKS, TASKS, check_text, request
 
 HF_REPO = "ACE-Step/Ace-Step1.5"
 DEFAULT_CHECKPOINT = os.path.join(".", "models", "acestep")  # ComfyUI's models/acestep, run from the ComfyUI folder
-HF_ALLOW_PATTERNS = ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*"]  # not the 5 Hz LM
-HF_COMMAND = f'hf download {HF_REPO} --local-dir {{path}} --exclude "acestep-5Hz-lm-*"'
+HF_ALLOW_PATTERNS = ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*", "acestep-5Hz-lm-1.7B/*"]
+HF_COMMAND = f'hf download {HF_REPO} --local-dir {{path}}'
+HF_LM_COMMAND = f'hf download {HF_REPO} --include "acestep-5Hz-lm-1.7B/*" --local-dir {{path}}'
 # The command line's name for each request field, so that a message names the flag the user typed.
 FLAGS = {
     "caption": "--caption", "lyrics": "--lyrics", "language": "--language", "bpm": "--bpm", "keyscale": "--key",
@@ -46,6 +50,10 @@ FLAGS = {
     "retake_variance": "--retake-variance", "vae_encode": "--vae-encode",
     "flow_edit_source_caption": "--source-caption", "flow_edit_source_lyrics": "--source-lyrics",
     "flow_edit_n_min": "--edit-n-min", "flow_edit_n_max": "--edit-n-max", "flow_edit_n_avg": "--edit-n-avg",
+    "lm_mode": "--lm-mode", "lm_cfg_scale": "--lm-cfg", "lm_temperature": "--lm-temperature", "lm_top_p": "--lm-top-p",
+    "lm_top_k": "--lm-top-k", "lm_min_p": "--lm-min-p", "lm_seed": "--lm-seed",
+    "lm_negative_prompt": "--lm-negative-prompt", "lm_rewrite_caption": "--no-rewrite-caption",
+    "lm_decide": "--lm-decide", "query": "--simple",
 }
 
 
@@ -175,7 +183,61 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", default=None,
                    help="integer, or comma-separated seeds, one per batch item (default random)")
     s.add_argument("--batch", type=int, default=None, help="number of songs, 1-8 (default 1)")
+
+    lm = g.add_argument_group("5 Hz LM planner (see the README's LM section)")
+    _add_lm_path(lm)
+    lm.add_argument("--lm-mode", default=None, choices=LM_MODES,
+                    help="think: the LM writes the metas you left out and a caption, then the audio codes the DiT "
+                         "follows; codes: only the codes, your metas as given; off: no LM (default: think when an "
+                         "LM is found, else off)")
+    lm.add_argument("--lm-decide", default=None, metavar="FIELDS",
+                    help=f"what the LM may decide when you leave it out, comma-separated from "
+                         f"{','.join(LM_DECIDE_FIELDS)} (default all; what you give is always kept)")
+    lm.add_argument("--no-rewrite-caption", action="store_true",
+                    help="think: keep your caption for the DiT (default: the LM's rewritten caption)")
+    lm.add_argument("--lm-cfg", type=float, default=None, help="the LM's CFG scale for the codes, 1-3 (default 2; "
+                                                               "1 = off)")
+    _add_lm_sampling(lm)
+    lm.add_argument("--lm-negative-prompt", default=None,
+                    help="the LM's unconditional branch (default 'NO USER INPUT')")
+    lm.add_argument("--lm-seed", default=None,
+                    help="the LM's seed (default: the --seed of each song); comma-separated for one per song")
+    lm.add_argument("--simple", default=None, metavar="QUERY",
+                    help="simple mode: the LM turns a short description into caption, lyrics and metas (your "
+                         "--bpm/--key/--timesig/--duration/--language win), then the song is generated")
+    lm.add_argument("--instrumental", action="store_true", help="simple mode: a song without vocals")
+
+    u = sub.add_parser("understand", help="describe a recording with the 5 Hz LM",
+                       description="The 5 Hz LM listens to a recording (its 5 Hz codes, from the VAE and the model's "
+                                   "audio tokenizer) and writes its caption, lyrics, bpm, key, time signature, "
+                                   "duration and language.")
+    u.add_argument("--src-audio", required=True, help="the recording, at most 600 s")
+    u.add_argument("--checkpoint", default=None, help="models folder or file, as for generate (default: "
+                                                      "$ACESTEP_MODELS or ./models/acestep)")
+    u.add_argument("--model", default=None, help="which model folder of --checkpoint (its VAE and audio tokenizer "
+                                                 "read the recording; default turbo)")
+    _add_lm_path(u)
+    u.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on a capable GPU, else fp32")
+    u.add_argument("--device", default=None, help="cuda, cpu, mps ... (default: cuda if available)")
+    u.add_argument("--seed", default=None, help="integer (default random)")
+    _add_lm_sampling(u, top_p=LM_UNDERSTAND_TOP_P)
+    u.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
+
+
+def _add_lm_path(group) -> None:
+    group.add_argument("--lm", default=None, metavar="PATH",
+                       help="the 5 Hz LM: an acestep-5Hz-lm-* folder, a qwen_1.7b_ace15/qwen_4b_ace15 .safetensors "
+                            "file or an all-in-one file; default: the one next to the models (acestep-5Hz-lm-1.7B "
+                            "beside acestep-v15-*, models/text_encoders/qwen_*_ace15, the all-in-one's own); "
+                            "none = no LM")
+
+
+def _add_lm_sampling(group, top_p: float = 0.9) -> None:
+    group.add_argument("--lm-temperature", type=float, default=None, help="0-2 (default 0.85; 0 = greedy)")
+    group.add_argument("--lm-top-p", type=float, default=None, help=f"0-1 (default {top_p:g}; 1 = off)")
+    group.add_argument("--lm-top-k", type=int, default=None, help="0-100 (default 0 = off)")
+    group.add_argument("--lm-min-p", type=float, default=None, help="0-1 (default 0 = off)")
 
 
 # --------------------------------------------------------------------------------------------------- pieces
@@ -273,6 +335,42 @@ def resolve_checkpoint(path: str | None, allow_download: bool) -> str:
     raise UsageError(missing_checkpoint_message(path))
 
 
+class TokenProgress:
+    """The LM's progress on stderr: a bar for the audio codes (their count is known), a token counter for the
+    thinking and the text modes (they stop when the LM is done, well before their budget)."""
+
+    LABELS = {"metas": "LM thinking", "codes": "LM codes", "text": "LM writing"}
+    EVERY = 0.1  # seconds between redraws (a token takes milliseconds)
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.phase, self.bar, self.start, self.drawn = None, None, time.monotonic(), 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = ProgressBar(self.stream, label=self.LABELS.get(phase, phase)) if phase == "codes" else None
+            self.start = self.drawn = now
+        elif now - self.drawn < self.EVERY and done < total:
+            return
+        self.drawn = now
+        if self.bar is not None:
+            self.bar(done, total)
+        else:
+            self.stream.write(f"\r{self.LABELS.get(phase, phase)}: {done} tokens {now - self.start:6.1f}s")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close(complete=False)
+        elif self.phase is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.phase, self.bar = None, None
+
+
 class ProgressBar:
     """A one-line text bar on stderr, redrawn by the pipeline's per-step callback."""
 
@@ -332,6 +430,10 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
         "flow_edit_n_max": args.edit_n_max, "flow_edit_n_avg": args.edit_n_avg,
         "normalize": False if args.no_normalize else None, "tile_frames": args.tile_frames,
         "fade_in": args.fade_in, "fade_out": args.fade_out,
+        **lm_fields(args),
+        "lm_mode": args.lm_mode, "lm_cfg_scale": args.lm_cfg, "lm_negative_prompt": args.lm_negative_prompt,
+        "lm_rewrite_caption": False if args.no_rewrite_caption else None, "lm_decide": args.lm_decide,
+        "lm_seed": _parse_seed(args.lm_seed, "--lm-seed"),
     }
     if args.cfg_interval is not None:
         fields["cfg_interval_start"], fields["cfg_interval_end"] = args.cfg_interval
@@ -342,10 +444,23 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _metadata_for(fields: dict, result_meta: dict, seed: int, model: str) -> dict:
+def lm_fields(args) -> dict:
+    """The LM sampling flags both subcommands take, as request field names (not given = left out)."""
+    return {"lm_temperature": args.lm_temperature, "lm_top_p": args.lm_top_p, "lm_top_k": args.lm_top_k,
+            "lm_min_p": args.lm_min_p}
+
+
+def _metadata_for(fields: dict, result_meta: dict, index: int, model: str) -> dict:
+    """The tags of song ``index``: the request fields, what the run used, and its own LM plan and seed."""
     params = {k: v for k, v in fields.items() if k not in ("src_audio", "ref_audio")}
-    params.update({k: v for k, v in result_meta.items() if k != "seeds"})
-    params["seed"] = seed
+    params.update({k: v for k, v in result_meta.items() if k not in ("seeds", "lm")})
+    params["seed"] = result_meta["seeds"][index] if "seeds" in result_meta else None
+    if result_meta.get("lm"):
+        plan = dict(result_meta["lm"])
+        plan["seed"] = plan.pop("seeds")[index]
+        if plan.get("codes"):
+            plan["codes"] = plan["codes"][index]
+        params["lm"] = plan
     params["model"] = model
     params["generator"] = f"acestep_core {__version__}"
     return params
@@ -400,8 +515,9 @@ def write_outputs(result, paths: list[str], fields: dict, model: str, quality: s
             tmp = _temp_sibling(path, "partial")
             staged.append((tmp, path))
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            save_audio(tmp, result.audio[i], result.sample_rate,
-                       _tags(_metadata_for(fields, result.metadata, result.seeds[i], model), path), quality=quality)
+            meta = {**result.metadata, "seeds": list(result.seeds)}
+            save_audio(tmp, result.audio[i], result.sample_rate, _tags(_metadata_for(fields, meta, i, model), path),
+                       quality=quality)
         if latents_path is not None:
             import torch
             from safetensors.torch import save_file
@@ -473,6 +589,64 @@ def load_pipeline(path: str, model_folder: str | None, dtype, device, weight_dty
                                            weight_dtype=weight_dtype)
 
 
+def load_lm(pipe, path: str) -> None:
+    """The 5 Hz LM onto the loaded pipeline (a seam for tests)."""
+    pipe.load_lm(path)
+
+
+def resolve_lm(choice: str | None, info) -> str | None:
+    """``--lm``: "none" → None; a path → that path, if it holds a 5 Hz LM; not given → the LM next to the models
+    (``loading.lm.find_lm``), or None. Reads file headers only."""
+    from .loading.lm import find_lm, has_lm
+
+    if choice is not None and choice.lower() == "none":
+        return None
+    if choice is None:
+        return find_lm(info.paths)
+    path = os.path.expanduser(choice)
+    if not os.path.exists(path):
+        raise UsageError(f"--lm {choice}: no such file or folder")
+    if not has_lm(path):
+        raise UsageError(f"--lm {choice}: no 5 Hz LM in it (expected an acestep-5Hz-lm-* folder, a "
+                         "qwen_1.7b_ace15/qwen_4b_ace15 .safetensors file, or an all-in-one file with the LM; "
+                         "qwen_0.6b_ace15 is the text encoder)")
+    return path
+
+
+def _no_lm_message(what: str, checkpoint: str) -> str:
+    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+    return (f"{what} needs the 5 Hz LM, and none was found next to {checkpoint}; download it with: "
+            f"{HF_LM_COMMAND.format(path=folder)} (or the Comfy-Org file text_encoders/qwen_1.7b_ace15.safetensors), "
+            "or give --lm PATH")
+
+
+def _lm_mode(args, req, lm_path: str | None, checkpoint: str) -> str:
+    """The LM mode this run uses: --lm-mode as given (an LM must be there), else think when an LM is there and the
+    task is one the LM plans, else off."""
+    from dataclasses import replace
+
+    from .planning import lm_work
+
+    if args.lm_mode is not None:
+        if args.lm_mode != "off" and lm_path is None:
+            raise UsageError(_no_lm_message(f"--lm-mode {args.lm_mode}", checkpoint))
+        return args.lm_mode
+    if lm_path is None:
+        return "off"
+    return "think" if lm_work(replace(req, lm=replace(req.lm, mode="think")))[0] is not None else "off"
+
+
+def _simple_fields(fields: dict, desc) -> dict:
+    """The request fields after simple mode: the LM's caption, lyrics and metas where the user gave none."""
+    out = dict(fields, caption=desc.caption, lyrics=desc.lyrics)
+    text = desc.text
+    for key, value in (("bpm", text.bpm), ("keyscale", text.keyscale), ("timesignature", text.timesignature),
+                       ("duration", desc.duration), ("language", text.language)):
+        if out.get(key) is None and value is not None:
+            out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- main
 
 
@@ -482,6 +656,12 @@ def generate(args) -> int:
         raise UsageError("give either --lyrics or --lyrics-file, not both")
     if args.src_audio is not None and args.task is None:
         raise UsageError(f"--src-audio needs --task: one of {', '.join(SOURCE_TASKS)}")
+    if args.simple is not None and (args.caption is not None or args.lyrics is not None or args.lyrics_file):
+        raise UsageError("--simple writes the caption and lyrics: give either --simple or --caption/--lyrics")
+    if args.simple is not None and args.task not in (None, "text2music"):
+        raise UsageError(f"--simple makes a new song: not with --task {args.task}")
+    if args.instrumental and args.simple is None:
+        raise UsageError("--instrumental is for simple mode (--simple QUERY)")
     check_output_paths([("--out", args.out)])  # the batch's other names once the batch size is known
     check_save_options(args.out, args.quality)
     if args.save_latents is not None and not args.save_latents.lower().endswith(".safetensors"):
@@ -494,17 +674,24 @@ def generate(args) -> int:
     src = load_audio(args.src_audio, DURATION_MAX, "--src-audio") if args.src_audio else None
     ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio") if args.ref_audio else None
     fields = request_fields(args, lyrics, src, ref)
+    if args.simple is not None:
+        check_text("query", args.simple)
+        if "seed" not in fields:  # simple mode and song from one seed, so the run can be repeated
+            import random
+
+            fields["seed"] = random.SystemRandom().randint(0, 2**32 - 1)
     req = request(**fields)
     loras = load_loras(args.lora or [])
-    if loras:
-        fields["loras"] = [{"name": adapter.name, "strength": strength} for adapter, strength in loras]  # tags
     paths = output_paths(args.out, req.task.batch_size)
     check_output_paths([("--out", p) for p in paths] + ([("--save-latents", args.save_latents)]
                                                         if args.save_latents else []))
 
-    # 2. Which model, and can it take these settings (read from config/header, nothing loaded yet).
+    # 2. Which model and LM, and can they take these settings (read from configs/headers, nothing loaded yet).
+    from dataclasses import replace
+
     from .loading.checkpoint import dtype_name, inspect_checkpoint, resolve_dtype
     from .loading.layout import model_folders
+    from .loading.lm import lm_name
     from .request import resolve_sampler
 
     checkpoint = resolve_checkpoint(args.checkpoint, args.allow_download)
@@ -517,16 +704,25 @@ def generate(args) -> int:
         from .adapters import check_fit
 
         check_fit(loras, info.config)  # keys and shapes against this model's size, before any weight is read
+    lm_path = resolve_lm(args.lm, info)
+    if args.simple is not None and lm_path is None:
+        raise UsageError(_no_lm_message("--simple", checkpoint))
+    mode = _lm_mode(args, req, lm_path, checkpoint)
+    if mode != req.lm.mode:  # the default: think with an LM found
+        req = replace(req, lm=replace(req.lm, mode=mode))
+        fields["lm_mode"] = mode
+    uses_lm = mode != "off" or args.simple is not None
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
     weights = "" if memory.weight_dtype == "default" else f" · {memory.weight_dtype}"
+    lm_part = f" · LM {lm_name(lm_path)} ({'simple, ' if args.simple is not None else ''}{mode})" if uses_lm else ""
     print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)}{weights} · {device} · {req.task.kind}"
-          + describe_loras(loras), file=sys.stderr)
+          + lm_part + describe_loras(loras), file=sys.stderr)
     if req.task.rule.base_only and not info.variant.endswith("base"):
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
               "(add --model base)", file=sys.stderr)
 
-    # 3. Load, generate, write.
+    # 3. Load, (simple mode,) generate, write.
     t0 = time.monotonic()
     from .memory.estimates import Workload
     from .memory.manager import attach_memory, load_device
@@ -534,23 +730,51 @@ def generate(args) -> int:
     placed = device.type == "cuda" or memory.manual  # plan per request, one unit at a time when it must
     where = load_device(info, dtype, device, memory, Workload.of(req, info.variant)) if placed else device
     pipe = load_pipeline(checkpoint, folder, dtype, where, memory.weight_dtype)
+    if uses_lm:
+        load_lm(pipe, lm_path)
     if placed:
         attach_memory(pipe, memory, device)
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    tokens = TokenProgress()
+    if args.simple is not None:
+        seeds = req.lm.seed if req.lm.seed is not None else req.sampler.seed
+        first = seeds[0] if isinstance(seeds, tuple) else seeds
+        try:
+            desc = pipe.simple(args.simple, args.instrumental, fields.get("language"), seed=first, settings=req.lm,
+                               on_token=tokens)
+        finally:
+            tokens.close()
+        print(f"simple mode: {desc.summary()}", file=sys.stderr)
+        fields = _simple_fields(fields, desc)
+        req = request(**fields)
+        fields["simple"] = {"query": args.simple, "instrumental": args.instrumental}  # tags
+    if loras:
+        fields["loras"] = [{"name": adapter.name, "strength": strength} for adapter, strength in loras]  # tags
     bar = ProgressBar()
     t1 = time.monotonic()
 
     def warn(message: str) -> None:
         bar.close(complete=False)
+        tokens.close()
         print(f"warning: {message}", file=sys.stderr)
 
+    def step(i: int, total: int) -> None:
+        tokens.close()
+        bar(i, total)
+
+    extra = {"on_token": tokens} if uses_lm else {}
     try:
-        result = pipe(req, on_step=bar, should_cancel=None, on_warning=warn, adapters=loras)
+        result = pipe(req, on_step=step, should_cancel=None, on_warning=warn, adapters=loras, **extra)
     except BaseException:
+        tokens.close()
         bar.close(complete=False)
         raise
     bar.close()
     write_outputs(result, paths, fields, name, args.quality, args.save_latents)
+    if result.metadata.get("lm"):
+        from .planning import summary
+
+        print(summary(result.request), file=sys.stderr)
     seconds = result.audio.shape[-1] / result.sample_rate
     print(f"generated {len(paths)} x {seconds:.1f}s in {time.monotonic() - t1:.1f}s "
           f"(seeds {', '.join(str(s) for s in result.seeds)})", file=sys.stderr)
@@ -559,6 +783,62 @@ def generate(args) -> int:
         print(f"memory: {result.metadata['memory']}" + (f" · {vae.describe()}" if vae else ""), file=sys.stderr)
     for path in paths + ([args.save_latents] if args.save_latents else []):
         print(path)
+    return 0
+
+
+def understand(args) -> int:
+    """``acestep understand``: a recording → caption, lyrics and metas, as the 5 Hz LM hears it."""
+    import random
+
+    from .constants import LM_UNDERSTAND_TOP_P
+    from .loading.checkpoint import dtype_name, inspect_checkpoint, resolve_dtype
+    from .loading.lm import lm_name
+    from .request import AudioClip, PlanSettings, check_seed
+
+    # 1. Everything the user typed.
+    device = _check_device(args.device)
+    given = {k[len("lm_"):]: v for k, v in lm_fields(args).items() if v is not None}
+    settings = PlanSettings(**{"top_p": LM_UNDERSTAND_TOP_P, **given})
+    seed = check_seed(_parse_seed(args.seed))
+    if isinstance(seed, tuple):
+        raise UsageError(f"--seed {args.seed!r} is not allowed: one integer")
+    seed = random.SystemRandom().randint(0, 2**32 - 1) if seed is None else seed
+    wav, rate = load_audio(args.src_audio, DURATION_MAX, "--src-audio")
+    clip = AudioClip(wav, rate, "--src-audio")
+
+    # 2. Which model and LM.
+    checkpoint = resolve_checkpoint(args.checkpoint, False)
+    info = inspect_checkpoint(checkpoint, dit_folder=args.model)
+    lm_path = resolve_lm(args.lm, info)
+    if lm_path is None:
+        raise UsageError(_no_lm_message("understand", checkpoint))
+    dtype = resolve_dtype(args.dtype, device)
+    name = os.path.basename(os.path.normpath(info.paths.dit))
+    print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · understand · "
+          f"LM {lm_name(lm_path)}", file=sys.stderr)
+
+    # 3. Load, listen, print.
+    t0 = time.monotonic()
+    pipe = load_pipeline(checkpoint, args.model, dtype, device)
+    load_lm(pipe, lm_path)
+    print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    tokens = TokenProgress()
+    try:
+        desc = pipe.understand(clip, seed, settings, on_token=tokens)
+    finally:
+        tokens.close()
+    text = desc.text
+    values = {"caption": desc.caption, "bpm": text.bpm, "keyscale": text.keyscale,
+              "timesignature": text.timesignature, "duration": desc.duration, "language": desc.language,
+              "lyrics": desc.lyrics, "seed": seed}
+    if args.json:
+        print(json.dumps(values, ensure_ascii=False))
+    else:
+        for key in ("caption", "bpm", "keyscale", "timesignature", "duration", "language"):
+            if values[key] not in (None, ""):
+                print(f"{key}: {values[key]:g}" if isinstance(values[key], float) else f"{key}: {values[key]}")
+        print(f"lyrics:\n{desc.lyrics}" if desc.lyrics else "lyrics:")
+    print(f"(seed {seed})", file=sys.stderr)
     return 0
 
 
@@ -575,6 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate(args)
+        if args.command == "understand":
+            return understand(args)
     except KeyboardInterrupt:
         sys.stderr.write("\nerror: interrupted; nothing was written\n")
         return 130

@@ -372,3 +372,23 @@ LM_TOP_K = 0
 LM_MIN_P = 0.0
 LM_UNDERSTAND_TOP_P = 1.0  # understanding runs without nucleus filtering (understand_music and the app)
 LM_SKIPPED_TASKS = ("cover", "repaint", "extract")  # tasks upstream runs without the LM
+
+# ---------------------------------------------------------------------------------------------------------------
+# The LM in a request (request.PlanSettings), its files and the pipeline's plan step
+# ---------------------------------------------------------------------------------------------------------------
+
+# off: no LM; codes: the user's metas as given, the LM writes the audio codes (ComfyUI's native path); think: the LM
+# first writes the metas the user left out and a caption (upstream's "thinking", the app's default), then the codes.
+LM_MODES = ("off", "codes", "think")
+# What the LM may decide when the user left it out (upstream use_cot_metas / use_cot_language). The language is
+# written into the LM's own chain of thought only: as upstream, the DiT keeps the user's language.
+LM_DECIDE_FIELDS = ("bpm", "keyscale", "timesignature", "duration", "language")
+# Limits of the sampling settings (the official app's sliders).
+LM_CFG_SCALE_MIN, LM_CFG_SCALE_MAX = 1.0, 3.0  # 1 = no CFG
+LM_TEMPERATURE_MAX = 2.0  # 0 = greedy
+LM_TOP_K_MAX = 100  # 0 = off
+# Where the LM is found next to the DiT when none is named: the official folder beside acestep-v15-* (the app's
+# default LM first), the Comfy-Org files in models/text_encoders/, or the LM inside an all-in-one file.
+LM_FOLDER_PREFIX = "acestep-5Hz-lm-"
+LM_FOLDER_ORDER = ("acestep-5Hz-lm-1.7B", "acestep-5Hz-lm-4B", "acestep-5Hz-lm-0.6B")
+LM_COMFY_FILES = ("qwen_1.7b_ace15.safetensors", "qwen_4b_ace15.safetensors")

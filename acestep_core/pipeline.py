@@ -2,6 +2,8 @@
 builds and runs it.
 
 ``AceStepPipeline.__call__`` reads top to bottom:
+  0. plan       with a 5 Hz LM loaded and the request's LM mode on: the LM writes what the user left out (metas,
+                caption) and each song's audio codes (``planning.plan_request``);
   1. schedule   the sampler settings resolved for the model variant (defaults, what the variant cannot take);
   2. inputs     what the task table says the task needs: target latents, the DiT context (silence, source
                 latents with the window silenced, or 5 Hz hints) with its chunk mask, the repaint mask;
@@ -11,7 +13,9 @@ builds and runs it.
                 injection;
   5. render     tiled VAE decode, anti-clip, the untouched source spliced back (repaint/extend), normalisation,
                 fades.
-It checks no input itself: every part of the request was checked when it was built.
+It checks no input itself: every part of the request was checked when it was built. The LM's other uses are
+entry points of their own: ``simple`` (a short description → caption, lyrics, metas) and ``understand``
+(a recording → its 5 Hz codes → caption, lyrics, metas).
 """
 from __future__ import annotations
 
@@ -22,18 +26,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import sampling
+from . import planning, sampling
 from .adapters import patched, resolve_adapters, weight_deltas
 from .audio import fade, postprocess, prepare_audio, reference_segments, repaint_splice
 from .constants import (
     DEFAULT_DURATION, LYRIC_MAX_TOKENS, MIN_LATENT_FRAMES, REFERENCE_SECONDS, SAMPLE_RATE, TEXT_MAX_TOKENS,
 )
-from .loading.checkpoint import AceStepCheckpoint, load_checkpoint
+from .loading.checkpoint import AceStepCheckpoint, CheckpointPaths, load_checkpoint
 from .loading.silence import silence_slice
 from .models.text_encoder import encode_text_inputs
 from .memory import vae_tiles
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
-from .request import AudioClip, RenderSettings, Request, Schedule, Task, Window, resolve_sampler
+from .errors import InputError
+from .request import AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, resolve_sampler
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +59,7 @@ class GenerationResult:
     metadata: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. lyrics cut at the text encoder's token limit
     source: PreparedSource | None = None  # the prepared source of audio tasks, for render()
+    request: Request | None = None  # the request as run: with the LM's plans applied when it planned
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,8 +68,8 @@ class TaskInputs:
     silence), context [T, 2C] (context latents ‖ chunk mask), the repaint mask [T] (True = regenerate) or None,
     the prepared source, and the values written into the prompt."""
 
-    target: torch.Tensor
-    context: torch.Tensor
+    target: torch.Tensor  # [T, C], or [B, T, C] when the songs follow their own codes
+    context: torch.Tensor  # [T, 2C] or [B, T, 2C]
     silence_context: torch.Tensor  # the text2music context (silence ‖ chunk mask), used after cover_strength
     repaint_mask: torch.Tensor | None
     source: PreparedSource | None
@@ -72,8 +78,9 @@ class TaskInputs:
 
 
 class AceStepPipeline:
-    def __init__(self, checkpoint: AceStepCheckpoint):
+    def __init__(self, checkpoint: AceStepCheckpoint, planner=None):
         self.ckpt = checkpoint
+        self.planner = planner  # the 5 Hz LM (an lm_planner.Planner), or None
         # Rates come from the VAE (48 kHz, hop 1920 → 25 latent frames/s for the real model).
         self.sample_rate = checkpoint.vae.config.sampling_rate
         self.hop = checkpoint.vae.config.hop_length
@@ -86,8 +93,28 @@ class AceStepPipeline:
         self.last_vae_run: vae_tiles.VaeRun | None = None  # how the last decode/encode ran (tile, CPU fallback)
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype="auto", device=None, **paths) -> "AceStepPipeline":
-        return cls(load_checkpoint(path, dtype=dtype, device=device, **paths))
+    def from_pretrained(cls, path: str, dtype="auto", device=None, lm: str | None = None,
+                        **paths) -> "AceStepPipeline":
+        """The models at ``path`` (see ``loading.checkpoint.load_checkpoint``); ``lm``: a 5 Hz LM to plan with (an
+        acestep-5Hz-lm-* folder, a Comfy-Org qwen_{1.7b,4b}_ace15 file or an all-in-one file), "auto" for the one
+        found next to the models, or None."""
+        pipe = cls(load_checkpoint(path, dtype=dtype, device=device, **paths))
+        if lm is not None:
+            from .loading.lm import find_lm
+
+            found = find_lm(CheckpointPaths(**pipe.ckpt.paths)) if lm == "auto" else lm
+            if found is None:
+                raise ValueError(f"{path}: no 5 Hz LM next to the models (lm='auto'); give its path")
+            pipe.load_lm(found)
+        return pipe
+
+    def load_lm(self, path: str, max_duration: int | None = None) -> None:
+        """Load the 5 Hz LM at ``path`` in the models' dtype and device (``max_duration``: the longest song it may
+        choose, default 600 s)."""
+        from .constants import DURATION_MAX
+        from .loading.lm import load_planner
+
+        self.planner = load_planner(path, self.model.dtype, self.model.device, max_duration or DURATION_MAX)
 
     @property
     def model(self):
@@ -112,11 +139,15 @@ class AceStepPipeline:
         should_cancel: Callable[[], bool] | None = None,
         on_warning: Callable[[str], None] | None = None,
         adapters: Sequence[tuple] = (),
+        on_token: Callable[[str, int, int], None] | None = None,
     ) -> GenerationResult:
-        schedule = resolve_sampler(req.sampler, self.ckpt.variant)
-        if self.memory is not None:
-            self.memory.prepare_request(req, self.ckpt.variant)
-        self._use(*(("vae", "model") if req.task.source is not None else ("model",)))  # one phase at a time
+        """``on_step(step, total)``: DiT steps; ``on_token(phase, done, total)``: LM tokens ("metas", "codes");
+        ``should_cancel()``: True (or raising) stops between steps and tokens."""
+        resolve_sampler(req.sampler, self.ckpt.variant)  # refuse what the variant cannot take, before any work
+        work, why = planning.lm_work(req)
+        if work is not None and self.planner is None:
+            raise InputError("lm_mode", req.lm.mode, "off: no 5 Hz LM is loaded (load one: from_pretrained(..., "
+                                                     "lm=PATH) or pipe.load_lm(PATH))")
         seeds = self._seeds(req)
         warnings: list[str] = []
 
@@ -124,6 +155,18 @@ class AceStepPipeline:
             warnings.append(message)
             if on_warning is not None:
                 on_warning(message)
+
+        if req.lm.on and work is None and not req.plans:
+            warn(why)
+        if work is not None:  # 0. the LM's plan
+            if self.memory is not None:
+                self.memory.prepare_request(req, self.ckpt.variant, self._lm_seconds(req, work))
+            self._use("lm")
+            req = planning.plan_request(self.planner, req, seeds, on_token, should_cancel)
+        schedule = resolve_sampler(req.sampler, self.ckpt.variant, think=planning.thought(req))
+        if self.memory is not None:
+            self.memory.prepare_request(req, self.ckpt.variant)
+        self._use(*(("vae", "model") if req.task.source is not None else ("model",)))  # one phase at a time
 
         with self._adapted(adapters):  # the whole model, as ComfyUI patches it: cover hints, condition, DiT
             inputs = self._inputs(req.task, seeds)
@@ -134,10 +177,21 @@ class AceStepPipeline:
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
                     "frames": latents.shape[1], **sampled}
+        if req.plans:
+            metadata["lm"] = planning.describe_plans(req)
         audio = None if req.render is None else self.render(latents, req.task, req.render, inputs.source)
         if self.memory is not None:
             metadata["memory"] = self.memory.report()
-        return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source)
+        return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source,
+                                req)
+
+    def _lm_seconds(self, req: Request, work: str) -> float:
+        """Seconds of codes the plan may write (for the memory plan): none for metas only; the request's length when
+        fixed; else the longest the LM may choose."""
+        if work == "metas":
+            return 0.0
+        fixed = planning.given_metas(req, work)["duration"]
+        return fixed if fixed is not None else float(self.planner.max_duration)
 
     @contextmanager
     def _adapted(self, adapters: Sequence[tuple]):
@@ -199,8 +253,7 @@ class AceStepPipeline:
         source = self.prepare_source(task)
         hints = None
         if task.audio_codes is not None:  # 5 Hz codes → 25 Hz hints; they are the target and the context
-            codes = torch.tensor(task.audio_codes, device=device)[None]
-            hints = model.codes_to_hints(codes)[0]
+            hints = self._code_hints(task.codes_per_song)
             target = hints
         elif source is not None:
             silent = source.waveform.abs().max() < 1e-6
@@ -212,10 +265,8 @@ class AceStepPipeline:
             target = silence_slice(silence, int(round(duration, 1) * self.sample_rate) // self.hop)[0]
 
         # At least 128 frames, padded with silence.
-        frames = max(MIN_LATENT_FRAMES, target.shape[0])
-        if target.shape[0] < frames:
-            target = torch.cat([target, silence_slice(silence, frames - target.shape[0])[0]])
-        target = target.to(dtype)
+        frames = max(MIN_LATENT_FRAMES, target.shape[-2])
+        target = self._pad_frames(target, frames).to(dtype)
         silence_t = silence_slice(silence, frames)[0].to(dtype)
 
         # Context latents and chunk mask: the window (if any) marks what to generate.
@@ -237,8 +288,7 @@ class AceStepPipeline:
         if rule.hints or hints is not None:  # cover: the context holds 5 Hz semantic hints (raw remix: the latents)
             if hints is None:
                 hints = model.cover_hints(context_latents[None], silence, fsq=rule.hints == "fsq")[0]
-            context_latents = hints[:frames] if hints.shape[0] >= frames else torch.cat(
-                [hints, silence_slice(silence, frames - hints.shape[0])[0].to(dtype)])
+            context_latents = self._pad_frames(hints[..., :frames, :], frames).to(dtype)
 
         # The prompt's duration: the (padded) source length for audio tasks, as the original; else the requested
         # duration, else the length of the codes.
@@ -250,11 +300,29 @@ class AceStepPipeline:
             metas_duration = frames * self.hop / self.sample_rate
         else:
             metas_duration = DEFAULT_DURATION
-        with_mask = lambda latents: torch.cat([latents, chunk[:, None].expand(-1, latents.shape[1])], -1)  # noqa: E731
+        with_mask = lambda x: torch.cat([x, chunk[:, None].expand(x.shape[-2:]).expand_as(x)], -1)  # noqa: E731
         return TaskInputs(
             target=target, context=with_mask(context_latents), silence_context=with_mask(silence_t),
             repaint_mask=repaint_mask, source=source,
             instruction_task="cover" if hints is not None else rule.instruction, metas_duration=metas_duration)
+
+    def _code_hints(self, codes_per_song: list[tuple[int, ...]]) -> torch.Tensor:
+        """5 Hz codes → 25 Hz hints: [5N, 64] when every song follows the same codes, else [B, T, 64] with the
+        shorter songs' hints padded with silence."""
+        model = self.model
+        if all(c == codes_per_song[0] for c in codes_per_song):
+            return model.codes_to_hints(torch.tensor(codes_per_song[0], device=model.device)[None])[0]
+        hints = [model.codes_to_hints(torch.tensor(c, device=model.device)[None])[0] for c in codes_per_song]
+        frames = max(h.shape[0] for h in hints)
+        return torch.stack([self._pad_frames(h, frames) for h in hints])
+
+    def _pad_frames(self, latents: torch.Tensor, frames: int) -> torch.Tensor:
+        """Latents [..., T, C] padded with the silence latent to ``frames`` frames."""
+        missing = frames - latents.shape[-2]
+        if missing <= 0:
+            return latents
+        fill = silence_slice(self.ckpt.silence_latent, missing)[0].to(latents)
+        return torch.cat([latents, fill.expand(*latents.shape[:-2], -1, -1)], -2)
 
     # ------------------------------------------------------------------ 3. condition
 
@@ -268,7 +336,7 @@ class AceStepPipeline:
         lyrics_prompt = format_lyrics_prompt(text.lyrics, text.language)
         self._warn_truncation(caption_prompt, lyrics_prompt, warn)
         refer = self._reference_latents(text.timbre, seeds)
-        context = inputs.context[None].expand(b, -1, -1)
+        context = _batched(inputs.context, b)
         conditions = {"cover": (self._condition(caption_prompt, lyrics_prompt, refer, b), context)}
         if task.flow_edit is not None:  # the morph's source side: what the recording is, same instruction and metas
             source_prompt = format_caption_prompt(task.flow_edit.source_caption, instruction, metas)
@@ -322,7 +390,7 @@ class AceStepPipeline:
         """Final latents [B, T, C] and what the run used (steps, sampler, DCW, retake seeds) for the metadata."""
         model, dtype, device = self.model, self.model.dtype, self.model.device
         task, settings, b = req.task, req.sampler, req.task.batch_size
-        target = inputs.target[None].expand(b, -1, -1)
+        target = _batched(inputs.target, b)
         generators = sampling.seeded_generators(seeds)
         noise = sampling.item_noise(generators, target)  # per item from a CPU generator: the same song on any device
         used = {"sampler": f"{settings.sampler_mode}/{settings.infer_method}",
@@ -444,7 +512,52 @@ class AceStepPipeline:
         z, self.last_vae_run = vae_tiles.encode(self.ckpt.vae, wav, self._free())
         return z.transpose(1, 2).float()
 
+    # ------------------------------------------------------------------ the LM's other uses
+
+    def _planner(self, prompt_codes: int = 0):
+        """The LM, placed for a text-writing run (a prompt of ``prompt_codes`` codes, up to 3500 new tokens)."""
+        if self.planner is None:
+            raise ValueError("no 5 Hz LM is loaded: from_pretrained(..., lm=PATH) or pipe.load_lm(PATH) first")
+        if self.memory is not None:
+            from .constants import LM_TEXT_MAX_NEW_TOKENS
+            from .memory.estimates import Workload
+
+            self.memory.prepare(Workload(seconds=0.0, lm_codes=prompt_codes + LM_TEXT_MAX_NEW_TOKENS), lm=True)
+        self._use("lm")
+        return self.planner
+
+    @torch.no_grad()
+    def audio_codes(self, clip: AudioClip, seed: int = 0) -> list[int]:
+        """A recording → its 5 Hz semantic codes (what the LM reads and writes): VAE latents (a posterior draw from
+        ``seed``, as the original encodes) through the model's audio tokenizer."""
+        self._use("vae")
+        wav = prepare_audio(clip.waveform, clip.sample_rate, self.sample_rate)
+        latents = self._encode_audio(wav, seed)
+        self._use("model")
+        model = self.model
+        _, codes = model.tokenizer(latents[None].to(model.device, model.dtype),
+                                   self.ckpt.silence_latent.to(model.device))
+        return codes[0].flatten().tolist()
+
+    def understand(self, clip: AudioClip, seed: int = 0, settings: PlanSettings | None = None,
+                   on_token=None, should_cancel=None) -> planning.Description:
+        """A recording → caption, lyrics, bpm, key, time signature, duration and language, as the LM hears it
+        (its 5 Hz codes through ``Planner.understand``; ``settings``: the LM's sampling, top-p off by default)."""
+        codes = self.audio_codes(clip, seed)
+        return planning.understand_codes(self._planner(len(codes)), codes, seed, settings, on_token, should_cancel)
+
+    def simple(self, query: str, instrumental: bool = False, language: str | None = None, seed: int = 0,
+               settings: PlanSettings | None = None, on_token=None, should_cancel=None) -> planning.Description:
+        """Simple mode: a short description → caption, lyrics, metas and a duration (``planning.simple_song``)."""
+        return planning.simple_song(self._planner(), query, instrumental, language, seed, settings, on_token,
+                                    should_cancel)
+
     def _free(self) -> Callable[[], int] | None:
         """The free-memory function the VAE sizes its tiles by: the memory manager's (budget and host aware), or
         None for the device's own."""
         return None if self.memory is None else self.memory.free_memory
+
+
+def _batched(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """[T, C] repeated over the batch, or [B, T, C] as it is."""
+    return x if x.dim() == 3 else x[None].expand(batch, -1, -1)

@@ -4,7 +4,8 @@
     Task             what to do with which source: window, strengths, tracks, codes   the latent nodes
     SamplerSettings  seed, steps, shift, guidance and its details                  the Sampler node
     RenderSettings   how latents become audio: normalise, tiles, fades             the VAE Decode node
-    Request          the four together (render None = latents only)
+    PlanSettings     the 5 Hz LM: mode, what it decides, its sampling              the LM Planner node
+    Request          the parts together (render None = latents only), and the LM's plans once planned
 
 Each part checks its fields once, when it is built, and is frozen afterwards; a bad value raises
 :class:`~acestep_core.errors.InputError` naming the input, the value and what is allowed. The field checks are
@@ -28,10 +29,13 @@ from .constants import (
     APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND,
     DCW_DEFAULTS, DCW_MODES, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX,
     DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX,
-    GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, KEYSCALES, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS,
+    GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, KEYSCALES, LM_CFG_SCALE, LM_CFG_SCALE_MAX, LM_CFG_SCALE_MIN,
+    LM_DECIDE_FIELDS, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TOP_K,
+    LM_TOP_K_MAX, LM_TOP_P, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS,
     REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX,
     TILE_FRAMES_MIN, TIME_SIGNATURES, TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VAE_ENCODE_MODES, VALID_LANGUAGES,
-    VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX, DcwSettings,
+    VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER,
+    DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
 from .errors import Described, InputError
@@ -215,6 +219,27 @@ def parse_audio_codes(codes) -> tuple[int, ...]:
         raise InputError("audio_codes", Described(f"<{len(values)} codes>"),
                          allowed + f" ({MAX_AUDIO_CODES / CODES_PER_SECOND:g} s)")
     return tuple(min(max(v, 0), CODEBOOK_SIZE - 1) for v in values)
+
+
+def _is_code_list_per_song(codes) -> bool:
+    if isinstance(codes, (torch.Tensor, np.ndarray)):
+        return codes.ndim == 2
+    return isinstance(codes, (list, tuple)) and len(codes) > 0 and all(
+        isinstance(c, (str, list, tuple, torch.Tensor, np.ndarray)) for c in codes)
+
+
+def check_audio_codes(codes, batch_size: int = 1) -> tuple[int, ...] | tuple[tuple[int, ...], ...] | None:
+    """Codes for every song (see :func:`parse_audio_codes`), or one code list per song of the batch (a list of
+    them, e.g. the LM's plans); one list for a batch of one is kept as the codes of every song."""
+    if codes is None:
+        return None
+    if not _is_code_list_per_song(codes):
+        return parse_audio_codes(codes)
+    items = tuple(parse_audio_codes(c) for c in codes)
+    if len(items) != batch_size:
+        raise InputError("audio_codes", Described(f"<codes for {len(items)} songs>"),
+                         f"one code list for every song, or one per song of the batch ({batch_size})")
+    return items[0] if len(items) == 1 else items
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -444,7 +469,7 @@ class Task:
     """What to generate from what. ``duration``: seconds of a new song (text2music; the metas' duration for
     cover from codes). ``start``/``end``: the window in seconds on the source (see :func:`check_window`), or
     give ``window`` directly. ``audio_codes``: 5 Hz codes as text or ints (text2music → cover from codes, or
-    cover without source audio). ``batch_size``: songs generated at once. ``vae_encode``: the source's latents as a
+    cover without source audio), the same for every song or one list per song (the LM's plans). ``batch_size``: songs generated at once. ``vae_encode``: the source's latents as a
     posterior draw ("sample", the original) or the posterior mean ("mean", reproducible without the seed).
     ``flow_edit``: the morph overlay on cover / cover-nofsq."""
 
@@ -458,7 +483,7 @@ class Task:
     tracks: tuple[str, ...] = ()
     cover_strength: float = 1.0
     cover_noise: float = 0.0
-    audio_codes: tuple[int, ...] | None = None
+    audio_codes: tuple[int, ...] | tuple[tuple[int, ...], ...] | None = None
     batch_size: int = 1
     window: Window | None = None
     vae_encode: str = "sample"
@@ -468,10 +493,11 @@ class Task:
         rule = TASKS[check_task(self.kind)]
         if self.source is not None and not isinstance(self.source, AudioClip):
             raise InputError("source", self.source, "an AudioClip (the source recording)")
-        codes = None if self.audio_codes is None else parse_audio_codes(self.audio_codes)
+        _set(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
+        codes = check_audio_codes(self.audio_codes, self.batch_size)
         _set(self, "audio_codes", codes)
         if codes is not None and (rule.source == "audio" or self.source is not None):
-            raise InputError("audio_codes", Described(f"<{len(codes)} codes>"),
+            raise InputError("audio_codes", Described(f"<{sum(map(len, self.codes_per_song))} codes>"),
                              "only with text2music, or with cover instead of source audio")
         if rule.source == "audio" and self.source is None or (
                 rule.source == "audio or codes" and self.source is None and codes is None):
@@ -489,7 +515,6 @@ class Task:
         for name in ("repaint_strength", "cover_strength", "cover_noise"):
             _set(self, name, check_number(name, getattr(self, name), 0.0, 1.0))
         _set(self, "tracks", check_tracks(self.tracks, self.kind))
-        _set(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
         if self.window is not None:
             if not isinstance(self.window, Window):
                 raise InputError("window", self.window, "a Window(start, end) in seconds")
@@ -512,6 +537,16 @@ class Task:
         return TASKS[self.kind]
 
     @property
+    def codes_per_song(self) -> list[tuple[int, ...]] | None:
+        """The audio codes song i of the batch follows (the same list for every song unless given per song)."""
+        codes = self.audio_codes
+        if codes is None:
+            return None
+        if codes and isinstance(codes[0], tuple):
+            return list(codes)
+        return [codes] * self.batch_size
+
+    @property
     def _source_seconds(self) -> float | None:
         return None if self.source is None else self.source.seconds
 
@@ -524,7 +559,7 @@ class Task:
             before, after = self.window.padding(self.source.seconds)
             return self.source.seconds + before + after
         if self.audio_codes is not None:
-            return len(self.audio_codes) / CODES_PER_SECOND
+            return max(map(len, self.codes_per_song)) / CODES_PER_SECOND
         return DEFAULT_DURATION if self.duration is None else self.duration
 
 
@@ -607,25 +642,88 @@ class RenderSettings:
             _set(self, name, check_number(name, getattr(self, name), 0.0, DURATION_MAX, " seconds"))
 
 
+def check_lm_decide(decide) -> tuple[str, ...]:
+    """What the LM may decide: a list of names from LM_DECIDE_FIELDS, or one string with names separated by
+    commas ('' = nothing; the user's given values are always kept)."""
+    allowed = f"names from {', '.join(LM_DECIDE_FIELDS)} (a list, or separated by commas)"
+    if isinstance(decide, str):
+        decide = [d for d in decide.split(",") if d.strip()]
+    if not isinstance(decide, (list, tuple)):
+        raise InputError("lm_decide", decide, allowed)
+    names = []
+    for name in decide:
+        if not isinstance(name, str) or name.strip().lower() not in LM_DECIDE_FIELDS:
+            raise InputError("lm_decide", name, allowed)
+        names.append(name.strip().lower())
+    return tuple(n for n in LM_DECIDE_FIELDS if n in names)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The 5 Hz LM's part. ``mode``: "off"; "codes" (the user's metas as given, the LM writes the audio codes the
+    DiT follows); "think" (the LM first writes what the user left out of ``decide`` — bpm, key, time signature,
+    duration, the language of its own reasoning — and, with ``rewrite_caption``, a caption for the DiT; then the
+    codes). Sampling: ``cfg_scale`` (1 = off), ``temperature`` (0 = greedy), ``top_p`` (1 = off), ``top_k`` (0 =
+    off), ``min_p`` (0 = off), ``negative_prompt`` (the unconditional branch; blank = "NO USER INPUT"). ``seed``:
+    None = the sampler's seeds; one seed (song i gets seed + i) or one per song."""
+
+    mode: str = "off"
+    cfg_scale: float = LM_CFG_SCALE
+    temperature: float = LM_TEMPERATURE
+    top_p: float = LM_TOP_P
+    top_k: int = LM_TOP_K
+    min_p: float = LM_MIN_P
+    seed: int | tuple[int, ...] | None = None
+    negative_prompt: str = LM_NO_USER_INPUT
+    rewrite_caption: bool = True
+    decide: tuple[str, ...] = LM_DECIDE_FIELDS
+
+    def __post_init__(self):
+        check_choice("lm_mode", self.mode, LM_MODES)
+        _set(self, "cfg_scale", check_number("lm_cfg_scale", self.cfg_scale, LM_CFG_SCALE_MIN, LM_CFG_SCALE_MAX,
+                                             " (1 = no CFG)"))
+        _set(self, "temperature", check_number("lm_temperature", self.temperature, 0.0, LM_TEMPERATURE_MAX,
+                                               " (0 = greedy)"))
+        _set(self, "top_p", check_number("lm_top_p", self.top_p, 0.0, 1.0, " (1 = off)"))
+        _set(self, "top_k", check_int("lm_top_k", self.top_k, 0, LM_TOP_K_MAX, " (0 = off)"))
+        _set(self, "min_p", check_number("lm_min_p", self.min_p, 0.0, 1.0, " (0 = off)"))
+        _set(self, "seed", check_seed(self.seed, name="lm_seed"))
+        check_text("lm_negative_prompt", self.negative_prompt)
+        if not self.negative_prompt.strip():
+            _set(self, "negative_prompt", LM_NO_USER_INPUT)
+        _set(self, "rewrite_caption", check_bool("lm_rewrite_caption", self.rewrite_caption))
+        _set(self, "decide", check_lm_decide(self.decide))
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+
 @dataclass(frozen=True, eq=False)
 class Request:
-    """One generation: the parts as built (and checked) by their owners. ``render`` None = latents only."""
+    """One generation: the parts as built (and checked) by their owners. ``render`` None = latents only.
+    ``plans``: the LM's plans (``lm_planner.Plan``, one per song) once the request was planned (text and task then
+    hold what the LM decided; see ``acestep_core.planning``); empty before."""
 
     text: SongText = field(default_factory=SongText)
     task: Task = field(default_factory=Task)
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     render: RenderSettings | None = field(default_factory=RenderSettings)
+    lm: PlanSettings = field(default_factory=PlanSettings)
+    plans: tuple = ()
 
     def __post_init__(self):
-        for name, kind in (("text", SongText), ("task", Task), ("sampler", SamplerSettings)):
+        for name, kind in (("text", SongText), ("task", Task), ("sampler", SamplerSettings), ("lm", PlanSettings)):
             if not isinstance(getattr(self, name), kind):
                 raise InputError(name, getattr(self, name), f"a {kind.__name__}")
         if self.render is not None and not isinstance(self.render, RenderSettings):
             raise InputError("render", self.render, "a RenderSettings, or None for latents only")
-        for name in ("seed", "retake_seed"):
-            seed = getattr(self.sampler, name)
+        for name, seed in (("seed", self.sampler.seed), ("retake_seed", self.sampler.retake_seed),
+                           ("lm_seed", self.lm.seed)):
             if isinstance(seed, tuple) and len(seed) != self.task.batch_size:
                 raise InputError(name, list(seed), f"one seed per batch item ({self.task.batch_size})")
+        if not isinstance(self.plans, tuple) or (self.plans and len(self.plans) != self.task.batch_size):
+            raise InputError("plans", self.plans, f"a tuple of one LM plan per song ({self.task.batch_size})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -645,11 +743,11 @@ class Schedule:
     dcw: DcwSettings
 
 
-def resolve_sampler(settings: SamplerSettings, variant: str) -> Schedule:
+def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False) -> Schedule:
     """Fill the variant's defaults (steps, shift, guidance) and refuse what the variant cannot take: custom
     timesteps on the base model (the original has no such option there), more than 20 turbo steps or non-zero
     turbo timesteps. Turbo models are guidance-distilled, so their guidance is always 1. DCW: on/off, mode and
-    scalers default to the official app's for the variant."""
+    scalers default to the official app's for the variant (``think``: the app's values when the LM thought)."""
     defaults = VARIANT_DEFAULTS[variant]
     turbo = variant.endswith("turbo")
     timesteps = settings.timesteps
@@ -672,13 +770,17 @@ def resolve_sampler(settings: SamplerSettings, variant: str) -> Schedule:
         shift=defaults.shift if settings.shift is None else settings.shift,
         guidance=1.0 if turbo else (defaults.guidance if settings.guidance is None else settings.guidance),
         timesteps=timesteps,
-        dcw=resolve_dcw(settings, variant),
+        dcw=resolve_dcw(settings, variant, think),
     )
 
 
-def resolve_dcw(settings: SamplerSettings, variant: str) -> DcwSettings:
-    """The DCW correction a run uses: each setting as given, else the official app's default for the variant."""
+def resolve_dcw(settings: SamplerSettings, variant: str, think: bool = False) -> DcwSettings:
+    """The DCW correction a run uses: each setting as given, else the official app's default for the variant;
+    with ``think`` (the LM planned the song in think mode) the app's think mode, scalers instead (the switch stays
+    the variant's)."""
     default = DCW_DEFAULTS[variant]
+    if think:
+        default = DcwSettings(default.enabled, DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER)
     return DcwSettings(enabled=default.enabled if settings.dcw is None else settings.dcw,
                        mode=settings.dcw_mode or default.mode,
                        scaler=default.scaler if settings.dcw_scaler is None else settings.dcw_scaler,
@@ -702,6 +804,7 @@ _FLAT = {
     **{f"flow_edit_{name}": ("flow_edit", name) for name in (f.name for f in dataclasses.fields(FlowEdit))},
     **{name: ("sampler", name) for name in (f.name for f in dataclasses.fields(SamplerSettings))},
     **{name: ("render", name) for name in (f.name for f in dataclasses.fields(RenderSettings))},
+    **{f"lm_{name}": ("lm", name) for name in (f.name for f in dataclasses.fields(PlanSettings))},
 }
 _AUDIO = ("src_audio", "src_sample_rate", "ref_audio", "ref_sample_rate")
 
@@ -718,13 +821,14 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
     velocity_norm_threshold, timesteps, sampler_mode, infer_method, velocity_ema, dcw, dcw_mode, dcw_scaler,
     dcw_high_scaler, retake_seed, retake_variance; vae_encode; flow_edit=True with flow_edit_source_caption,
     flow_edit_source_lyrics, flow_edit_n_min, flow_edit_n_max, flow_edit_n_avg; normalize, tile_frames, fade_in,
-    fade_out. ``decode=False`` returns latents only."""
+    fade_out; the 5 Hz LM (:class:`PlanSettings`): lm_mode, lm_cfg_scale, lm_temperature, lm_top_p, lm_top_k,
+    lm_min_p, lm_seed, lm_negative_prompt, lm_rewrite_caption, lm_decide. ``decode=False`` returns latents only."""
     unknown = [name for name in fields if name not in _FLAT and name not in _AUDIO]
     if unknown:
         close = difflib.get_close_matches(unknown[0], [*_FLAT, *_AUDIO], n=1)
         hint = f"did you mean {close[0]!r}?" if close else "help(acestep_core.request.request) lists them"
         raise InputError(unknown[0], fields[unknown[0]], f"not a request field ({hint})")
-    parts: dict[str, dict] = {"text": {}, "task": {}, "sampler": {}, "render": {}, "flow_edit": {}}
+    parts: dict[str, dict] = {"text": {}, "task": {}, "sampler": {}, "render": {}, "flow_edit": {}, "lm": {}}
     for name, value in fields.items():
         if name in _FLAT:
             part, key = _FLAT[name]
@@ -741,4 +845,5 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
         name = "flow_edit_" + next(iter(parts["flow_edit"]))
         raise InputError(name, fields[name], "only with flow_edit=True")
     return Request(SongText(**parts["text"]), Task(**parts["task"]), SamplerSettings(**parts["sampler"]),
-                   RenderSettings(**parts["render"]) if check_bool("decode", decode) else None)
+                   RenderSettings(**parts["render"]) if check_bool("decode", decode) else None,
+                   PlanSettings(**parts["lm"]))

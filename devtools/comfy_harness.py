@@ -156,20 +156,29 @@ def song_signal(seconds: float = TEST_AUDIO_SECONDS, rate: int = TEST_AUDIO_RATE
 
 def make_comfy_tree(base: str) -> dict:
     """A ComfyUI-like base folder with tiny random models under every name the workflows use: the Comfy-Org
-    split turbo files and all-in-one file, the official folders for turbo, base and SFT, and tiny LoRAs in
-    models/loras (devtools.lora_fixtures.write_example_loras); plus the placeholder input audio. Returns the
-    folders."""
+    split turbo files and all-in-one file, the official folders for turbo, base and SFT, tiny LoRAs in
+    models/loras (devtools.lora_fixtures.write_example_loras) and a tiny 5 Hz LM in all three places it is
+    published (text_encoders/qwen_1.7b_ace15.safetensors, acestep/acestep-5Hz-lm-1.7B/, inside the all-in-one
+    file): the terse one (devtools.lm_fixtures.terse_lm_state_dict: short plans, 11-s songs, so the LM workflows
+    run in seconds); plus the placeholder input audio. Returns the folders."""
+    from safetensors.torch import load_file
+
     from acestep_core.audio import save_audio
     from devtools.fixtures import build_tensors, write_comfy_layout, write_hf_layout
+    from devtools.lm_fixtures import terse_lm_state_dict, write_aio_with_lm, write_comfy_lm, write_official_lm
     from devtools.lora_fixtures import write_example_loras
 
     dirs = {name: os.path.join(base, name) for name in ("models", "input", "output", "temp")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
     tensors = {v: build_tensors(v) for v in ("turbo", "base", "sft")}
-    write_comfy_layout(dirs["models"], tensors["turbo"], "turbo")
+    paths = write_comfy_layout(dirs["models"], tensors["turbo"], "turbo")
     for variant, t in tensors.items():
         write_hf_layout(os.path.join(dirs["models"], "acestep"), t, variant)
+    lm = terse_lm_state_dict(seed=5)
+    write_comfy_lm(dirs["models"], lm)
+    write_official_lm(os.path.join(dirs["models"], "acestep"), lm)
+    write_aio_with_lm(paths["aio"], lm, extra=load_file(paths["aio"]))
     write_example_loras(os.path.join(dirs["models"], "loras"), tensors["turbo"]["config"])
     save_audio(os.path.join(dirs["input"], SOURCE_FILE), song_signal(), TEST_AUDIO_RATE)
     save_audio(os.path.join(dirs["input"], REFERENCE_FILE), song_signal(seed=1), TEST_AUDIO_RATE)

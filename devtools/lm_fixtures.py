@@ -141,3 +141,35 @@ def write_aio_with_lm(path: str, state_dict: dict[str, torch.Tensor], slot: str 
     tensors.update(extra or {})
     _save(tensors, path)
     return path
+
+
+# Qwen3 token ids the terse LM is built around (the same in the official and the bundled tokenizer).
+NEWLINE_ID, ONE_ID, COLON_ID, EOS_ID, THINK_END_ID = 198, 16, 25, 151645, 151668
+
+
+def terse_lm_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny LM that writes short, valid plans quickly, for graph and command-line tests (a random LM writes the
+    text modes up to their 3,500-token budget and chooses songs up to 600 s long).
+
+    Its weights are random except for four embedding columns and the final norm, which keeps only columns 1-3,
+    with signs (+, -, +): a logit is then, up to scale, a fixed bilinear form of the current input token's
+    embedding and the candidate's, k(x, y) = x1*y1 - x2*y2 + x3*y3 (column 0, constant, steadies the
+    normalisation; the random layers add a little noise). The columns make it prefer, after an ordinary token or
+    ":", a newline, then "1"; after a newline, ":"; after "</think>", the end of the turn. Under the planner's
+    constraints: "bpm: 111", an empty caption (a newline, then ":" ends it), "duration: 11", keys, languages and
+    time signatures at random, codes at random, and nothing after "</think>". (Tied embeddings make the form
+    symmetric, so a caption word cannot be added without breaking the newline/":" pair.)"""
+    sd = random_lm_state_dict(seed)
+    e = sd["model.embed_tokens.weight"]
+    e[:, :4] = 0.0
+    e[:, 0] = 10.0
+    e[:, 1] = 10.0
+    e[NEWLINE_ID, 1], e[NEWLINE_ID, 2] = 20.0, 30.0
+    e[COLON_ID, 2] = -20.0
+    e[ONE_ID, 1] = 15.0
+    e[EOS_ID, 1], e[EOS_ID, 3] = -50.0, 100.0
+    e[THINK_END_ID, 1], e[THINK_END_ID, 3] = 0.0, 10.0
+    norm = torch.zeros_like(sd["model.norm.weight"])
+    norm[1:4] = torch.tensor([1.0, -1.0, 1.0])
+    sd["model.norm.weight"] = norm
+    return sd

@@ -2,12 +2,13 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .acestep_nodes import NODES
+from .lm_nodes import LM_NODES
 from .lora_node import LoraLoader
 
 
 class AceStepExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*NODES, LoraLoader]
+        return [*NODES, LoraLoader, *LM_NODES]
 
 
 async def comfy_entrypoint() -> AceStepExtension:

@@ -16,6 +16,7 @@ from dataclasses import replace
 import torch
 from comfy_api.latest import io
 
+from ..acestep_core import planning
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
     BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
@@ -26,8 +27,8 @@ from ..acestep_core.constants import (
 )
 from ..acestep_core.errors import InputError
 from ..acestep_core.request import (
-    APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, FlowEdit, RenderSettings, Request, SamplerSettings, SongText, Task,
-    check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
+    APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
+    SongText, Task, check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
 )
 from . import comfy_adapter as host
 from . import models
@@ -37,6 +38,7 @@ CATEGORY = "audio/ACE-Step 1.5"
 PREFIX = "AceStep15_"
 LATENT_TASK_KEY = "acestep_task"  # the Task, carried inside a LATENT dict from a latent node to the sampler/decoder
 LATENT_SOURCE_KEY = "acestep_source"  # the source as the sampler prepared it, reused by VAE Decode
+LATENT_PLAN_KEY = "acestep_plan"  # (PlanSettings, plans) from the LM Planner: the sampler runs the planned song
 LATENT_CHANNELS = 64  # ACE-Step 1.5 VAE latent channels (canvas of the init-latent nodes)
 AUTO = "auto"
 KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
@@ -77,11 +79,16 @@ def _audio_clip(audio: dict, name: str = "audio") -> AudioClip:
     return AudioClip(wav[0], audio["sample_rate"], name)
 
 
-def _task_latent(task: Task) -> io.NodeOutput:
-    """A LATENT canvas of the result's length carrying the task; the UI output has the source's peaks."""
+def task_canvas(task: Task, **extra) -> dict:
+    """A LATENT canvas of the result's length carrying the task (and ``extra`` keys)."""
     frames = max(1, round(task.seconds * LATENT_RATE))
     canvas = torch.zeros(task.batch_size, LATENT_CHANNELS, frames)
-    return io.NodeOutput({"samples": canvas, "type": "audio", LATENT_TASK_KEY: task}, ui=node_ui.source_ui(task))
+    return {"samples": canvas, "type": "audio", LATENT_TASK_KEY: task, **extra}
+
+
+def _task_latent(task: Task) -> io.NodeOutput:
+    """A LATENT canvas of the result's length carrying the task; the UI output has the source's peaks."""
+    return io.NodeOutput(task_canvas(task), ui=node_ui.source_ui(task))
 
 
 def _batch_input() -> io.Int.Input:
@@ -492,14 +499,18 @@ class Sampler(io.ComfyNode):
             dcw_scaler=dcw_scaler, dcw_high_scaler=dcw_high_scaler, retake_seed=retake_seed,
             retake_variance=retake_variance)
         pipe = model.pipeline
-        result = pipe(Request(conditioning, task, settings, render=None), on_step=host.Progress(cls.hidden.unique_id),
-                      should_cancel=host.check_interrupted, adapters=model.pipeline_adapters)
+        lm_settings, plans = latent.get(LATENT_PLAN_KEY) or (PlanSettings(), ())
+        result = pipe(Request(conditioning, task, settings, None, lm_settings, plans),
+                      on_step=host.Progress(cls.hidden.unique_id), should_cancel=host.check_interrupted,
+                      adapters=model.pipeline_adapters)
         meta = result.metadata
         lines = [f"{meta['variant']} · {meta['task']} · {meta['steps']} steps · shift {meta['shift']} · "
                  f"guidance {meta['guidance']} · {meta['sampler']} · DCW {meta['dcw']} · "
                  f"seeds {', '.join(map(str, result.seeds))}"]
         if "retake_seeds" in meta:
             lines.append(f"retake {meta['retake_variance']:g} · seeds {', '.join(map(str, meta['retake_seeds']))}")
+        if result.request is not None and result.request.plans:
+            lines.append(planning.summary(result.request))
         if task.rule.base_only and not meta["variant"].endswith("base"):
             lines.append(f"note: the official app offers {task.kind} only on the base model")
         if meta.get("memory"):

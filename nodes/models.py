@@ -222,3 +222,112 @@ def resolve_lora(name: str) -> str:
         raise ValueError(f"lora_name={name!r} was not found in the loras folders ({roots}); put the .safetensors "
                          "file or the LoRA folder there and refresh the node list")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------- the 5 Hz LM
+
+_LM_HEADER_CACHE: dict[tuple[str, float], bool] = {}
+_LOADED_LMS: "OrderedDict[tuple, LoadedLM]" = OrderedDict()
+MAX_CACHED_LMS = 1
+
+
+def _has_lm(path: str) -> bool:
+    """The core's header check (an LM's embedding with audio-code rows), cached per file version."""
+    from ..acestep_core.loading.lm import has_lm
+
+    key = (path, _mtime(path))
+    if key not in _LM_HEADER_CACHE:
+        _LM_HEADER_CACHE[key] = has_lm(path)
+    return _LM_HEADER_CACHE[key]
+
+
+def lm_choices() -> list[str]:
+    """Entries for the LM Loader's dropdown: ``acestep/acestep-5Hz-lm-*`` (official folders, the app's default
+    1.7B first), ``text_encoders/qwen_{1.7b,4b}_ace15.safetensors`` (Comfy-Org; any LM file there) and
+    ``checkpoints/<all-in-one>`` carrying an LM. Only what holds a 5 Hz LM is listed (headers are read, not
+    weights)."""
+    from ..acestep_core.constants import LM_FOLDER_ORDER, LM_FOLDER_PREFIX
+
+    folders = []
+    for root in host.folder_paths_for(host.HF_FOLDER):
+        if os.path.isdir(root):
+            folders += [n for n in sorted(os.listdir(root)) if n.startswith(LM_FOLDER_PREFIX)
+                        and _has_lm(os.path.join(root, n))]
+    rank = {name: i for i, name in enumerate(LM_FOLDER_ORDER)}
+    choices = [f"{host.HF_FOLDER}/{n}" for n in sorted(dict.fromkeys(folders), key=lambda n: (rank.get(n, 99), n))]
+    for kind in ("text_encoders", "checkpoints"):
+        for name in host.model_files(kind):
+            path = host.full_path(kind, name)
+            if path and _has_lm(path):
+                choices.append(f"{kind}/{name}")
+    return choices
+
+
+@dataclass
+class LoadedLM:
+    """What the ACESTEP_LM socket carries: the planner (LM + tokenizer) and the LM's own host-managed module (one
+    ModelPatcher in ComfyUI, so its model manager offloads the LM before the DiT is loaded)."""
+
+    planner: object  # acestep_core.lm_planner.Planner
+    modules: host.ManagedModules
+    name: str
+    dtype: str
+    path: str
+
+    @property
+    def lm(self):
+        return self.planner.lm
+
+    def describe(self) -> str:
+        cfg = self.lm.config
+        size = sum(p.numel() for p in self.lm.parameters()) / 1e9
+        return (f"LM: {self.name} · {size:.2f}B parameters · {cfg.num_layers} layers · dtype: {self.dtype}\n"
+                f"{self.path}")
+
+    def place(self, codes: int = 0, batch: int = 1, text_tokens: int = 0) -> None:
+        """Put the LM on the compute device for a run writing ``codes`` codes for ``batch`` songs (or
+        ``text_tokens`` tokens of text), with its working memory (KV cache, logits) as ComfyUI's
+        ``memory_required``, so other models make room first."""
+        from ..acestep_core.memory.estimates import Workload, lm_working
+        from ..acestep_core.memory.manager import lm_geometry
+
+        device = host.compute_device()
+        work = Workload(seconds=0.0, batch=batch, lm_codes=codes + text_tokens)
+        working = lm_working(lm_geometry(self.lm), self.lm.dtype, work, device=device)
+        self.modules.load(device, [("lm", self.lm)], working, False, {"lm": self.lm})
+
+    def done(self) -> None:
+        """After a run: free the KV cache, so the memory goes back before the DiT runs."""
+        self.planner.release()
+
+
+def resolve_lm(choice: str) -> str:
+    kind, _, name = choice.partition("/")
+    path = host.full_path(kind, name) if name else None
+    if path is None:
+        raise ValueError(
+            f"lm={choice!r} was not found. Put the Comfy-Org file text_encoders/qwen_1.7b_ace15.safetensors (or "
+            "qwen_4b_ace15) in models/text_encoders/, or the official acestep-5Hz-lm-1.7B folder in models/acestep/, "
+            "then refresh.")
+    return path
+
+
+def load_lm(choice: str, dtype: str = AUTO) -> LoadedLM:
+    """Load (or reuse) the LM picked in the LM Loader, on ComfyUI's offload device; it goes to the compute device
+    for each planner run (``LoadedLM.place``)."""
+    from ..acestep_core.loading.checkpoint import dtype_name, resolve_dtype
+    from ..acestep_core.loading.lm import lm_name, load_planner
+
+    path = resolve_lm(choice)
+    torch_dtype = resolve_dtype(dtype, host.compute_device(), host.bf16_supported())
+    chosen = dtype_name(torch_dtype)
+    key = (path, chosen, _mtime(path))
+    if key in _LOADED_LMS:
+        _LOADED_LMS.move_to_end(key)
+        return _LOADED_LMS[key]
+    planner = load_planner(path, torch_dtype, host.offload_device())
+    loaded = LoadedLM(planner, host.ManagedModules({"lm": planner.lm}), lm_name(path), chosen, path)
+    _LOADED_LMS[key] = loaded
+    while len(_LOADED_LMS) > MAX_CACHED_LMS:
+        _LOADED_LMS.popitem(last=False)
+    return loaded

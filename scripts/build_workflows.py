@@ -22,6 +22,7 @@ from devtools.lora_fixtures import EXAMPLE_LOKR_FOLDER, EXAMPLE_LORA_FILE  # noq
 P = "AceStep15_"
 TURBO = "diffusion_models/acestep_v1.5_turbo.safetensors"  # Comfy-Org split file
 SFT = "acestep/acestep-v15-sft"  # official folder (the 2B SFT/base exist only in the official layout)
+LM = "text_encoders/qwen_1.7b_ace15.safetensors"  # the Comfy-Org 5 Hz LM file ComfyUI's own template uses
 BASE = "acestep/acestep-v15-base"
 SOURCE = SOURCE_FILE  # placeholder for the user's own file in ComfyUI/input
 REFERENCE = REFERENCE_FILE
@@ -34,6 +35,11 @@ MODELS_NOTE = (
     "models/text_encoders (qwen_0.6b_ace15.safetensors) and models/vae (ace_1.5_vae.safetensors), or the official "
     "folders under models/acestep/ (acestep-v15-turbo/, acestep-v15-base/, acestep-v15-sft/, vae/, "
     "Qwen3-Embedding-0.6B/). Pick yours in the Model Loader, then Queue. See the pack's README for downloads."
+)
+LM_NOTE = (
+    "The 5 Hz LM: put the Comfy-Org file qwen_1.7b_ace15.safetensors (or qwen_4b_ace15) in "
+    "ComfyUI/models/text_encoders, or the official acestep-5Hz-lm-1.7B folder in models/acestep/, and pick it in "
+    "the LM Loader."
 )
 
 
@@ -55,13 +61,26 @@ def stems(task, track, more_tracks=""):
             {"audio": ("src", 0)})
 
 
-def sampler(cond="text", latent="latent", model="loader", **w):
+def sampler(cond=("text", 0), latent=("latent", 0), model="loader", **w):
     widgets = {"seed": 42, "steps": 0, "shift": 0.0, "guidance": 0.0, "guidance_method": "apg",
                "apg_momentum": -0.75, "apg_norm_threshold": 2.5, "cfg_interval_start": 0.0,
                "cfg_interval_end": 1.0, "velocity_norm_threshold": 0.0, "timesteps": ""}
     widgets.update(w)
-    return ("sampler", P + "Sampler", widgets, {"model": (model, 0), "conditioning": (cond, 0),
-                                                 "latent": (latent, 0)})
+    return ("sampler", P + "Sampler", widgets, {"model": (model, 0), "conditioning": cond, "latent": latent})
+
+
+def lm_loader(choice=LM):
+    return ("lm", P + "LMLoader", {"lm": choice, "dtype": "auto"}, {})
+
+
+def planner(cond="text", latent="latent", **w):
+    widgets = {"seed": 42, "mode": "think", "rewrite_caption": True, "decide_duration": False, "cfg_scale": 2.0,
+               "temperature": 0.85}
+    widgets.update(w)
+    return ("plan", P + "LMPlanner", widgets, {"lm": ("lm", 0), "conditioning": (cond, 0), "latent": (latent, 0)})
+
+
+PLANNED = {"cond": ("plan", 0), "latent": ("plan", 1)}  # the Sampler's inputs after an LM Planner
 
 
 def lora(key, name, strength, model="loader"):
@@ -80,12 +99,45 @@ def save(prefix, fmt="flac", source="decode"):
 
 WORKFLOWS = {
     "acestep15_text2music_turbo": (
-        "Text to music with the turbo model (8 steps, no guidance: fast).\n\n"
+        "Text to music with the turbo model (8 steps, no guidance: fast), planned by the 5 Hz LM as the official "
+        "app does by default.\n\n"
         "Write the caption (style, instruments, mood) and the lyrics with [Verse]/[Chorus] tags; set the length "
-        "on the Empty Latent. bpm 0 / key auto / time signature auto let the model decide. Change the seed for "
-        "another take; batch_size makes several at once.\n\n" + MODELS_NOTE,
-        [loader(TURBO), text(), ("latent", P + "EmptyLatent", {"duration": 120.0, "batch_size": 1}, {}),
-         sampler(), decode(), save("audio/ACE-Step_turbo")]),
+        "on the Empty Latent. The LM Planner (think) fills what you leave on auto (bpm 0, key and time signature "
+        "auto), writes a richer caption and the audio codes the DiT follows; its result shows on the node. "
+        "decide_duration lets it choose the length too; mode codes keeps your settings as given; bypass the "
+        "planner (Ctrl+B) or set mode off to run the DiT alone. Change the seeds for another take; batch_size makes "
+        "several at once, each with its own codes.\n\n" + MODELS_NOTE + "\n\n" + LM_NOTE,
+        [loader(TURBO), lm_loader(), text(bpm=0, keyscale="auto", ts="auto"),
+         ("latent", P + "EmptyLatent", {"duration": 120.0, "batch_size": 1}, {}), planner(),
+         sampler(**PLANNED), decode(), save("audio/ACE-Step_turbo")]),
+    "acestep15_simple_mode": (
+        "Simple mode: describe the song in a few words; the 5 Hz LM writes its caption, lyrics, bpm, key, time "
+        "signature, length and language, then plans the codes, and the turbo model sings it.\n\n"
+        "Simple Mode's duration goes to the Empty Latent; its caption and lyrics outputs can be shown or edited "
+        "with any text node. instrumental makes a song without vocals; language unknown lets the LM choose.\n\n"
+        + MODELS_NOTE + "\n\n" + LM_NOTE,
+        [loader(TURBO), lm_loader(),
+         ("simple", P + "SimpleMode", {"query": "a dreamy synth-pop song about city lights at night",
+                                       "instrumental": False, "language": "en", "seed": 42}, {"lm": ("lm", 0)}),
+         ("latent", P + "EmptyLatent", {"duration": 60.0, "batch_size": 1}, {"duration": ("simple", 3)}),
+         planner(cond="simple"), sampler(**PLANNED), decode(), save("audio/ACE-Step_simple")]),
+    "acestep15_understand_cover": (
+        "Understand, then cover: the 5 Hz LM listens to a song and writes its caption and lyrics, which then "
+        "describe a cover of that song.\n\n"
+        f"Load the song ({SOURCE} is a placeholder: upload your own). Understand Audio reads it through the "
+        "model's VAE and audio tokenizer (its 5 Hz codes) and writes caption, lyrics, bpm, key, time signature, "
+        "length and language; here caption, lyrics and bpm go into Caption & Lyrics (edit them by converting the "
+        "links back to widgets). The cover follows the source's structure, as in the cover workflow.\n\n"
+        + MODELS_NOTE + "\n\n" + LM_NOTE,
+        [loader(TURBO), lm_loader(), load_audio("src", SOURCE),
+         ("understand", P + "UnderstandAudio", {"seed": 42},
+          {"model": ("loader", 0), "lm": ("lm", 0), "audio": ("src", 0)}),
+         ("text", P + "TextEncode", {"caption": "", "lyrics": "", "language": "en", "bpm": 0, "keyscale": "auto",
+                                     "timesignature": "auto"},
+          {"caption": ("understand", 0), "lyrics": ("understand", 1), "bpm": ("understand", 2)}),
+         ("latent", P + "CoverLatent", {"cover_strength": 1.0, "noise_strength": 0.0, "batch_size": 1},
+          {"audio": ("src", 0)}),
+         sampler(), decode(), save("audio/ACE-Step_understand_cover")]),
     "acestep15_text2music_sft_apg": (
         "Text to music with the SFT model and APG guidance, as the official pipeline runs base/SFT models.\n\n"
         "Sampler: steps/shift/guidance 0 = the variant defaults (SFT 50 steps, base 32, shift 3, guidance 7). APG "
@@ -101,7 +153,7 @@ WORKFLOWS = {
         [loader(TURBO), text(), load_audio("ref", REFERENCE),
          ("timbre", P + "TimbreReference", {}, {"conditioning": ("text", 0), "audio": ("ref", 0)}),
          ("latent", P + "EmptyLatent", {"duration": 60.0, "batch_size": 1}, {}),
-         sampler(cond="timbre"), decode(), save("audio/ACE-Step_timbre")]),
+         sampler(cond=("timbre", 0)), decode(), save("audio/ACE-Step_timbre")]),
     "acestep15_cover": (
         "Cover: the source's melody and structure guide a new performance in the caption's style.\n\n"
         f"Load the song to cover ({SOURCE} is a placeholder: upload your own). cover_strength 1.0 follows the "
@@ -182,9 +234,9 @@ WORKFLOWS = {
 }
 
 COLUMNS = {"loader": 0, "text": 1, "ref": 0, "src": 0, "timbre": 2, "latent": 1, "sampler": 2, "decode": 3, "save": 4,
-           "lora1": 0, "lora2": 0}
+           "lora1": 0, "lora2": 0, "lm": 0, "plan": 2, "simple": 1, "understand": 1}
 ROWS = {"loader": 0, "text": 0, "timbre": 0, "ref": 1, "src": 1, "latent": 1, "sampler": 0, "decode": 0, "save": 0,
-        "lora1": 1, "lora2": 2}
+        "lora1": 1, "lora2": 2, "lm": 2, "plan": 1, "simple": 0, "understand": 2}
 
 
 def _default(info: dict, name: str):
@@ -222,8 +274,8 @@ def build(name: str, note: str, specs: list, infos: dict) -> dict:
             out_types = [("AUDIO", "AUDIO")] if node_type == "LoadAudio" else []
         values = []
         for n in names:
-            if n is None:
-                values.append("randomize" if node_type.endswith("Sampler") else None)
+            if n is None:  # our seeds' control_after_generate; a core node's frontend-only widget
+                values.append("randomize" if info is not None else None)
             elif n in widgets:
                 values.append(widgets[n])
             else:  # a widget the spec leaves alone (the advanced ones): its schema default
@@ -233,7 +285,10 @@ def build(name: str, note: str, specs: list, infos: dict) -> dict:
             link_id += 1
             links.append([link_id, ids[src], slot, ids[key], len(node_inputs), socket_types[inp]])
             outputs[src][slot]["links"].append(link_id)
-            node_inputs.append({"name": inp, "type": socket_types[inp], "link": link_id})
+            socket = {"name": inp, "type": socket_types[inp], "link": link_id}
+            if inp in names:  # a widget fed by a link (the frontend shows it as an input)
+                socket["widget"] = {"name": inp}
+            node_inputs.append(socket)
         outputs[key] = [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(out_types)]
         col, row = COLUMNS[key], ROWS[key]
         nodes.append({"id": ids[key], "type": node_type, "pos": [col * 420, row * 420], "size": [380, 300 if row == 0 else 200],

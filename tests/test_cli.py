@@ -212,7 +212,7 @@ def test_allow_download(fake, capsys, monkeypatch, tmp_path):
     code, _, err = run(["--checkpoint", target, "--duration", "10", "--allow-download"], capsys)
     assert code == 0, err
     assert calls[0][0] == "ACE-Step/Ace-Step1.5" and "vae/*" in calls[0][2]
-    assert not any("5Hz" in p for p in calls[0][2])
+    assert [p for p in calls[0][2] if "5Hz" in p] == ["acestep-5Hz-lm-1.7B/*"]  # the app's default LM too
     assert os.path.isdir(os.path.join(target, "vae")) and not os.path.exists(target + ".download")
     assert FakePipeline.loaded[0][0] == target
 

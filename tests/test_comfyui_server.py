@@ -46,15 +46,17 @@ TEXT2MUSIC = os.path.join(ROOT, "workflows", "acestep15_text2music_turbo.json")
 
 
 def _expected_node_ids() -> set[str]:
-    """The 14 nodes of the pack, plus every AceStep15_ node a workflow uses or the node module defines."""
+    """The 18 nodes of the pack, plus every AceStep15_ node a workflow uses or a node module defines."""
     ids = {PREFIX + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                                 "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
-                                "SaveAudio", "PreviewAudio", "LoraLoader")}
+                                "SaveAudio", "PreviewAudio", "LoraLoader", "LMLoader", "LMPlanner", "SimpleMode",
+                                "UnderstandAudio")}
     for path in WORKFLOWS:
         with open(path, encoding="utf-8") as f:
             ids |= {n["type"] for n in json.load(f)["nodes"] if n["type"].startswith(PREFIX)}
-    with open(os.path.join(ROOT, "nodes", "acestep_nodes.py"), encoding="utf-8") as f:
-        ids |= {PREFIX + m for m in re.findall(r'node_id\s*=\s*PREFIX\s*\+\s*"(\w+)"', f.read())}
+    for path in glob.glob(os.path.join(ROOT, "nodes", "*.py")):
+        with open(path, encoding="utf-8") as f:
+            ids |= {PREFIX + m for m in re.findall(r'node_id\s*=\s*PREFIX\s*\+\s*"(\w+)"', f.read())}
     return ids
 
 

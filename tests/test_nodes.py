@@ -15,7 +15,8 @@ from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, run_node, song_signal
 P = "AceStep15_"
 EXPECTED = {P + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                             "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
-                            "SaveAudio", "PreviewAudio", "LoraLoader")}
+                            "SaveAudio", "PreviewAudio", "LoraLoader", "LMLoader", "LMPlanner", "SimpleMode",
+                            "UnderstandAudio")}
 
 
 def _audio(seconds=40.0, seed=0):

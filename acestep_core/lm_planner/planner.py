@@ -69,7 +69,7 @@ class Plan:
     duration: float | None
     language: str | None
     caption: str | None
-    codes: list[int]  # FSQ indices 0..63999, int(duration * 5) of them
+    codes: list[int]  # FSQ indices 0..63999, int(duration * 5) of them (none when planned with write_codes=False)
     cot: str  # "<think>...</think>" the codes were conditioned on
     metas_text: str  # what the LM wrote while thinking ("" when the metas were all given)
     seed: int
@@ -184,6 +184,7 @@ class Planner:
         min_p: float = LM_MIN_P,
         on_token: TokenCallback | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        write_codes: bool = True,
     ) -> list[Plan]:
         """Plans for ``len(seeds)`` songs of one caption and lyrics; they share the thinking (seeded by seeds[0])
         and get their own codes (seeded by their seed), decoded together as one batch.
@@ -192,12 +193,16 @@ class Planner:
         lets the LM write the metas the user left out (bpm, duration, keyscale, timesignature, language), and a
         caption when ``rewrite_caption``, keeping the given ones verbatim. As upstream, with all four of bpm,
         duration, keyscale and timesignature given there is nothing to think about and the caption is kept.
-        ``detect_language=False`` leaves the language out unless given. ``cfg_scale`` <= 1 turns CFG off."""
+        ``detect_language=False`` leaves the language out unless given. ``cfg_scale`` <= 1 turns CFG off.
+        ``write_codes=False`` stops after the thinking (metas and caption only, every plan without codes: upstream's
+        "dit" inference type, for songs whose structure comes from elsewhere)."""
         if mode not in MODES:
             raise ValueError(f"LM mode {mode!r} is not one of {', '.join(MODES)}")
         if not seeds:
             raise ValueError("plan_batch needs at least one seed")
         given = given_metas(metas)
+        if mode == "codes" and not write_codes:
+            raise ValueError("LM mode 'codes' with write_codes=False leaves nothing to do")
         if mode == "codes" and "duration" not in given:
             raise ValueError("LM mode 'codes' needs a duration (the number of codes is 5 per second); "
                              "give one or use mode 'think'")
@@ -228,16 +233,19 @@ class Planner:
         if duration is None and isinstance(written.get("duration"), int):
             duration = float(written["duration"])
         n_codes = int(duration * CODES_PER_SECOND) if duration else None
-        uncond = unconditional_codes_prompt(negative_prompt) if cfg_scale > 1 else None
-        codes = self._generate_codes(codes_prompt(caption, lyrics, cot), uncond, n_codes, list(seeds), cfg_scale,
-                                     sampling, on_token, should_cancel)
+        if write_codes:
+            uncond = unconditional_codes_prompt(negative_prompt) if cfg_scale > 1 else None
+            codes = self._generate_codes(codes_prompt(caption, lyrics, cot), uncond, n_codes, list(seeds), cfg_scale,
+                                         sampling, on_token, should_cancel)
+        else:
+            codes = [[] for _ in seeds]
         timesignature = written.get("timesignature")
         return [
             Plan(
                 bpm=_int_or_none(written.get("bpm")),
                 keyscale=written.get("keyscale"),
                 timesignature=None if timesignature is None else str(timesignature),
-                duration=duration if duration else len(song) / CODES_PER_SECOND,
+                duration=duration if duration or not write_codes else len(song) / CODES_PER_SECOND,
                 language=written.get("language"),
                 caption=written.get("caption") if metas_text and rewrite_caption else None,
                 codes=song,

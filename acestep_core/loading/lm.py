@@ -17,11 +17,13 @@ from typing import Iterable
 import torch
 from tokenizers import Tokenizer
 
-from ..constants import AUDIO_CODE_FIRST_ID, AUDIO_CODE_TOKEN, LM_EOS_ID, LM_KEY_PREFIXES, LM_THINK_END_ID, LM_THINK_ID
+from ..constants import (
+    AUDIO_CODE_FIRST_ID, AUDIO_CODE_TOKEN, DURATION_MAX, LM_COMFY_FILES, LM_EOS_ID, LM_FOLDER_ORDER, LM_FOLDER_PREFIX,
+    LM_KEY_PREFIXES, LM_THINK_END_ID, LM_THINK_ID,
+)
 from ..errors import CheckpointError
 from ..models.lm import LMConfig, QwenLM
 from ..models.lm_tokenizer import LMTokenizer, add_audio_code_tokens
-from .text import BUNDLED_TOKENIZER
 from .weights import assign_state_dict, read_json, read_safetensors, safetensors_keys, sharded_files
 
 _EMBED = "model.embed_tokens.weight"
@@ -110,6 +112,8 @@ def load_lm_tokenizer(folder: str | None = None, vocab_size: int | None = None) 
         except Exception as e:  # tokenizers raises plain Exception subclasses for bad JSON
             raise CheckpointError(f"{source}: not a readable tokenizer file: {e}") from None
     else:
+        from .text import BUNDLED_TOKENIZER  # (loading.text imports the text encoder, i.e. transformers)
+
         if vocab_size is None or vocab_size <= AUDIO_CODE_FIRST_ID:
             raise CheckpointError(f"the LM vocabulary size ({vocab_size}) leaves no room for audio-code tokens")
         with gzip.open(BUNDLED_TOKENIZER, "rt", encoding="utf-8") as f:
@@ -134,3 +138,40 @@ def load_lm_and_tokenizer(path: str, dtype: torch.dtype = torch.bfloat16,
         raise CheckpointError(f"{tokenizer.source}: {len(tokenizer)} tokens, but the LM {path} has only "
                               f"{model.config.vocab_size} embeddings")
     return model, tokenizer
+
+
+def find_lm(paths) -> str | None:
+    """The LM that goes with a checkpoint when none is named (``paths``: ``checkpoint.CheckpointPaths``): the LM
+    inside an all-in-one file; next to an official model folder, an ``acestep-5Hz-lm-*`` folder (1.7B, the app's
+    default, first); next to a Comfy-Org DiT file, ``text_encoders/qwen_{1.7b,4b}_ace15.safetensors``. None when
+    there is none."""
+    dit = os.path.abspath(paths.dit)
+    if os.path.isfile(dit) and has_lm(dit):
+        return dit
+    if os.path.isdir(dit):
+        root = os.path.dirname(os.path.normpath(dit))
+        names = [n for n in sorted(os.listdir(root)) if n.startswith(LM_FOLDER_PREFIX)]
+        ordered = [n for n in LM_FOLDER_ORDER if n in names] + [n for n in names if n not in LM_FOLDER_ORDER]
+        candidates = [os.path.join(root, n) for n in ordered]
+    else:
+        folder = os.path.join(os.path.dirname(os.path.dirname(dit)), "text_encoders")
+        candidates = [os.path.join(folder, n) for n in LM_COMFY_FILES]
+    return next((c for c in candidates if os.path.exists(c) and has_lm(c)), None)
+
+
+def lm_name(path: str) -> str:
+    """How messages name an LM: its folder or file name."""
+    return os.path.basename(os.path.normpath(path))
+
+
+def load_planner(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                 max_duration: int = DURATION_MAX):
+    """An ``lm_planner.Planner`` over the LM at ``path`` (see :func:`load_lm_and_tokenizer`)."""
+    from ..lm_planner import Planner
+
+    if not has_lm(path):
+        raise CheckpointError(f"{path}: no 5 Hz LM here (expected an acestep-5Hz-lm-* folder, "
+                              "text_encoders/qwen_1.7b_ace15.safetensors / qwen_4b_ace15.safetensors, or an "
+                              "all-in-one file carrying the LM)")
+    lm, tokenizer = load_lm_and_tokenizer(path, dtype, device)
+    return Planner(lm, tokenizer, max_duration=max_duration)

@@ -184,7 +184,7 @@ class Workload:
             before, after = task.window.padding(source) if task.window is not None else (0.0, 0.0)
             seconds = source + before + after
         elif task.audio_codes is not None:
-            seconds = len(task.audio_codes) / 5
+            seconds = max(map(len, task.codes_per_song)) / 5
         else:
             seconds = DEFAULT_DURATION if task.duration is None else task.duration
         if req.text.timbre is not None:
@@ -246,17 +246,24 @@ def condition_working(config: AceStepConfig, dtype: torch.dtype, work: Workload)
     return _margin(layer + mask + caption + packed)
 
 
-def lm_working(size: str | dict, dtype: torch.dtype, work: Workload, prompt_tokens: int = LYRIC_MAX_TOKENS + 512
-               ) -> int:
+def lm_cache_dtype(dtype: torch.dtype, device=None) -> torch.dtype:
+    """The LM's KV-cache dtype: the model's, except float32 for a half-precision LM on the CPU (models/lm.py)."""
+    cpu = device is not None and torch.device(device).type == "cpu"
+    return torch.float32 if cpu and dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def lm_working(size: str | dict, dtype: torch.dtype, work: Workload, prompt_tokens: int = LYRIC_MAX_TOKENS + 512,
+               device=None) -> int:
     """The LM phase: its KV cache over the prompt, the chain of thought and the codes for the conditional and
-    unconditional rows of every song (positions rounded up to 256, as the LM allocates them), the prompt's
-    prefill activations, the float32 logits of a step. ``size``: "0.6B", "1.7B", "4B" or a geometry dict
-    (transformers Qwen3 names, as ``LM_GEOMETRIES``)."""
+    unconditional rows of every song (positions rounded up to 256, as the LM allocates them; float32 on the CPU,
+    see :func:`lm_cache_dtype`), the prompt's prefill activations, the float32 logits of a step. ``size``: "0.6B",
+    "1.7B", "4B" or a geometry dict (transformers Qwen3 names, as ``LM_GEOMETRIES``)."""
     g = LM_GEOMETRIES[size] if isinstance(size, str) else size
     esize = element_size(dtype)
     rows = 2 * work.batch
     positions = -(-(prompt_tokens + work.lm_codes + 512) // 256) * 256
-    kv = 2 * g["num_hidden_layers"] * rows * positions * g["num_key_value_heads"] * g["head_dim"] * esize
+    cache_esize = element_size(lm_cache_dtype(dtype, device))
+    kv = 2 * g["num_hidden_layers"] * rows * positions * g["num_key_value_heads"] * g["head_dim"] * cache_esize
     prefill = _layer_working(prompt_tokens, g["hidden_size"], g["intermediate_size"],
                              g["num_attention_heads"] * g["head_dim"], g["num_key_value_heads"] * g["head_dim"], esize)
     mask = prompt_tokens * positions  # bool [L, kv_len] of the prefill

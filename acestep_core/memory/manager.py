@@ -11,13 +11,13 @@ the same parameter names that leaves the streamed layers out (they stay in pinne
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from ..constants import STREAM_SLOTS
+from ..constants import CODES_PER_SECOND, STREAM_SLOTS
 from .estimates import GIB, UnitSize, Workload, stack_size, stored_bytes
 from .fp8 import check_weight_dtype, weight_format
 from .planner import MemoryPlan, UNIT_LABELS, plan_memory, request_phases
@@ -178,23 +178,28 @@ class MemoryManager:
 
     # ------------------------------------------------------------------------------------------------ planning
 
-    def prepare_request(self, req, variant: str) -> MemoryPlan:
-        """``prepare`` for a checked request (``acestep_core.request.Request``) on a model variant."""
+    def prepare_request(self, req, variant: str, lm_seconds: float | None = None) -> MemoryPlan:
+        """``prepare`` for a checked request (``acestep_core.request.Request``) on a model variant. ``lm_seconds``:
+        the LM plans the request first, writing codes for that many seconds (0: metas only); None: no LM phase."""
         tile = req.render.tile_frames if req.render is not None else None
-        return self.prepare(Workload.of(req, variant, lm="lm" in self.units), tile)
+        work = Workload.of(req, variant)
+        if lm_seconds is not None:
+            work = replace(work, lm_codes=int(lm_seconds * CODES_PER_SECOND))
+        return self.prepare(work, tile, lm=lm_seconds is not None)
 
-    def prepare(self, work: Workload, tile_limit: int | None = None) -> MemoryPlan:
+    def prepare(self, work: Workload, tile_limit: int | None = None, lm: bool | None = None) -> MemoryPlan:
         """Plan ``work`` for the current budget and set the units up for it (streamed stacks, resident views).
-        Resets CUDA's peak-memory counter, so ``report()`` tells this request's peak."""
-        plan = self.plan_for(work, tile_limit)
+        ``lm``: whether the LM phase runs (None: whenever there is an LM unit). Resets CUDA's peak-memory counter,
+        so ``report()`` tells this request's peak."""
+        plan = self.plan_for(work, tile_limit, lm)
         self._apply(plan)
         self.plan = plan
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         return plan
 
-    def plan_for(self, work: Workload, tile_limit: int | None = None) -> MemoryPlan:
-        """The plan for ``work`` at the current budget, without changing anything."""
+    def plan_for(self, work: Workload, tile_limit: int | None = None, lm: bool | None = None) -> MemoryPlan:
+        """The plan for ``work`` at the current budget, without changing anything (``lm``: as ``prepare``)."""
         from .estimates import vae_decode_working, vae_encode_working
 
         sizes = self.sizes()
@@ -203,8 +208,10 @@ class MemoryManager:
             fixed["model"] = self.settings.resident_layers
         if not self.settings.stream:
             fixed = {u: s.layers for u, s in sizes.items() if s.layers}
-        phases = [p for p in request_phases(self.config, work, self.dtype, self.lm_size if "lm" in self.units else None)
-                  if all(u in sizes for u in p.units)]
+        with_lm = "lm" in self.units and (lm is None or lm)
+        lm_dtype = _dtype_of(self.units["lm"]) if with_lm else None
+        phases = [p for p in request_phases(self.config, work, self.dtype, self.lm_size if with_lm else None,
+                                            lm_dtype, self.device) if all(u in sizes for u in p.units)]
         plan = plan_memory(self.budget(), sizes, phases,
                            vae_decode_cost=lambda tile: vae_decode_working(self.vae_dtype, tile, work),
                            vae_encode_cost=lambda seconds: vae_encode_working(self.vae_dtype, seconds),
@@ -302,6 +309,11 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _dtype_of(module: nn.Module) -> torch.dtype:
+    p = next(module.parameters(), None)
+    return p.dtype if p is not None else torch.float32
+
+
 def _on(module: nn.Module, device: torch.device) -> bool:
     p = next(module.parameters(), None)
     return p is not None and p.device.type == device.type
@@ -312,6 +324,8 @@ def attach_memory(pipe, settings: MemorySettings, device, host: Host | None = No
     and places the units phase by phase on ``device``."""
     ckpt = pipe.ckpt
     units = {"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}
+    if getattr(pipe, "planner", None) is not None:  # the 5 Hz LM: its own unit, placed for the plan phase only
+        units["lm"] = pipe.planner.lm
     vae_dtype = next(ckpt.vae.parameters()).dtype
     pipe.memory = MemoryManager(units, device, ckpt.model.config, ckpt.model.dtype, settings, host, vae_dtype)
     return pipe.memory

@@ -156,15 +156,15 @@ def _with_vae(phase: Phase, tile, window, decode_cost, encode_cost) -> Phase:
     return Phase(phase.name, phase.units, phase.working + (cost(chosen) if cost else 0))
 
 
-def request_phases(config, work, dtype, lm: str | None = None, lm_dtype=None) -> list[Phase]:
+def request_phases(config, work, dtype, lm: str | None = None, lm_dtype=None, lm_device=None) -> list[Phase]:
     """The phases of one request (see the module docstring), their working memory from ``estimates``: the DiT's
     geometry ``config`` in ``dtype``; ``lm``: the LM size ("0.6B", "1.7B", "4B", or its geometry) when the LM plans
-    the song."""
+    the song (in ``lm_dtype``, on ``lm_device``: see ``estimates.lm_working``)."""
     from .estimates import condition_working, dit_working, lm_working
 
     phases = []
     if lm is not None:
-        phases.append(Phase("lm", ("lm",), lm_working(lm, lm_dtype or dtype, work)))
+        phases.append(Phase("lm", ("lm",), lm_working(lm, lm_dtype or dtype, work, device=lm_device)))
     if work.source_seconds > 0:
         phases.append(Phase("encode", ("vae", "model"), 0))
     condition = ("text_encoder", "vae", "model") if work.reference else ("text_encoder", "model")

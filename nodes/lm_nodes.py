@@ -1,0 +1,260 @@
+"""The 5 Hz LM nodes: LM Loader, LM Planner (between Caption & Lyrics and the Sampler), Simple Mode and Understand
+Audio. The LM is its own ComfyUI model (``models.LoadedLM``): placed on the GPU only while one of these nodes runs,
+with its working memory as ``memory_required``, and its KV cache freed after, so the DiT gets the memory back.
+
+The LM Planner runs the LM itself (ComfyUI then caches its plan: a new sampler seed or step count does not run
+the LM again) and hands the planned song on: the conditioning with the metas and caption the LM decided, and a
+LATENT carrying the task with each song's audio codes plus the plan (``LATENT_PLAN_KEY``), which the Sampler reads
+for the think-mode DCW values and its text.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from comfy_api.latest import io
+
+from ..acestep_core.constants import (
+    DEFAULT_DURATION, DTYPES, LM_CFG_SCALE, LM_CFG_SCALE_MAX, LM_CFG_SCALE_MIN, LM_MIN_P, LM_NO_USER_INPUT,
+    LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TEXT_MAX_NEW_TOKENS, LM_TOP_K, LM_TOP_K_MAX, LM_TOP_P,
+    LM_UNDERSTAND_TOP_P, SEED_MAX, VALID_LANGUAGES,
+)
+from ..acestep_core import planning
+from ..acestep_core.request import PlanSettings, Request, SamplerSettings
+from . import comfy_adapter as host
+from . import models
+from .acestep_nodes import (
+    AUTO, CATEGORY, LATENT_PLAN_KEY, PREFIX, AceStepModel, AceStepText, _audio_clip, _latent_task, task_canvas,
+)
+
+AceStepLM = io.Custom("ACESTEP_LM")
+PLANNER_MODES = ("think", "codes", "off")
+_LM_TIP = "The 5 Hz LM from the ACE-Step 1.5 LM Loader."
+_DECIDE = ("bpm", "keyscale", "timesignature", "language")
+
+
+def _progress(node_id):
+    """Per-token progress on the node (ComfyUI's bar follows each phase's total)."""
+    bar = host.Progress(node_id)
+    return lambda phase, done, total: bar(done, total)
+
+
+def _seed_input(tooltip: str) -> io.Int.Input:
+    return io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=tooltip)
+
+
+def _sampling_inputs(top_p: float = LM_TOP_P) -> list:
+    return [
+        io.Float.Input("temperature", default=LM_TEMPERATURE, min=0.0, max=LM_TEMPERATURE_MAX, step=0.01,
+                       tooltip="Randomness of the LM's choices (0 = always the likeliest token)."),
+        io.Float.Input("top_p", default=top_p, min=0.0, max=1.0, step=0.01, advanced=True,
+                       tooltip="Nucleus sampling: only the likeliest tokens that make up this much probability "
+                               "(1 = off)."),
+        io.Int.Input("top_k", default=LM_TOP_K, min=0, max=LM_TOP_K_MAX, advanced=True,
+                     tooltip="Only the k likeliest tokens (0 = off)."),
+        io.Float.Input("min_p", default=LM_MIN_P, min=0.0, max=1.0, step=0.01, advanced=True,
+                       tooltip="Drop tokens less likely than this fraction of the likeliest (0 = off)."),
+    ]
+
+
+class LMLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "LMLoader",
+            display_name="ACE-Step 1.5 LM Loader",
+            category=CATEGORY,
+            description="Loads the ACE-Step 1.5 5 Hz language model (0.6B, 1.7B or 4B) that plans a song before "
+                        "the DiT: metas, caption and the audio codes the DiT follows. From the Comfy-Org files in "
+                        "text_encoders/ (qwen_1.7b_ace15, qwen_4b_ace15), the official acestep-5Hz-lm-* folders "
+                        "in acestep/, or an all-in-one checkpoint that carries it.",
+            inputs=[
+                io.Combo.Input("lm", options=models.lm_choices(),
+                               tooltip="text_encoders/qwen_1.7b_ace15.safetensors (ComfyUI's template file), "
+                                       "acestep/acestep-5Hz-lm-1.7B (official; 0.6B and 4B too) or "
+                                       "checkpoints/… (the LM inside an all-in-one file). qwen_0.6b_ace15 is the "
+                                       "text encoder, not an LM."),
+                io.Combo.Input("dtype", options=list(DTYPES), default=AUTO,
+                               tooltip="Weight precision. auto: bf16 where the GPU supports it, else fp32."),
+            ],
+            outputs=[AceStepLM.Output(display_name="lm", tooltip="The LM for the LM Planner, Simple Mode and "
+                                                                 "Understand Audio nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, lm, dtype=AUTO) -> io.NodeOutput:
+        loaded = models.load_lm(lm, dtype)
+        return io.NodeOutput(loaded, ui={"text": [loaded.describe()]})
+
+
+class LMPlanner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "LMPlanner",
+            display_name="ACE-Step 1.5 LM Planner",
+            category=CATEGORY,
+            description="The 5 Hz LM plans the song before the Sampler, as the official app does by default. "
+                        "think: it writes what you left on auto (bpm, key, time signature; the length if asked) "
+                        "and a richer caption, then the audio codes the DiT follows; codes: only the codes, your "
+                        "settings as given. The result is shown on the node. Cover, repaint, extend and extract "
+                        "run without the LM (as upstream); for lego and complete it writes metas and caption only.",
+            inputs=[
+                AceStepLM.Input("lm", tooltip=_LM_TIP),
+                AceStepText.Input("conditioning", tooltip="From Caption & Lyrics (or Timbre Reference)."),
+                io.Latent.Input("latent", tooltip="From Empty Latent (length and batch) or a task latent node."),
+                _seed_input("The LM's seed; song i of a batch uses seed + i. The same seed gives the same plan."),
+                io.Combo.Input("mode", options=list(PLANNER_MODES), default=PLANNER_MODES[0],
+                               tooltip="think: metas and caption, then the codes (the app's default); codes: only "
+                                       "the codes (what ComfyUI's own node does); off: pass everything through."),
+                io.Boolean.Input("rewrite_caption", default=True,
+                                 tooltip="think: give the DiT the LM's richer caption instead of yours."),
+                io.Boolean.Input("decide_duration", default=False,
+                                 tooltip="think: let the LM choose the song's length instead of the latent's."),
+                io.Float.Input("cfg_scale", default=LM_CFG_SCALE, min=LM_CFG_SCALE_MIN, max=LM_CFG_SCALE_MAX,
+                               step=0.05, tooltip="How strongly the codes follow caption and lyrics (1 = off)."),
+                *_sampling_inputs(),
+                io.String.Input("negative_prompt", default=LM_NO_USER_INPUT, advanced=True,
+                                tooltip="What the codes should move away from (the CFG's other branch)."),
+                *[io.Boolean.Input(f"decide_{name}", default=True, advanced=True,
+                                   tooltip=f"think: the LM fills the {name} when you left it on auto"
+                                           + (" (written into its own reasoning; the DiT keeps your language, as "
+                                              "upstream)" if name == "language" else "") + ".")
+                  for name in _DECIDE],
+            ],
+            outputs=[
+                AceStepText.Output(display_name="conditioning",
+                                   tooltip="Caption, lyrics and metas as the LM planned them, for the Sampler."),
+                io.Latent.Output(display_name="latent",
+                                 tooltip="The latent with each song's audio codes and the plan, for the Sampler."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, lm, conditioning, latent, seed=0, mode="think", rewrite_caption=True, decide_duration=False,
+                cfg_scale=LM_CFG_SCALE, temperature=LM_TEMPERATURE, top_p=LM_TOP_P, top_k=LM_TOP_K,
+                min_p=LM_MIN_P, negative_prompt=LM_NO_USER_INPUT, decide_bpm=True, decide_keyscale=True,
+                decide_timesignature=True, decide_language=True) -> io.NodeOutput:
+        task = _latent_task(latent)
+        flags = {"bpm": decide_bpm, "keyscale": decide_keyscale, "timesignature": decide_timesignature,
+                 "language": decide_language, "duration": decide_duration}
+        settings = PlanSettings(mode, cfg_scale, temperature, top_p, top_k, min_p, seed, negative_prompt,
+                                rewrite_caption, tuple(name for name, on in flags.items() if on))
+        if decide_duration and mode == "think" and task.source is None and task.audio_codes is None:
+            task = replace(task, duration=None)  # the LM chooses the length
+        req = Request(conditioning, task, SamplerSettings(), None, settings)
+        work, why = planning.lm_work(req)
+        if work is None:
+            return io.NodeOutput(conditioning, latent, ui={"text": [why]})
+        length = planning.given_metas(req, work)["duration"]
+        codes = 0 if work == "metas" else int((length or lm.planner.max_duration) * 5)
+        lm.place(codes=codes, batch=task.batch_size)
+        try:
+            planned = planning.plan_request(lm.planner, req, [seed] * task.batch_size, _progress(cls.hidden.unique_id),
+                                            host.check_interrupted)
+        finally:
+            lm.done()
+        out = task_canvas(planned.task, **{LATENT_PLAN_KEY: (planned.lm, planned.plans)})
+        return io.NodeOutput(planned.text, out, ui={"text": [planning.summary(planned)]})
+
+
+class SimpleMode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "SimpleMode",
+            display_name="ACE-Step 1.5 Simple Mode",
+            category=CATEGORY,
+            description="Describe a song in a few words; the 5 Hz LM writes its caption, lyrics, bpm, key, time "
+                        "signature, length and language (the official app's Simple mode). Connect conditioning "
+                        "to the LM Planner or the Sampler, duration to the Empty Latent's duration.",
+            inputs=[
+                AceStepLM.Input("lm", tooltip=_LM_TIP),
+                io.String.Input("query", multiline=True, default="",
+                                tooltip="A short description, e.g. 'a soft Bengali love song for a quiet evening'."),
+                io.Boolean.Input("instrumental", default=False, tooltip="A song without vocals."),
+                io.Combo.Input("language", options=list(VALID_LANGUAGES), default="unknown",
+                               tooltip="The vocal language; unknown = the LM chooses."),
+                _seed_input("The LM's seed; the same seed gives the same song description."),
+                *_sampling_inputs(),
+            ],
+            outputs=[
+                AceStepText.Output(display_name="conditioning",
+                                   tooltip="Caption, lyrics and metas for the LM Planner or the Sampler."),
+                io.String.Output(display_name="caption"),
+                io.String.Output(display_name="lyrics"),
+                io.Float.Output(display_name="duration",
+                                tooltip=f"Seconds the LM chose ({DEFAULT_DURATION:g} when it wrote none)."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, lm, query, instrumental=False, language="unknown", seed=0, temperature=LM_TEMPERATURE,
+                top_p=LM_TOP_P, top_k=LM_TOP_K, min_p=LM_MIN_P) -> io.NodeOutput:
+        settings = PlanSettings(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
+        lm.place(text_tokens=LM_TEXT_MAX_NEW_TOKENS)
+        try:
+            desc = planning.simple_song(lm.planner, query, instrumental, language, seed, settings,
+                                        _progress(cls.hidden.unique_id), host.check_interrupted)
+        finally:
+            lm.done()
+        duration = desc.duration or DEFAULT_DURATION
+        return io.NodeOutput(desc.text, desc.caption, desc.lyrics, duration,
+                             ui={"text": [_describe(desc, duration)]})
+
+
+class UnderstandAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=PREFIX + "UnderstandAudio",
+            display_name="ACE-Step 1.5 Understand Audio",
+            category=CATEGORY,
+            description="The 5 Hz LM listens to a recording (its 5 Hz codes, through the model's VAE and audio "
+                        "tokenizer) and writes its caption, lyrics, bpm, key, time signature, length and "
+                        "language: a starting point for a cover or a remix.",
+            inputs=[
+                AceStepModel.Input("model", tooltip="The ACE-Step 1.5 model (its VAE and audio tokenizer read the "
+                                                    "recording)."),
+                AceStepLM.Input("lm", tooltip=_LM_TIP),
+                io.Audio.Input("audio", tooltip="The recording (first item of a batch), at most 600 s."),
+                _seed_input("Seed of the LM and of the VAE's encoding."),
+                *_sampling_inputs(top_p=LM_UNDERSTAND_TOP_P),
+            ],
+            outputs=[
+                io.String.Output(display_name="caption"),
+                io.String.Output(display_name="lyrics"),
+                io.Int.Output(display_name="bpm", tooltip="0 = none written."),
+                io.String.Output(display_name="keyscale", tooltip="'' = none written."),
+                io.String.Output(display_name="timesignature", tooltip="'' = none written."),
+                io.Float.Output(display_name="duration", tooltip="The LM's length, else the recording's."),
+                io.String.Output(display_name="language", tooltip="'' = none written."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, lm, audio, seed=0, temperature=LM_TEMPERATURE, top_p=LM_UNDERSTAND_TOP_P,
+                top_k=LM_TOP_K, min_p=LM_MIN_P) -> io.NodeOutput:
+        settings = PlanSettings(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
+        clip = _audio_clip(audio)
+        codes = model.pipeline.audio_codes(clip, seed)
+        lm.place(text_tokens=len(codes) + LM_TEXT_MAX_NEW_TOKENS)
+        try:
+            desc = planning.understand_codes(lm.planner, codes, seed, settings, _progress(cls.hidden.unique_id),
+                                             host.check_interrupted)
+        finally:
+            lm.done()
+        text = desc.text
+        duration = desc.duration or round(clip.seconds, 2)
+        return io.NodeOutput(desc.caption, desc.lyrics, text.bpm or 0, text.keyscale or "", text.timesignature or "",
+                             duration, desc.language or "", ui={"text": [_describe(desc, duration)]})
+
+
+def _describe(desc, duration: float) -> str:
+    lyrics = desc.lyrics if len(desc.lyrics) <= 600 else desc.lyrics[:600] + " …"
+    return f"{desc.summary(duration)}\nlyrics:\n{lyrics}"
+
+
+LM_NODES = [LMLoader, LMPlanner, SimpleMode, UnderstandAudio]
