@@ -50,15 +50,19 @@ def component_choices(kind: str) -> list[str]:
     return [AUTO] + host.model_files(kind)
 
 
-def resolve_choice(choice: str) -> str:
+def _resolve(input_name: str, choice: str, where: str) -> str:
+    """A dropdown entry ``<folder kind>/<name>`` → its path; not found: the input, the value and where to put it."""
     kind, _, name = choice.partition("/")
     path = host.full_path(kind, name) if name else None
     if path is None:
-        raise ValueError(
-            f"model={choice!r} was not found. Put the official Hugging Face folders under models/acestep/ "
-            "(acestep-v15-turbo/, vae/, Qwen3-Embedding-0.6B/) or the Comfy-Org files under models/diffusion_models/, "
-            "models/text_encoders/ and models/vae/ (or the all-in-one file under models/checkpoints/), then refresh.")
+        raise ValueError(f"{input_name}={choice!r} was not found. {where}, then refresh.")
     return path
+
+
+def resolve_choice(choice: str) -> str:
+    return _resolve("model", choice, "Put the official Hugging Face folders under models/acestep/ (acestep-v15-turbo/, "
+                    "vae/, Qwen3-Embedding-0.6B/) or the Comfy-Org files under models/diffusion_models/, "
+                    "models/text_encoders/ and models/vae/ (or the all-in-one file under models/checkpoints/)")
 
 
 def _component_path(kind: str, choice: str, preferred: str) -> str | None:
@@ -302,14 +306,8 @@ class LoadedLM:
 
 
 def resolve_lm(choice: str) -> str:
-    kind, _, name = choice.partition("/")
-    path = host.full_path(kind, name) if name else None
-    if path is None:
-        raise ValueError(
-            f"lm={choice!r} was not found. Put the Comfy-Org file text_encoders/qwen_1.7b_ace15.safetensors (or "
-            "qwen_4b_ace15) in models/text_encoders/, or the official acestep-5Hz-lm-1.7B folder in models/acestep/, "
-            "then refresh.")
-    return path
+    return _resolve("lm", choice, "Put the Comfy-Org file text_encoders/qwen_1.7b_ace15.safetensors (or qwen_4b_ace15) "
+                    "in models/text_encoders/, or the official acestep-5Hz-lm-1.7B folder in models/acestep/")
 
 
 def load_lm(choice: str, dtype: str = AUTO) -> LoadedLM:
