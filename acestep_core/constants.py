@@ -288,6 +288,11 @@ UNSUPPORTED_ADAPTER_KEYS = {
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 FP8_SCALE_SUFFIX = ".weight_scale"  # fp8 files: "<linear>.weight" float8 + "<linear>.weight_scale" float32 [out]
 
+# The XL DiT's geometry (acestep-v15-xl-*: AceStepConfig overrides of the 2B defaults; its encoder side stays 2B-wide).
+XL_DIT_GEOMETRY = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
+                       encoder_hidden_size=2048, encoder_intermediate_size=6144, encoder_num_attention_heads=16,
+                       encoder_num_key_value_heads=8)
+
 # Geometries the planner sizes on the meta device (transformers Qwen3 names; tied embeddings).
 QWEN3_EMBEDDING_GEOMETRY = dict(vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                                 num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True)

@@ -29,13 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from acestep_core.adapters import load_adapter, patched, weight_deltas  # noqa: E402
+from acestep_core.constants import XL_DIT_GEOMETRY  # noqa: E402
 from acestep_core.models.config import AceStepConfig  # noqa: E402
 from acestep_core.models.model import AceStepModel  # noqa: E402
 from devtools import lora_fixtures as lf  # noqa: E402
 
-XL = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
-          encoder_hidden_size=2048, encoder_intermediate_size=6144, encoder_num_attention_heads=16,
-          encoder_num_key_value_heads=8)
+XL = XL_DIT_GEOMETRY
 SMOKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, num_lyric_encoder_hidden_layers=1,
              num_timbre_encoder_hidden_layers=1, num_attention_pooler_hidden_layers=1, fsq_dim=64)

@@ -34,7 +34,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from acestep_core.constants import LM_GEOMETRIES, QWEN3_EMBEDDING_GEOMETRY  # noqa: E402
+from acestep_core.constants import LM_GEOMETRIES, QWEN3_EMBEDDING_GEOMETRY, XL_DIT_GEOMETRY  # noqa: E402
 from acestep_core.loading.checkpoint import AceStepCheckpoint, DitCheckpoint  # noqa: E402
 from acestep_core.loading.text import load_tokenizer  # noqa: E402
 from acestep_core.memory.estimates import GIB  # noqa: E402
@@ -48,9 +48,7 @@ from acestep_core.models.vae import OobleckVAE, VaeConfig  # noqa: E402
 from acestep_core.pipeline import AceStepPipeline  # noqa: E402
 from acestep_core.request import request  # noqa: E402
 
-XL = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
-          encoder_hidden_size=2048, encoder_intermediate_size=6144, encoder_num_attention_heads=16,
-          encoder_num_key_value_heads=8)
+XL = XL_DIT_GEOMETRY
 SMOKE_DIT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, num_lyric_encoder_hidden_layers=2,
                  num_timbre_encoder_hidden_layers=1, num_attention_pooler_hidden_layers=1, fsq_dim=64,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from acestep_core.constants import XL_DIT_GEOMETRY
 from acestep_core.models.audio_tokens import FSQ
 from acestep_core.models.config import AceStepConfig
 from acestep_core.models.model import AceStepModel
@@ -66,9 +67,7 @@ def _count(module):
     [
         (AceStepConfig(), {"decoder": 1_575_458_880, "encoder": 608_367_616, "null": 2048,
                            "total": 2_393_872_518}),
-        (AceStepConfig(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
-                       encoder_hidden_size=2048, encoder_intermediate_size=6144, encoder_num_attention_heads=16,
-                       encoder_num_key_value_heads=8),
+        (AceStepConfig(**XL_DIT_GEOMETRY),
          {"decoder": 4_168_897_088, "encoder": 608_367_616, "null": 2048, "total": 4_987_310_726}),
     ],
     ids=["2B", "XL"],
@@ -91,9 +90,7 @@ def test_geometry_inferred_from_full_size_shapes(xl):
     """Comfy-Org files carry no config: the geometry read off the tensor shapes must be the published one."""
     from acestep_core.models.model import to_checkpoint_keys
 
-    published = AceStepConfig(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
-                              encoder_hidden_size=2048, encoder_intermediate_size=6144,
-                              encoder_num_attention_heads=16, encoder_num_key_value_heads=8) if xl else AceStepConfig()
+    published = AceStepConfig(**XL_DIT_GEOMETRY) if xl else AceStepConfig()
     with torch.device("meta"):
         model = AceStepModel(published)
     shapes = {k: list(v.shape) for k, v in to_checkpoint_keys(model.state_dict()).items()}

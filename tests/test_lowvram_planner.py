@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from acestep_core.constants import LM_GEOMETRIES, MEMORY_OVERHEAD, QWEN3_EMBEDDING_GEOMETRY
+from acestep_core.constants import LM_GEOMETRIES, MEMORY_OVERHEAD, QWEN3_EMBEDDING_GEOMETRY, XL_DIT_GEOMETRY
 from acestep_core.memory import vae_tiles
 from acestep_core.memory.estimates import (
     GIB, Workload, condition_working, dit_size, dit_working, lm_size, stored_bytes, text_encoder_size,
@@ -23,9 +23,7 @@ from acestep_core.models.model import AceStepModel
 from acestep_core.request import request
 
 TWO_B = AceStepConfig()
-XL = AceStepConfig(hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
-                   encoder_hidden_size=2048, encoder_intermediate_size=6144, encoder_num_attention_heads=16,
-                   encoder_num_key_value_heads=8)
+XL = AceStepConfig(**XL_DIT_GEOMETRY)
 BF16 = torch.bfloat16
 BUDGETS = (4, 6, 8, 12, 16, 24)
 
