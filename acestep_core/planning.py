@@ -103,7 +103,7 @@ def apply_plans(req: Request, plans: Sequence) -> Request:
     if settings.rewrite_caption and first.caption:
         filled["caption"] = first.caption
     task = req.task
-    if first.codes or any(p.codes for p in plans):
+    if any(p.codes for p in plans):
         if not all(p.codes for p in plans):
             raise ValueError("the LM ended a song before writing any audio code; try another seed")
         codes = [tuple(p.codes) for p in plans]
