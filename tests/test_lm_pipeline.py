@@ -17,6 +17,7 @@ import torch
 
 from acestep_core import cli, planning
 from acestep_core.audio import load_audio, read_metadata, save_audio
+from acestep_core.constants import DEFAULT_DURATION
 from acestep_core.errors import InputError
 from acestep_core.lm_planner import Planner
 from acestep_core.loading.lm import find_lm, load_lm, load_lm_tokenizer
@@ -395,3 +396,35 @@ def test_cli_text_encoder_file_is_not_an_lm(models, tmp_path, capsys):
     te = os.path.join(models[0], "Qwen3-Embedding-0.6B")
     code, _, err = generate(["--checkpoint", models[0], "--lm", te, "--out", str(tmp_path / "x.flac")], capsys)
     assert code == 1 and "no 5 Hz LM in it" in err and "qwen_0.6b_ace15 is the text encoder" in err
+
+
+@pytest.fixture(scope="module")
+def comfy_models(tmp_path_factory):
+    """A Comfy-Org models folder: the split DiT file with the terse LM in text_encoders/, and an all-in-one file
+    carrying the LM itself."""
+    from devtools.fixtures import write_comfy_layout
+    from devtools.lm_fixtures import write_aio_with_lm
+    from safetensors.torch import load_file
+
+    root = str(tmp_path_factory.mktemp("comfy_models"))
+    paths = write_comfy_layout(root, build_tensors("turbo", seed=0), "turbo")
+    lm = terse_lm_state_dict(seed=5)
+    write_comfy_lm(root, lm)
+    write_aio_with_lm(paths["aio"], lm, extra=load_file(paths["aio"]))
+    return paths
+
+
+@pytest.mark.parametrize("which, lm_name", [("dit", "qwen_1.7b_ace15.safetensors"),
+                                             ("aio", "ace_step_1.5_turbo_aio.safetensors")])
+@pytest.mark.parametrize("mode", ["think", "codes"])
+def test_cli_comfy_org_layout_finds_its_lm(comfy_models, tmp_path, capsys, which, lm_name, mode):
+    out = tmp_path / "song.flac"
+    code, _, err = generate(["--checkpoint", comfy_models[which], "--caption", "pop", "--seed", "3",
+                             "--lm-mode", mode, "--out", str(out), "--device", "cpu", "--dtype", "fp32"], capsys)
+    assert code == 0, err
+    assert err.splitlines()[0].endswith(f"· LM {lm_name} ({mode})")
+    plan = json.loads(read_metadata(str(out))["acestep"])["lm"]
+    # think: the LM chose bpm 111 and the length (11 s); codes: the default length, no metas written
+    seconds = 11 if mode == "think" else int(DEFAULT_DURATION)
+    assert plan["mode"] == mode and plan["bpm"] == (111 if mode == "think" else None)
+    assert len(plan["codes"]) == seconds * 5 and load_audio(str(out))[0].shape[-1] == seconds * RATE
