@@ -186,6 +186,16 @@ def write_hf_layout(root: str, tensors: dict, variant: str = "turbo") -> str:
     return root
 
 
+def tiny_models_folder(tmp_path_factory, *variants: str) -> str:
+    """A fresh official models folder (pytest's ``tmp_path_factory``) holding the tiny ``variants`` (default turbo)
+    with seed-0 tensors, and a temporary cache for the derived silence latents unless one is set."""
+    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    root = str(tmp_path_factory.mktemp("models"))
+    for variant in variants or ("turbo",):
+        write_hf_layout(root, build_tensors(variant, seed=0), variant)
+    return root
+
+
 def write_comfy_layout(models: str, tensors: dict, variant: str = "turbo", dit_prefix: str = "") -> dict:
     """Split files + all-in-one; returns their paths."""
     name = variant

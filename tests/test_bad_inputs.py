@@ -22,7 +22,7 @@ from acestep_core.loading.checkpoint import load_checkpoint
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import request
 from devtools.comfy_harness import ROOT, run_node
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import tiny_models_folder
 
 RATE = 200  # the tiny VAE's rate
 NAN, INF = float("nan"), float("inf")
@@ -32,8 +32,7 @@ SRC = {"src_audio": SONG, "src_sample_rate": RATE}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    return write_hf_layout(str(tmp_path_factory.mktemp("models")), build_tensors("turbo", seed=0), "turbo")
+    return tiny_models_folder(tmp_path_factory)
 
 
 # ------------------------------------------------------------------------------------------------ Python API

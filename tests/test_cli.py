@@ -14,7 +14,7 @@ import torch
 
 from acestep_core import cli
 from acestep_core.audio import load_audio, read_metadata, save_audio
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import build_tensors, tiny_models_folder, write_hf_layout
 
 RATE = 200  # the tiny VAE's rate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """One models folder holding turbo and base (official layout)."""
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    root = str(tmp_path_factory.mktemp("models"))
-    for variant in ("turbo", "base"):
-        write_hf_layout(root, build_tensors(variant, seed=0), variant)
-    return root
+    return tiny_models_folder(tmp_path_factory, "turbo", "base")
 
 
 @dataclass

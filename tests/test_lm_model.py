@@ -210,16 +210,20 @@ def test_errors_name_the_file_and_the_problem(tmp_path, files):
         load_lm(folder)
 
 
+def _prefilled(model):
+    """``model`` with a fresh cache holding the prefilled ``_batch()`` (positions 0..13)."""
+    ids, mask = _batch()
+    model.setup_cache(2, 32, mask.bool())
+    model.prefill(ids, 0)
+    return model
+
+
 @torch.no_grad()
 def test_compiled_decode_step_traces_as_one_graph(ours):
     """The CUDA decode step must compile without graph breaks; traced here with the eager backend."""
-    ids, mask = _batch()
     token = torch.tensor([[151700], [151700]])
-    ours.setup_cache(2, 32, mask.bool())
-    ours.prefill(ids, 0)
-    expected = ours.decode(token, 14)
-    ours.setup_cache(2, 32, mask.bool())
-    ours.prefill(ids, 0)
+    expected = _prefilled(ours).decode(token, 14)
+    _prefilled(ours)
     ours.enable_compile(backend="eager")
     try:
         got = ours.decode(token, 14)
@@ -230,13 +234,10 @@ def test_compiled_decode_step_traces_as_one_graph(ours):
 
 @torch.no_grad()
 def test_a_failing_compilation_falls_back_to_eager(ours):
-    ids, mask = _batch()
     token = torch.tensor([[151700], [151700]])
-    ours.setup_cache(2, 32, mask.bool())
-    ours.prefill(ids, 0)
-    expected = ours.decode(token, 14)
-    ours.setup_cache(2, 32, mask.bool())
-    ours.prefill(ids, 0)
+    expected = _prefilled(ours).decode(token, 14)
+    _prefilled(ours)
+
     def broken_compiler(graph, example_inputs):
         raise RuntimeError("no C++ compiler here")
 
@@ -250,12 +251,7 @@ def test_a_failing_compilation_falls_back_to_eager(ours):
 @torch.no_grad()
 def test_bf16_on_cpu_keeps_a_float32_cache_and_stays_close(files, ours):
     half = load_lm(files["official"], dtype=torch.bfloat16)
-    ids, mask = _batch()
     token = torch.tensor([[151700], [151700]])
-    results = []
-    for model in (ours, half):
-        model.setup_cache(2, 32, mask.bool())
-        model.prefill(ids, 0)
-        results.append(model.decode(token, 14).float())
+    results = [_prefilled(model).decode(token, 14).float() for model in (ours, half)]
     assert half.layers[0].self_attn.kv_cache.k.dtype == torch.float32
     assert _rel(results[1], results[0]) < 0.05

@@ -25,7 +25,7 @@ from acestep_core.pipeline import AceStepPipeline
 from acestep_core.prompts import format_metas, task_instruction
 from acestep_core.request import AudioClip, request
 from acestep_core.sampling import GenerationCancelled
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import build_tensors, tiny_models_folder
 from devtools.lm_fixtures import random_lm_state_dict, terse_lm_state_dict, write_comfy_lm, write_official_lm
 
 RATE = 200  # the tiny VAE's rate
@@ -35,9 +35,7 @@ LM_FOLDER = "acestep-5Hz-lm-1.7B"
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """An official models folder: turbo and the terse LM beside it; plus a Comfy-Org file holding a random LM."""
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    root = str(tmp_path_factory.mktemp("models"))
-    write_hf_layout(root, build_tensors("turbo", seed=0), "turbo")
+    root = tiny_models_folder(tmp_path_factory)
     write_official_lm(root, terse_lm_state_dict(seed=5), name=LM_FOLDER)
     comfy = write_comfy_lm(str(tmp_path_factory.mktemp("comfy")), random_lm_state_dict(seed=11))
     return root, comfy

@@ -25,7 +25,7 @@ from acestep_core.request import request
 from acestep_core.sampling import GenerationCancelled
 from devtools import lora_fixtures as lf
 from devtools.comfy_harness import run_node
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import tiny_models_folder
 from devtools.tiny import tiny_config_json
 
 P = "AceStep15_"
@@ -37,9 +37,7 @@ STYLE, LOKR, PEFT = lf.EXAMPLE_LORA_FILE, lf.EXAMPLE_LOKR_FOLDER, lf.EXAMPLE_PEF
 def files(tmp_path_factory):
     """A tiny official-layout turbo checkpoint, the example LoRAs, and bad files: an XL LoRA, a truncated file,
     a file of unknown keys."""
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    root = str(tmp_path_factory.mktemp("models"))
-    write_hf_layout(root, build_tensors("turbo", seed=0), "turbo")
+    root = tiny_models_folder(tmp_path_factory)
     loras = str(tmp_path_factory.mktemp("loras"))
     paths = lf.write_example_loras(loras, tiny_config_json())
     xl_shapes = lf.module_shapes(tiny_config_json(xl=True))

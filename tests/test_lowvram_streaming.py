@@ -3,7 +3,6 @@ with outputs bit-identical to the fully loaded model — DiT velocities, cross-a
 (LoRA included), and a transformers Qwen3 stack (the LM's layout)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from acestep_core.memory.streaming import StreamedLayers, stream_layers, unstrea
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import request
 from devtools import lora_fixtures as lf
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import tiny_models_folder
 from devtools.tiny import tiny_config_json
 
 CPU = lambda: torch.device("cpu")  # noqa: E731
@@ -21,8 +20,7 @@ CPU = lambda: torch.device("cpu")  # noqa: E731
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    return write_hf_layout(str(tmp_path_factory.mktemp("models")), build_tensors("sft", seed=0), "sft")
+    return tiny_models_folder(tmp_path_factory, "sft")
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@ inputs reach the core, a streamed run writes what a plain run writes, the summar
 and in ComfyUI every unit goes through the model manager as its own ModelPatcher with its estimate."""
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -11,15 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from acestep_core import cli
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import tiny_models_folder
 
 P = "AceStep15_"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    return write_hf_layout(str(tmp_path_factory.mktemp("models")), build_tensors("turbo", seed=0), "turbo")
+    return tiny_models_folder(tmp_path_factory)
 
 
 def _generate(models, tmp_path, capsys, *extra):

@@ -2,7 +2,6 @@
 mask, source latents, instruction), seeds, cover-strength switching, repaint splice, validation, cancel."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -11,16 +10,14 @@ from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import parse_audio_codes, request
 from acestep_core.sampling import GenerationCancelled
 from acestep_core.loading.silence import silence_slice
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import build_tensors, tiny_models_folder, write_hf_layout
 
 RATE = 200  # the tiny VAE's sampling rate (hop 8 → 25 latent frames/s)
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    root = write_hf_layout(str(tmp_path_factory.mktemp("turbo")), build_tensors("turbo", seed=0), "turbo")
-    return AceStepPipeline.from_pretrained(root, dtype="fp32", device="cpu")
+    return AceStepPipeline.from_pretrained(tiny_models_folder(tmp_path_factory), dtype="fp32", device="cpu")
 
 
 @pytest.fixture(scope="module")

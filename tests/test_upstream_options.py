@@ -19,7 +19,7 @@ from acestep_core.models.vae import tiled_encode
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import request
 from devtools.comfy_harness import run_node
-from devtools.fixtures import build_tensors, write_hf_layout
+from devtools.fixtures import tiny_models_folder
 
 RATE = 200
 SONG = 0.3 * torch.sin(torch.linspace(0, 400, 10 * RATE)).repeat(2, 1)
@@ -28,11 +28,7 @@ SRC = {"src_audio": SONG, "src_sample_rate": RATE}
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    os.environ.setdefault("ACESTEP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    root = str(tmp_path_factory.mktemp("models"))
-    for variant in ("turbo", "sft"):
-        write_hf_layout(root, build_tensors(variant, seed=0), variant)
-    return root
+    return tiny_models_folder(tmp_path_factory, "turbo", "sft")
 
 
 @pytest.fixture(scope="module")
