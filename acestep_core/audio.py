@@ -13,6 +13,7 @@ import os
 import random
 import re
 import secrets
+import stat
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,6 +23,7 @@ from .constants import REFERENCE_SECONDS, REFERENCE_SEGMENT_SECONDS, SAMPLE_RATE
 from .errors import Described, InputError
 
 SILENCE_THRESHOLD = 1e-6  # |x| below this everywhere = silent (the original's is_silence)
+MODEL_CHANNELS = 2  # the VAE reads stereo: mono is duplicated, of more channels the first two are kept
 
 SUPPORTED_EXTENSIONS = (".flac", ".wav", ".mp3", ".opus")
 _QUALITY_DEFAULTS = {".flac": "16", ".wav": "16", ".mp3": "V0", ".opus": "128k"}
@@ -49,13 +51,17 @@ def _av():
 
 
 def load_audio(path: str | os.PathLike, max_seconds: float | None = None,
-               name: str = "audio") -> tuple[torch.Tensor, int]:
+               name: str = "audio", channels: int | None = None) -> tuple[torch.Tensor, int]:
     """Decode the first audio stream of any file ffmpeg reads → (float32 waveform [C, S], sample rate).
 
     Integer PCM is scaled to [-1, 1) (s16 / 32768, s32 / 2^31), as ComfyUI's LoadAudio does. With
     ``max_seconds``, a longer file is refused from its header before anything is decoded, and decoding stops as
     soon as more than that has come out (for files whose header does not tell or lies), so any file size is
-    safe. ``name`` is the input the file was given as, for messages.
+    safe. ``channels``: keep only the first that many channels while decoding (the model reads
+    :data:`MODEL_CHANNELS`, see :func:`prepare_audio`), so a 7.1 or 12-channel file costs no more memory than
+    stereo. Any channel count decodes (samples come out interleaved, one plane per frame). Only regular files
+    are read: a FIFO, device or socket is refused rather than waited on. ``name`` is the input the file was
+    given as, for messages.
     """
     av = _av()
     path = os.fspath(path)
@@ -63,6 +69,9 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None,
         raise FileNotFoundError(f"{name}: audio file not found: {path}")
     if os.path.isdir(path):
         raise ValueError(f"{name}: {path} is a folder, not an audio file")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{name}: {path} is not a regular file (a FIFO, device or socket would be waited on); "
+                         "save the audio to a file and give that")
     try:
         with av.open(path) as container:
             if not container.streams.audio:
@@ -72,15 +81,17 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None,
             if max_seconds is not None:
                 _refuse_long(name, path, _header_seconds(container, stream), max_seconds)
             limit = None if max_seconds is None or not rate else int((max_seconds + 1) * rate)
-            to_float = av.AudioResampler(format="fltp")  # same layout and rate: only the sample format changes
+            # Same layout and rate, only the sample format changes: to packed float (one plane whatever the
+            # channel count; PyAV's planar to_ndarray crashes the process from 8 channels on).
+            to_float = av.AudioResampler(format="flt")
             chunks, decoded = [], 0
             for frame in container.decode(stream):
                 for f in to_float.resample(frame):
-                    chunks.append(f.to_ndarray())
+                    chunks.append(_channels_first(f, channels))
                     decoded += chunks[-1].shape[-1]
                 if limit is not None and decoded > limit:
                     _refuse_long(name, path, decoded / rate, max_seconds, "at least ")
-            chunks.extend(f.to_ndarray() for f in to_float.resample(None))
+            chunks.extend(_channels_first(f, channels) for f in to_float.resample(None))
     except av.FFmpegError as e:
         raise ValueError(f"{name}: {path} cannot be decoded: {e}") from None
     if not chunks or not rate:
@@ -91,6 +102,12 @@ def load_audio(path: str | os.PathLike, max_seconds: float | None = None,
     if max_seconds is not None:
         _refuse_long(name, path, wav.shape[-1] / rate, max_seconds)
     return wav, int(rate)
+
+
+def _channels_first(frame, keep: int | None) -> np.ndarray:
+    """A packed float frame → [C, n] (only the first ``keep`` channels when given)."""
+    x = frame.to_ndarray().reshape(frame.samples, -1).T
+    return np.ascontiguousarray(x if keep is None else x[:keep])
 
 
 def _header_seconds(container, stream) -> float | None:
@@ -249,11 +266,14 @@ def save_audio(
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.part")
-    # Created with os.open so the final file gets the usual umask-derived permissions (mkstemp's are 0600).
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        # Created with os.open so the final file gets the usual umask-derived permissions (mkstemp's are 0600).
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         _encode(av, tmp, ext, x.numpy(), sample_rate, metadata or {}, quality)
         os.replace(tmp, path)
+    except OSError as e:  # the disk: full, read-only, gone (ffmpeg's I/O errors are OSErrors too); named by path
+        _remove(tmp)
+        raise OSError(e.errno, e.strerror, path) from None
     except av.FFmpegError as e:
         _remove(tmp)
         raise ValueError(f"encoding {path} failed: {e}") from None
@@ -285,12 +305,13 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
 
 def prepare_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """A checked recording (an AudioClip's float32 [C, S] and rate) → float32 stereo [2, S'] at ``target_rate``,
-    clamped to [-1, 1], as the original prepares source and reference audio: mono is duplicated, only the first
-    two channels are kept."""
+    clamped to [-1, 1], as the original prepares source and reference audio: mono is duplicated, of more channels
+    only the first two are kept (no down-mix: in the usual orders of 5.1, 7.1 and beyond, ffmpeg's included, they
+    are front left and front right)."""
     x = waveform
     if x.shape[0] == 1:
-        x = x.repeat(2, 1)
-    x = x[:2]
+        x = x.repeat(MODEL_CHANNELS, 1)
+    x = x[:MODEL_CHANNELS]
     return resample(x, sample_rate, target_rate).clamp(-1.0, 1.0).contiguous()
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from .audio import check_save_options, load_audio, save_audio
+from .audio import MODEL_CHANNELS, check_save_options, load_audio, save_audio
 from .constants import (
     DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, LM_DECIDE_FIELDS, LM_MODES, LM_UNDERSTAND_TOP_P,
     REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
@@ -244,8 +244,13 @@ def _add_lm_sampling(group, top_p: float = 0.9) -> None:
 
 
 def _read_text(path: str, flag: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    if path == "-":  # the bytes, decoded strictly (sys.stdin's own decoding may turn bad bytes into surrogates)
+        stdin = getattr(sys.stdin, "buffer", None)
+        try:
+            return sys.stdin.read() if stdin is None else stdin.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{flag} -: standard input is not UTF-8 text (byte {e.start + 1} is "
+                             f"0x{e.object[e.start]:02x})") from None
     if not os.path.isfile(path):
         raise UsageError(f"{flag} {path}: file not found")
     try:
@@ -273,10 +278,15 @@ def output_paths(out: str, count: int) -> list[str]:
     return [out if i == 0 else f"{stem}_{i}{ext}" for i in range(count)]
 
 
-def check_output_paths(paths: list[tuple[str, str]]) -> None:
-    """(flag, path) pairs: each a file name (not a folder) in a folder that exists or can be made and written;
-    checked before any work so a run never ends without its files."""
+def check_output_paths(paths: list[tuple[str, str]], inputs: Sequence[tuple[str, str | None]] = ()) -> None:
+    """(flag, path) pairs: each a file name (not a folder) in a folder that exists or can be made and written
+    (a file is created there and removed again: /proc and read-only mounts pass the permission bits), and none of
+    the ``inputs`` (flag, path) files; checked before any work so a run never ends without its files."""
     for flag, path in paths:
+        for input_flag, source in inputs:
+            if source and os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+                raise UsageError(f"{flag} {path}: is the {input_flag} file, which writing would overwrite; give "
+                                 "another name")
         full = os.path.abspath(path)
         if os.path.isdir(path):
             raise UsageError(f"{flag} {path}: is a folder; give a file name such as "
@@ -289,6 +299,22 @@ def check_output_paths(paths: list[tuple[str, str]]) -> None:
             raise UsageError(f"{flag} {path}: {existing} is a file, so the folder {folder} cannot be made")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UsageError(f"{flag} {path}: the folder {existing} is not writable")
+        probe = os.path.join(existing, f".acestep-probe.{os.getpid()}")
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as e:
+            raise UsageError(f"{flag} {path}: files cannot be created in {existing} ({e.strerror})") from None
+
+
+def _input_files(args) -> list[tuple[str, str | None]]:
+    """The files a generate run reads, (flag, path), that no output may overwrite."""
+    from .adapters import parse_lora_spec
+
+    codes = args.audio_codes[1:] if args.audio_codes and args.audio_codes.startswith("@") else None
+    return [("--src-audio", args.src_audio), ("--ref-audio", args.ref_audio), ("--lyrics-file", args.lyrics_file),
+            ("--audio-codes", codes), ("--checkpoint", args.checkpoint),
+            *(("--lora", parse_lora_spec(spec)[0]) for spec in args.lora or ())]
 
 
 def _looks_like_file(path: str) -> bool:
@@ -496,19 +522,31 @@ def _commit(staged: list[tuple[str, str]]) -> None:
                 aside.append((backup, path))
             os.replace(tmp, path)
             done.append(path)
-    except OSError:
+    except OSError as e:
+        failed = path
         for path in done:
             os.unlink(path)
         for backup, path in aside:
             os.replace(backup, path)
-        raise
+        raise _write_error(failed, e) from None
     for backup, _ in aside:
         os.unlink(backup)
+
+
+def _write_error(path: str, error: Exception, tmp: str | None = None) -> UsageError:
+    """A write that failed at the end (full disk, folder gone, …) as one line naming the flag and the file the user
+    gave, never a temporary name (--out takes audio extensions only, so a .safetensors file is --save-latents)."""
+    flag = "--save-latents" if path.lower().endswith(".safetensors") else "--out"
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
+    return UsageError(f"{flag} {path}: writing it failed ({reason.replace(tmp, path) if tmp else reason}); "
+                      "nothing was written")
 
 
 def write_outputs(result, paths: list[str], fields: dict, model: str, quality: str | None,
                   latents_path: str | None) -> None:
     """Encode every item (and the latents) under temporary names, then rename them all: all or nothing."""
+    from safetensors import SafetensorError
+
     staged: list[tuple[str, str]] = []
     try:
         for i, path in enumerate(paths):
@@ -534,6 +572,8 @@ def write_outputs(result, paths: list[str], fields: dict, model: str, quality: s
                       metadata={"acestep": json.dumps(meta, ensure_ascii=False, default=_json_default),
                                 "sample_rate": str(result.sample_rate)})
         _commit(staged)
+    except (OSError, ValueError, SafetensorError) as e:  # while writing staged[-1]
+        raise _write_error(staged[-1][1], e, staged[-1][0]) from None
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
@@ -551,6 +591,8 @@ def _check_device(device: str | None):
             dev = torch.device(device)
         except (RuntimeError, ValueError):
             raise UsageError(f"--device {device!r} is not a device; use e.g. cuda, cuda:0, cpu or mps") from None
+        if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, …: torch knows them, the pipeline cannot run there
+            raise UsageError(f"--device {device!r} is not allowed: cpu, cuda, cuda:N or mps")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {device}: no CUDA GPU is available to this torch (use --device cpu)")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -671,8 +713,8 @@ def generate(args) -> int:
     from .memory.manager import MemorySettings
 
     memory = MemorySettings(args.vram_budget, args.resident_layers, args.weight_dtype)
-    src = load_audio(args.src_audio, DURATION_MAX, "--src-audio") if args.src_audio else None
-    ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio") if args.ref_audio else None
+    src = load_audio(args.src_audio, DURATION_MAX, "--src-audio", MODEL_CHANNELS) if args.src_audio else None
+    ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio", MODEL_CHANNELS) if args.ref_audio else None
     fields = request_fields(args, lyrics, src, ref)
     if args.simple is not None:
         check_text("query", args.simple)
@@ -684,7 +726,7 @@ def generate(args) -> int:
     loras = load_loras(args.lora or [])
     paths = output_paths(args.out, req.task.batch_size)
     check_output_paths([("--out", p) for p in paths] + ([("--save-latents", args.save_latents)]
-                                                        if args.save_latents else []))
+                                                        if args.save_latents else []), _input_files(args))
 
     # 2. Which model and LM, and can they take these settings (read from configs/headers, nothing loaded yet).
     from dataclasses import replace
@@ -803,7 +845,7 @@ def understand(args) -> int:
     if isinstance(seed, tuple):
         raise UsageError(f"--seed {args.seed!r} is not allowed: one integer")
     seed = random.SystemRandom().randint(0, 2**32 - 1) if seed is None else seed
-    wav, rate = load_audio(args.src_audio, DURATION_MAX, "--src-audio")
+    wav, rate = load_audio(args.src_audio, DURATION_MAX, "--src-audio", MODEL_CHANNELS)
     clip = AudioClip(wav, rate, "--src-audio")
 
     # 2. Which model and LM.

@@ -286,6 +286,7 @@ UNSUPPORTED_ADAPTER_KEYS = {
 # ComfyUI's weight_dtype names (UNETLoader): default = as loaded; fp8_* = the DiT decoder's Linear weights stored in
 # that float8 format with one float32 scale per output channel; _fast = the GPU's scaled fp8 matmul where it exists.
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+VRAM_BUDGET_MAX_GB = 1024.0  # a GPU memory budget above this is a typo (and inf would overflow the byte counts)
 FP8_SCALE_SUFFIX = ".weight_scale"  # fp8 files: "<linear>.weight" float8 + "<linear>.weight_scale" float32 [out]
 
 # The XL DiT's geometry (acestep-v15-xl-*: AceStepConfig overrides of the 2B defaults; its encoder side stays 2B-wide).

@@ -29,9 +29,9 @@ from .constants import (
     APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND,
     DCW_DEFAULTS, DCW_MODES, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX,
     DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX,
-    GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, KEYSCALES, LM_CFG_SCALE, LM_CFG_SCALE_MAX, LM_CFG_SCALE_MIN,
-    LM_DECIDE_FIELDS, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TOP_K,
-    LM_TOP_K_MAX, LM_TOP_P, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS,
+    GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, KEYSCALES, LATENT_RATE, LM_CFG_SCALE, LM_CFG_SCALE_MAX,
+    LM_CFG_SCALE_MIN, LM_DECIDE_FIELDS, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX,
+    LM_TOP_K, LM_TOP_K_MAX, LM_TOP_P, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS,
     REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX,
     TILE_FRAMES_MIN, TIME_SIGNATURES, TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VAE_ENCODE_MODES, VALID_LANGUAGES,
     VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER,
@@ -47,8 +47,19 @@ from .sampling import APG_MOMENTUM, APG_NORM_THRESHOLD, MAX_TURBO_STEPS
 
 
 def check_text(name: str, value) -> str:
+    """A str that is valid Unicode. Text with a lone surrogate cannot be encoded (as UTF-8, or by the tokenizer) and
+    is refused rather than repaired: a byte that was not UTF-8 (Python turns it into U+DC80 … U+DCFF when it reads
+    command-line arguments or files) or a half surrogate pair from JSON would otherwise change the words silently."""
     if not isinstance(value, str):
         raise InputError(name, value, "text (a str; '' for none)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(value[e.start])
+        what = (f"byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+                else f"U+{code:04X}, a lone surrogate")
+        raise InputError(name, value, f"valid Unicode text (character {e.start + 1} is {what}; give the text as "
+                                      "UTF-8)") from None
     return value
 
 
@@ -267,16 +278,30 @@ class AudioClip:
         if self.seconds > DURATION_MAX:
             raise InputError(self.name, Described(f"<{self.seconds:.1f} s of audio>"),
                              f"at most {DURATION_MAX} s (trim it first)")
+        samples = self.waveform.shape[-1]
+        if samples * LATENT_RATE < self.sample_rate:  # resampled to the VAE rate: less than one hop
+            raise InputError(self.name, Described(f"<{samples} samples at {self.sample_rate} Hz>"),
+                             f"at least {1 / LATENT_RATE:g} s of audio ({math.ceil(self.sample_rate / LATENT_RATE)} "
+                             f"samples at {self.sample_rate} Hz: one latent frame of the VAE)")
 
     @property
     def seconds(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
 
 
+# More channels than this with at most this many samples is a [samples, channels] array (soundfile.read's layout)
+# given as [channels, samples]; no recording that short could be used anyway (see AudioClip's minimum length).
+TRANSPOSED_LAYOUT_LIMIT = 16
+
+
 def _as_waveform(waveform, name: str) -> torch.Tensor:
     x = as_waveform(waveform, name)
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise InputError(name, x, "a non-empty waveform [channels, samples] or [samples]")
+    if x.shape[0] > TRANSPOSED_LAYOUT_LIMIT and x.shape[1] <= TRANSPOSED_LAYOUT_LIMIT:
+        raise InputError(name, x, f"channels first, [channels, samples]; this looks like [samples, channels] "
+                                  f"({x.shape[0]} samples of {x.shape[1]} channels, as soundfile.read returns "
+                                  "them): pass its transpose (waveform.T)")
     if not torch.isfinite(x).all():
         raise InputError(name, x, "finite samples (this one contains NaN or infinity)")
     return x

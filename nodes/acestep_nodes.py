@@ -23,7 +23,7 @@ from ..acestep_core.constants import (
     EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
     INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX,
     SHIFT_MAX, STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS,
-    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, WEIGHT_DTYPES,
+    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
 )
 from ..acestep_core.errors import InputError
 from ..acestep_core.request import (
@@ -132,7 +132,7 @@ class ModelLoader(io.ComfyNode):
                                tooltip="default: as the file stores them. fp8_*: the DiT's Linear weights in 8 bits "
                                        "with one scale per output channel (about half the DiT's memory, a small "
                                        "error; see the README); _fast: the GPU's fp8 matmul (RTX 40xx and newer)."),
-                io.Float.Input("vram_budget", default=0.0, min=0.0, max=1024.0, step=0.5, advanced=True,
+                io.Float.Input("vram_budget", default=0.0, min=0.0, max=VRAM_BUDGET_MAX_GB, step=0.5, advanced=True,
                                tooltip="GB of GPU memory to plan for; 0 = what ComfyUI can give (its --reserve-vram "
                                        "honoured). Below what the model needs, its parts take turns on the GPU and "
                                        "DiT layers stream from CPU memory."),

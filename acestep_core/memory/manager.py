@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..constants import CODES_PER_SECOND, STREAM_SLOTS
+from ..constants import CODES_PER_SECOND, STREAM_SLOTS, VRAM_BUDGET_MAX_GB
 from .estimates import GIB, UnitSize, Workload, stack_size, stored_bytes
 from .fp8 import check_weight_dtype, weight_format
 from .planner import MemoryPlan, UNIT_LABELS, plan_memory, request_phases
@@ -42,8 +42,10 @@ class MemorySettings:
     def __post_init__(self):
         from ..errors import InputError
 
-        if self.budget_gb is not None and not (isinstance(self.budget_gb, (int, float)) and self.budget_gb > 0):
-            raise InputError("vram_budget", self.budget_gb, "a number of GB above 0 (or auto)")
+        budget = self.budget_gb
+        if budget is not None and not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
+                                       and 0 < budget <= VRAM_BUDGET_MAX_GB):  # NaN and inf fail here too
+            raise InputError("vram_budget", budget, f"a number of GB above 0, at most {VRAM_BUDGET_MAX_GB:g} (or auto)")
         if self.resident_layers is not None and (not isinstance(self.resident_layers, int) or self.resident_layers < 0):
             raise InputError("resident_layers", self.resident_layers, "0 or more layers (or auto)")
         check_weight_dtype(self.weight_dtype)
