@@ -525,3 +525,371 @@ def test_each_part_is_checked_once_per_generation_nodes(comfy, count_checks):
 
 def test_error_values_are_short():
     assert str(InputError("caption", "x" * 10_000, "text")) == f"caption='{'x' * 76}… is not allowed: text"
+
+
+# ---- issue 17 (h17a): channels, text, short sources, numbers
+
+import errno  # noqa: E402
+import io as text_io  # noqa: E402
+import math  # noqa: E402
+import signal  # noqa: E402
+
+import av  # noqa: E402
+import numpy as np  # noqa: E402
+
+from acestep_core.audio import load_audio  # noqa: E402
+from acestep_core.memory.manager import MemorySettings  # noqa: E402
+from acestep_core.models.vae import OobleckVAE, VaeConfig  # noqa: E402
+from acestep_core.request import AudioClip  # noqa: E402
+
+
+def _pcm16(channels: int, samples: int, seed: int = 0) -> np.ndarray:
+    """int16 noise [channels, samples], a different level per channel (so a swapped channel shows)."""
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-0.5, 0.5, (channels, samples)) * (1 + np.arange(channels))[:, None] / channels
+            * 32767).astype(np.int16)
+
+
+def _write_pcm(path, x: np.ndarray, layout: str, container: str, codec: str, rate: int = RATE) -> str:
+    """int16 [C, S] → a file (e.g. 12-channel WAV, 7.1 FLAC), written by ffmpeg as any recorder would."""
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        stream.codec_context.format = "s16"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x.T).reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate, frame.pts = rate, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return str(path)
+
+
+MANY_CHANNELS = [("12ch.wav", 12, "12 channels", "wav", "pcm_s16le"), ("7.1.flac", 8, "7.1", "flac", "flac")]
+
+
+@pytest.mark.parametrize("name, channels, layout, container, codec", MANY_CHANNELS, ids=[c[0] for c in MANY_CHANNELS])
+def test_files_with_8_or_more_channels_decode_in_a_process_that_survives(tmp_path, name, channels, layout, container,
+                                                                          codec):
+    """7.1 FLAC and 12-channel WAV segfaulted the process (PyAV's planar frames from 8 channels on); decoded in a
+    child process so a crash fails this test instead of ending the run."""
+    x = _pcm16(channels, 3 * RATE)
+    path = _write_pcm(tmp_path / name, x, layout, container, codec)
+    code = ("import sys, torch\n"
+            "from acestep_core.audio import load_audio\n"
+            f"full, rate = load_audio({path!r}, 600, '--src-audio')\n"
+            f"two, _ = load_audio({path!r}, 600, '--src-audio', 2)\n"
+            "torch.save((full, two, rate), sys.argv[1])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "decoded.pt")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    full, two, rate = torch.load(tmp_path / "decoded.pt")
+    assert rate == RATE and full.shape == (channels, 3 * RATE) and two.shape == (2, 3 * RATE)
+    assert torch.equal(full, torch.from_numpy(x.astype(np.float32) / 32768))  # every channel, in file order
+    assert torch.equal(two, full[:2])  # only the first two kept while decoding
+
+
+@pytest.fixture
+def h17a_files(workdir):
+    """The workdir plus: 12ch.wav (12 channels), first2.wav (its first two channels), 7.1.flac, short.wav (7 samples,
+    one less than a latent frame at the tiny rate) and fifo.wav (a named pipe)."""
+    x = _pcm16(12, 10 * RATE)
+    _write_pcm(workdir / "12ch.wav", x, "12 channels", "wav", "pcm_s16le")
+    _write_pcm(workdir / "first2.wav", x[:2], "stereo", "wav", "pcm_s16le")
+    _write_pcm(workdir / "7.1.flac", _pcm16(8, 10 * RATE, seed=1), "7.1", "flac", "flac")
+    save_audio("short.wav", 0.3 * torch.ones(2, 7), RATE)
+    os.mkfifo("fifo.wav")
+    return workdir
+
+
+def test_cli_many_channel_source_and_reference_give_the_song_of_their_first_two_channels(models, h17a_files, capsys):
+    """Rule: of more than two channels the first two (front left, front right) are used, as the original does."""
+    songs = []
+    for src in ("12ch.wav", "first2.wav"):
+        code = cli.main(["generate", "--checkpoint", models, "--task", "cover", "--src-audio", src, "--ref-audio",
+                         "12ch.wav" if src == "12ch.wav" else "first2.wav", "--seed", "3", "--steps", "2",
+                         "--out", f"from_{src}.wav", "--quality", "float"])
+        assert code == 0, capsys.readouterr().err
+        songs.append(load_audio(f"from_{src}.wav")[0])
+    assert songs[0].shape == (2, 10 * RATE) and torch.equal(songs[0], songs[1])
+
+
+def test_cli_understand_reads_a_7_1_flac_as_its_front_pair(models, h17a_files, capsys, monkeypatch):
+    from acestep_core.planning import Description
+    from acestep_core.request import SongText
+
+    heard = []
+
+    class Listener:
+        def understand(self, clip, seed, settings, on_token=None):
+            heard.append(clip)
+            return Description("a caption", "", SongText(), None, None, "")
+
+    monkeypatch.setattr(cli, "resolve_lm", lambda choice, info: "lm")
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: Listener())
+    monkeypatch.setattr(cli, "load_lm", lambda pipe, path: None)
+    assert cli.main(["understand", "--checkpoint", models, "--src-audio", "7.1.flac", "--seed", "0"]) == 0
+    assert "caption: a caption" in capsys.readouterr().out
+    full = load_audio("7.1.flac")[0]
+    assert full.shape[0] == 8 and torch.equal(heard[0].waveform, full[:2])
+
+
+def test_api_and_nodes_take_audio_tensors_with_many_channels(models, comfy):
+    """AUDIO tensors of 12 channels (API and nodes) are used like their first two channels."""
+    x = torch.from_numpy(_pcm16(12, 10 * RATE)).float() / 32768
+    pipe = AceStepPipeline.from_pretrained(models, dtype="fp32", device="cpu")
+    songs = [pipe(request(task="cover", src_audio=wav, src_sample_rate=RATE, ref_audio=wav, ref_sample_rate=RATE,
+                          seed=5, steps=2)).audio for wav in (x, x[:2])]
+    assert torch.equal(songs[0], songs[1])
+    nodes = comfy[0]
+    latent = run_node(nodes["AceStep15_CoverLatent"], **_widgets(nodes["AceStep15_CoverLatent"]),
+                      audio={"waveform": x[None], "sample_rate": RATE}).args[0]
+    task = next(v for v in latent.values() if hasattr(v, "source"))  # the pack's own Task class
+    assert task.source.waveform.shape == (12, 10 * RATE)
+    assert torch.equal(pipe.prepare_source(task).waveform, pipe.prepare_source(request(
+        task="cover", src_audio=x[:2], src_sample_rate=RATE).task).waveform)
+
+
+def _widgets(node_cls) -> dict:
+    """Every widget of a node with its default value, as the frontend sends them (sockets have no default)."""
+    return {i.id: i.default for i in node_cls.define_schema().inputs if getattr(i, "default", None) is not None}
+
+
+# ---- text that is not valid Unicode: refused (not repaired) where it is checked, naming the input
+
+BAD_TEXT = [  # (fields, name, how the value is shown, what the message says about it)
+    ({"caption": os.fsdecode(b"caf\xe9")}, "caption", "'caf\\udce9'", "character 4 is byte 0xe9, which is not UTF-8"),
+    ({"lyrics": "la " + json.loads('"\\ud83d"')}, "lyrics", "'la \\ud83d'", "character 4 is U+D83D, a lone surrogate"),
+    ({"lm_negative_prompt": "\udfff"}, "lm_negative_prompt", "'\\udfff'", "character 1 is U+DFFF, a lone surrogate"),
+    ({"flow_edit_source_caption": "x\ud800", "task": "cover", **SRC}, "flow_edit_source_caption", "'x\\ud800'",
+     "character 2 is U+D800, a lone surrogate"),
+]
+
+
+@pytest.mark.parametrize("fields, name, value, detail", BAD_TEXT, ids=[c[1] for c in BAD_TEXT])
+def test_api_refuses_text_that_is_not_valid_unicode(fields, name, value, detail):
+    with pytest.raises(InputError) as e:
+        request(flow_edit="flow_edit_source_caption" in fields, **fields)
+    assert e.value.name == name
+    assert str(e.value) == f"{name}={value} is not allowed: valid Unicode text ({detail}; give the text as UTF-8)"
+
+
+def test_node_refuses_a_lone_surrogate_from_the_prompt_json(comfy):
+    """A prompt's JSON may carry half of a surrogate pair ("\\ud83d"); Python's json gives it as a lone surrogate."""
+    nodes = comfy[0]
+    caption = json.loads('{"caption": "happy \\ud83d song"}')["caption"]
+    with pytest.raises(ValueError) as e:
+        run_node(nodes["AceStep15_TextEncode"], **{**_widgets(nodes["AceStep15_TextEncode"]), "caption": caption})
+    assert str(e.value).startswith("caption='happy \\ud83d song' is not allowed: valid Unicode text (character 7 is "
+                                   "U+D83D, a lone surrogate")
+
+
+def _refused_by_cli(models, argv, capsys, monkeypatch, command="generate") -> str:
+    """Runs the CLI and returns its one error line, checking exit 1, nothing loaded and nothing written."""
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: loads.append(a))
+    before = sorted(os.listdir("."))
+    code = cli.main([command, "--checkpoint", models, *argv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert loads == [] and sorted(os.listdir(".")) == before
+    return lines[0]
+
+
+def test_cli_refuses_arguments_and_stdin_that_are_not_utf8(models, workdir, capsys, monkeypatch):
+    """Python hands undecodable argument bytes over as U+DC80…U+DCFF (os.fsdecode); stdin is read as bytes."""
+    caption = os.fsdecode(b"caf\xe9")
+    assert _refused_by_cli(models, ["--caption", caption], capsys, monkeypatch) == (
+        "error: --caption 'caf\\udce9' is not allowed: valid Unicode text (character 4 is byte 0xe9, which is not "
+        "UTF-8; give the text as UTF-8)")
+    assert _refused_by_cli(models, ["--simple", caption], capsys, monkeypatch).startswith(
+        "error: --simple 'caf\\udce9' is not allowed: valid Unicode text (character 4 is byte 0xe9")
+    assert _refused_by_cli(models, ["--lm-negative-prompt", caption], capsys, monkeypatch).startswith(
+        "error: --lm-negative-prompt 'caf\\udce9' is not allowed: valid Unicode text")
+    stdin = text_io.TextIOWrapper(text_io.BytesIO(b"[verse]\ncaf\xe9"), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)  # as in Python's UTF-8 mode: bad bytes would become surrogates
+    assert _refused_by_cli(models, ["--lyrics-file", "-"], capsys, monkeypatch) == (
+        "error: --lyrics-file -: standard input is not UTF-8 text (byte 12 is 0xe9)")
+
+
+# ---- sources shorter than one latent frame, and [samples, channels] arrays
+
+@pytest.mark.parametrize("samples, rate, minimum", [(1, RATE, 8), (7, RATE, 8), (1919, 48000, 1920),
+                                                    (1763, 44100, 1764), (3839, 96000, 3840)])
+@pytest.mark.parametrize("which", ["src", "ref"])
+def test_api_refuses_audio_shorter_than_one_latent_frame(which, samples, rate, minimum):
+    fields = {f"{which}_audio": torch.full((2, samples), 0.1), f"{which}_sample_rate": rate}
+    with pytest.raises(InputError) as e:
+        request(task="cover" if which == "src" else "text2music", **fields)
+    assert str(e.value) == (f"{which}_audio=<{samples} samples at {rate} Hz> is not allowed: at least 0.04 s of audio "
+                            f"({minimum} samples at {rate} Hz: one latent frame of the VAE)")
+    fields[f"{which}_audio"] = torch.full((2, minimum), 0.1)  # the minimum itself is taken
+    request(task="cover" if which == "src" else "text2music", **fields)
+
+
+def test_the_minimum_length_is_the_real_encoders_and_the_shortest_source_runs(models):
+    """One latent frame (1920 samples at 48 kHz) is what the real VAE's encoder needs (its geometry, narrow widths);
+    the tiny pipeline runs a source of exactly the minimum through a task and the audio tokenizer."""
+    vae = OobleckVAE(VaeConfig(encoder_hidden_size=2, decoder_channels=2, decoder_input_channels=1)).eval()
+    with torch.no_grad():
+        assert vae.encode(torch.zeros(1, 2, 1920)).shape[-1] == 1
+        with pytest.raises(RuntimeError):
+            vae.encode(torch.zeros(1, 2, 1919))
+    pipe = AceStepPipeline.from_pretrained(models, dtype="fp32", device="cpu")
+    shortest = torch.rand(2, RATE // 25) - 0.5
+    assert pipe(request(task="cover", src_audio=shortest, src_sample_rate=RATE, steps=1, seed=0)).audio.shape[0] == 1
+    assert len(pipe.audio_codes(AudioClip(shortest, RATE, "src_audio"))) == 1
+
+
+def test_api_names_the_transposed_layout_and_what_to_pass():
+    song = SONG.T.contiguous()  # soundfile.read's [samples, channels]
+    with pytest.raises(InputError) as e:
+        request(task="cover", src_audio=song, src_sample_rate=RATE)
+    assert str(e.value) == ("src_audio=<Tensor of shape [2000, 2]> is not allowed: channels first, [channels, samples]; "
+                            "this looks like [samples, channels] (2000 samples of 2 channels, as soundfile.read returns "
+                            "them): pass its transpose (waveform.T)")
+    with pytest.raises(InputError, match=r"^ref_audio=<Tensor of shape \[2000, 2\]> .* pass its transpose"):
+        request(ref_audio=song.numpy(), ref_sample_rate=RATE)
+    assert request(task="cover", src_audio=torch.full((16, 16), 0.1), src_sample_rate=RATE).task.source  # not both
+
+
+def test_nodes_refuse_short_and_transposed_audio(comfy):
+    nodes = comfy[0]
+    short = {"waveform": torch.full((1, 2, 7), 0.1), "sample_rate": RATE}
+    transposed = {"waveform": SONG.T[None].contiguous(), "sample_rate": RATE}
+    text = run_node(nodes["AceStep15_TextEncode"], **_widgets(nodes["AceStep15_TextEncode"])).args[0]
+    for node, inputs in [("CoverLatent", {}), ("TimbreReference", {"conditioning": text}),
+                         ("UnderstandAudio", {"model": None, "lm": None}), ("VAEEncode", {"model": None})]:
+        cls = nodes["AceStep15_" + node]
+        for audio, expected in [(short, "audio=<7 samples at 200 Hz> is not allowed: at least 0.04 s of audio "
+                                        "(8 samples at 200 Hz"),
+                                (transposed, "audio=<Tensor of shape [2000, 2]> is not allowed: channels first")]:
+            with pytest.raises(ValueError) as e:
+                run_node(cls, hidden={"unique_id": "1"}, **{**_widgets(cls), **inputs, "audio": audio})
+            assert str(e.value).startswith(expected), (node, str(e.value))
+
+
+def test_cli_refuses_short_sources_references_and_recordings(models, h17a_files, capsys, monkeypatch):
+    expected = "is not allowed: at least 0.04 s of audio (8 samples at 200 Hz: one latent frame of the VAE)"
+    assert _refused_by_cli(models, ["--task", "cover", "--src-audio", "short.wav"], capsys, monkeypatch) == (
+        f"error: --src-audio <7 samples at 200 Hz> {expected}")
+    assert _refused_by_cli(models, ["--ref-audio", "short.wav"], capsys, monkeypatch) == (
+        f"error: --ref-audio <7 samples at 200 Hz> {expected}")
+    assert _refused_by_cli(models, ["--src-audio", "short.wav"], capsys, monkeypatch, "understand") == (
+        f"error: --src-audio <7 samples at 200 Hz> {expected}")
+
+
+# ---- numbers, devices, special files and output paths (refused before loading)
+
+@pytest.fixture
+def no_hang():
+    """Fails a test that waits (a FIFO opened for reading blocks until a writer comes) instead of hanging the run."""
+    def timeout(*_):
+        raise AssertionError("waited on a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+H17A_CLI_CASES = [  # (arguments, the whole error line)
+    (["--vram-budget", "inf"], "error: --vram-budget inf is not allowed: a number of GB above 0, at most 1024 (or auto)"),
+    (["--vram-budget", "1e300"], "error: --vram-budget 1e+300 is not allowed: a number of GB above 0, at most 1024 "
+                                 "(or auto)"),
+    (["--vram-budget", "nan"], "error: --vram-budget nan is not allowed: a number of GB above 0, at most 1024 "
+                               "(or auto)"),
+    (["--device", "meta"], "error: --device 'meta' is not allowed: cpu, cuda, cuda:N or mps"),
+    (["--device", "xla"], "error: --device 'xla' is not allowed: cpu, cuda, cuda:N or mps"),
+    (["--task", "cover", "--src-audio", "fifo.wav"], "error: --src-audio: fifo.wav is not a regular file (a FIFO, "
+     "device or socket would be waited on); save the audio to a file and give that"),
+    (["--ref-audio", "fifo.wav"], "error: --ref-audio: fifo.wav is not a regular file (a FIFO, "
+     "device or socket would be waited on); save the audio to a file and give that"),
+    (["--out", "/proc/song.flac"], "error: --out /proc/song.flac: files cannot be created in /proc ("),
+    (["--save-latents", "/proc/self/l.safetensors"], "error: --save-latents /proc/self/l.safetensors: "),
+    (["--task", "cover", "--src-audio", "src.wav", "--out", "src.wav"],
+     "error: --out src.wav: is the --src-audio file, which writing would overwrite; give another name"),
+    (["--task", "cover", "--src-audio", "src.wav", "--out", "./sub/../src.wav"],
+     "error: --out ./sub/../src.wav: is the --src-audio file, which writing would overwrite; give another name"),
+    (["--ref-audio", "src.wav", "--out", "src.wav"],
+     "error: --out src.wav: is the --ref-audio file, which writing would overwrite; give another name"),
+    (["--task", "cover", "--src-audio", "song_1.wav", "--batch", "2", "--seed", "1,2", "--out", "song.wav"],
+     "error: --out song_1.wav: is the --src-audio file, which writing would overwrite; give another name"),
+]
+
+
+@pytest.mark.parametrize("args, expected", H17A_CLI_CASES, ids=[" ".join(c[0])[:50] for c in H17A_CLI_CASES])
+def test_cli_refuses_numbers_devices_special_files_and_outputs_before_loading(models, h17a_files, capsys, monkeypatch,
+                                                                              no_hang, args, expected):
+    os.mkdir("sub")
+    shutil.copy("src.wav", "song_1.wav")
+    line = _refused_by_cli(models, args, capsys, monkeypatch)
+    assert line.startswith(expected) if expected.endswith(("(", ": ")) else line == expected, line
+
+
+def test_cli_understand_refuses_a_fifo_and_a_meta_device(models, h17a_files, capsys, monkeypatch, no_hang):
+    assert _refused_by_cli(models, ["--src-audio", "fifo.wav"], capsys, monkeypatch, "understand").startswith(
+        "error: --src-audio: fifo.wav is not a regular file")
+    assert _refused_by_cli(models, ["--src-audio", "src.wav", "--device", "meta"], capsys, monkeypatch,
+                           "understand") == "error: --device 'meta' is not allowed: cpu, cuda, cuda:N or mps"
+
+
+def test_api_refuses_budgets_that_are_not_finite_and_a_fifo(tmp_path, no_hang):
+    for budget in (math.inf, 1e300, math.nan, 0, -1, True):
+        with pytest.raises(InputError, match=r"^vram_budget=.* is not allowed: a number of GB above 0, at most 1024"):
+            MemorySettings(budget_gb=budget)
+    assert MemorySettings(budget_gb=1024).budget_gb == 1024
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(ValueError, match="is not a regular file"):
+        load_audio(tmp_path / "pipe.wav", 600, "src_audio")
+
+
+# ---- write failures at the end: named by the flag and the file the user gave, nothing left behind
+
+ENOSPC_SAFETENSORS = "Error while serializing: I/O error: No space left on device (os error 28)"  # what it raises
+
+
+@pytest.mark.parametrize("what", ["--save-latents", "--out"])
+def test_cli_a_full_disk_at_write_time_names_the_flag_never_the_temporary(models, workdir, capsys, monkeypatch,
+                                                                          what):
+    """A full disk, played by the writers raising what they raise on ENOSPC (checked on a real 64 kB tmpfs):
+    safetensors its SafetensorError, ffmpeg an OSError naming its temporary file."""
+    from safetensors import SafetensorError
+
+    from acestep_core import audio as audio_module
+
+    temporaries = []
+    if what == "--save-latents":
+        def full(tensors, filename, metadata=None):
+            temporaries.append(filename)
+            raise SafetensorError(ENOSPC_SAFETENSORS)
+
+        monkeypatch.setattr("safetensors.torch.save_file", full)
+    else:
+        def full(av, path, *args):
+            temporaries.append(path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+        monkeypatch.setattr(audio_module, "_encode", full)
+    before = sorted(os.listdir(workdir))
+    code = cli.main(["generate", "--checkpoint", models, "--duration", "10", "--steps", "1", "--seed", "1",
+                     "--out", "song.flac", "--save-latents", "song.safetensors"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    path, reason = ("song.safetensors", ENOSPC_SAFETENSORS) if what == "--save-latents" else (
+        "song.flac", "No space left on device")
+    assert code == 1 and errors == [f"error: {what} {path}: writing it failed ({reason}); nothing was written"], err
+    assert temporaries and not any(os.path.basename(t) in err for t in temporaries) and "Traceback" not in err
+    assert sorted(os.listdir(workdir)) == before  # neither file, no temporary
+
+
+def test_save_audio_names_the_file_it_was_given_when_the_disk_is_full(tmp_path, monkeypatch):
+    from acestep_core import audio as audio_module
+
+    def full(av, path, *args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(audio_module, "_encode", full)
+    with pytest.raises(OSError) as e:
+        save_audio(tmp_path / "x.flac", SONG, RATE)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "x.flac")
+    assert os.listdir(tmp_path) == []
