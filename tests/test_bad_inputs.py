@@ -534,32 +534,13 @@ import io as text_io  # noqa: E402
 import math  # noqa: E402
 import signal  # noqa: E402
 
-import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from acestep_core.audio import load_audio  # noqa: E402
 from acestep_core.memory.manager import MemorySettings  # noqa: E402
 from acestep_core.models.vae import OobleckVAE, VaeConfig  # noqa: E402
 from acestep_core.request import AudioClip  # noqa: E402
-
-
-def _pcm16(channels: int, samples: int, seed: int = 0) -> np.ndarray:
-    """int16 noise [channels, samples], a different level per channel (so a swapped channel shows)."""
-    rng = np.random.default_rng(seed)
-    return (rng.uniform(-0.5, 0.5, (channels, samples)) * (1 + np.arange(channels))[:, None] / channels
-            * 32767).astype(np.int16)
-
-
-def _write_pcm(path, x: np.ndarray, layout: str, container: str, codec: str, rate: int = RATE) -> str:
-    """int16 [C, S] → a file (e.g. 12-channel WAV, 7.1 FLAC), written by ffmpeg as any recorder would."""
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        stream.codec_context.format = "s16"
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x.T).reshape(1, -1), format="s16", layout=layout)
-        frame.sample_rate, frame.pts = rate, 0
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            out.mux(packet)
-    return str(path)
+from devtools.audio_files import pcm16_noise, write_pcm16  # noqa: E402
 
 
 MANY_CHANNELS = [("12ch.wav", 12, "12 channels", "wav", "pcm_s16le"), ("7.1.flac", 8, "7.1", "flac", "flac")]
@@ -570,8 +551,8 @@ def test_files_with_8_or_more_channels_decode_in_a_process_that_survives(tmp_pat
                                                                           codec):
     """7.1 FLAC and 12-channel WAV segfaulted the process (PyAV's planar frames from 8 channels on); decoded in a
     child process so a crash fails this test instead of ending the run."""
-    x = _pcm16(channels, 3 * RATE)
-    path = _write_pcm(tmp_path / name, x, layout, container, codec)
+    x = pcm16_noise(channels, 3 * RATE)
+    path = write_pcm16(tmp_path / name, x, layout, container, codec, RATE)
     code = ("import sys, torch\n"
             "from acestep_core.audio import load_audio\n"
             f"full, rate = load_audio({path!r}, 600, '--src-audio')\n"
@@ -590,10 +571,10 @@ def test_files_with_8_or_more_channels_decode_in_a_process_that_survives(tmp_pat
 def h17a_files(workdir):
     """The workdir plus: 12ch.wav (12 channels), first2.wav (its first two channels), 7.1.flac, short.wav (7 samples,
     one less than a latent frame at the tiny rate) and fifo.wav (a named pipe)."""
-    x = _pcm16(12, 10 * RATE)
-    _write_pcm(workdir / "12ch.wav", x, "12 channels", "wav", "pcm_s16le")
-    _write_pcm(workdir / "first2.wav", x[:2], "stereo", "wav", "pcm_s16le")
-    _write_pcm(workdir / "7.1.flac", _pcm16(8, 10 * RATE, seed=1), "7.1", "flac", "flac")
+    x = pcm16_noise(12, 10 * RATE)
+    write_pcm16(workdir / "12ch.wav", x, "12 channels", "wav", "pcm_s16le", RATE)
+    write_pcm16(workdir / "first2.wav", x[:2], "stereo", "wav", "pcm_s16le", RATE)
+    write_pcm16(workdir / "7.1.flac", pcm16_noise(8, 10 * RATE, seed=1), "7.1", "flac", "flac", RATE)
     save_audio("short.wav", 0.3 * torch.ones(2, 7), RATE)
     os.mkfifo("fifo.wav")
     return workdir
@@ -633,7 +614,7 @@ def test_cli_understand_reads_a_7_1_flac_as_its_front_pair(models, h17a_files, c
 
 def test_api_and_nodes_take_audio_tensors_with_many_channels(models, comfy):
     """AUDIO tensors of 12 channels (API and nodes) are used like their first two channels."""
-    x = torch.from_numpy(_pcm16(12, 10 * RATE)).float() / 32768
+    x = torch.from_numpy(pcm16_noise(12, 10 * RATE)).float() / 32768
     pipe = AceStepPipeline.from_pretrained(models, dtype="fp32", device="cpu")
     songs = [pipe(request(task="cover", src_audio=wav, src_sample_rate=RATE, ref_audio=wav, ref_sample_rate=RATE,
                           seed=5, steps=2)).audio for wav in (x, x[:2])]
@@ -743,9 +724,9 @@ def test_api_names_the_transposed_layout_and_what_to_pass():
     song = SONG.T.contiguous()  # soundfile.read's [samples, channels]
     with pytest.raises(InputError) as e:
         request(task="cover", src_audio=song, src_sample_rate=RATE)
-    assert str(e.value) == ("src_audio=<Tensor of shape [2000, 2]> is not allowed: channels first, [channels, samples]; "
-                            "this looks like [samples, channels] (2000 samples of 2 channels, as soundfile.read returns "
-                            "them): pass its transpose (waveform.T)")
+    assert str(e.value) == ("src_audio=<Tensor of shape [2000, 2]> is not allowed: channels first, [channels, "
+                            "samples]; this looks like [samples, channels] (2000 samples of 2 channels, as "
+                            "soundfile.read returns them): pass its transpose (waveform.T)")
     with pytest.raises(InputError, match=r"^ref_audio=<Tensor of shape \[2000, 2\]> .* pass its transpose"):
         request(ref_audio=song.numpy(), ref_sample_rate=RATE)
     assert request(task="cover", src_audio=torch.full((16, 16), 0.1), src_sample_rate=RATE).task.source  # not both
@@ -793,7 +774,8 @@ def no_hang():
 
 
 H17A_CLI_CASES = [  # (arguments, the whole error line)
-    (["--vram-budget", "inf"], "error: --vram-budget inf is not allowed: a number of GB above 0, at most 1024 (or auto)"),
+    (["--vram-budget", "inf"], "error: --vram-budget inf is not allowed: a number of GB above 0, at most 1024 "
+                               "(or auto)"),
     (["--vram-budget", "1e300"], "error: --vram-budget 1e+300 is not allowed: a number of GB above 0, at most 1024 "
                                  "(or auto)"),
     (["--vram-budget", "nan"], "error: --vram-budget nan is not allowed: a number of GB above 0, at most 1024 "

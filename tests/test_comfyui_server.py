@@ -433,3 +433,53 @@ def test_low_vram_loader_streams_and_gives_the_same_song(server, tmp_path):
     low_styled, _ = _run_song(server, _low_vram(_song(server, "lowvram/low_styled", [(EXAMPLE_LORA_FILE, 0.8)]),
                                                 vram_budget=1.0, resident_layers=1), tmp_path)
     assert (styled - plain).abs().max() > 1e-3 and torch.equal(low_styled, styled)
+
+
+# ---- issue 17 (h17a): what a real ComfyUI sends: many-channel and too-short files through LoadAudio, lone
+# surrogates in the prompt's JSON. The server must answer with the pack's message and stay up.
+
+def _encode_prompt(server, audio_file: str) -> dict:
+    return {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": audio_file}},
+        "2": _defaults(server, PREFIX + "ModelLoader", model=TURBO_FILE),
+        "3": _defaults(server, PREFIX + "VAEEncode", model=["2", 0], audio=["1", 0]),
+        "4": _defaults(server, PREFIX + "VAEDecode", model=["2", 0], latent=["3", 0]),
+        "5": _defaults(server, PREFIX + "PreviewAudio", audio=["4", 0]),
+    }
+
+
+def _execution_error(server, prompt: dict, workflow: dict) -> str:
+    status, reply = _queue(server, prompt, workflow)
+    assert status == 200 and not reply.get("node_errors"), f"HTTP {status}: {reply}"
+    entry = _wait(server, reply["prompt_id"])
+    errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and len(errors) == 1, entry["status"]
+    return errors[0]["exception_message"]
+
+
+def test_many_channel_short_and_surrogate_inputs_on_the_server(server, tmp_path):
+    from devtools.audio_files import pcm16_noise, write_pcm16
+
+    rate = 8000
+    write_pcm16(os.path.join(server.dirs["input"], "h17a_12ch.wav"), pcm16_noise(12, 2 * rate), "12 channels", "wav",
+                "pcm_s16le", rate)
+    write_pcm16(os.path.join(server.dirs["input"], "h17a_7.1.flac"), pcm16_noise(8, 2 * rate), "7.1", "flac", "flac",
+                rate)
+    write_pcm16(os.path.join(server.dirs["input"], "h17a_short.wav"), pcm16_noise(2, 100), "stereo", "wav",
+                "pcm_s16le", rate)
+    for name in ("h17a_12ch.wav", "h17a_7.1.flac"):
+        status, reply = _queue(server, _encode_prompt(server, name), {})
+        assert status == 200 and not reply.get("node_errors"), f"HTTP {status}: {reply}"
+        entry = _wait(server, reply["prompt_id"])
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:4000] + server.log_tail()
+        _download_and_check(server, _audio_outputs(entry["outputs"])[0], tmp_path)
+    message = _execution_error(server, _encode_prompt(server, "h17a_short.wav"), {})
+    assert message.startswith("audio=<100 samples at 8000 Hz> is not allowed: at least 0.04 s of audio (320 samples "
+                              "at 8000 Hz"), message
+    prompt, workflow = _prompt(server, TEXT2MUSIC)
+    [text_node] = [k for k, v in prompt.items() if v["class_type"] == PREFIX + "TextEncode"]
+    prompt[text_node]["inputs"]["caption"] = "happy \ud83d song"  # sent as the JSON escape "\ud83d", as a browser does
+    message = _execution_error(server, prompt, workflow)
+    assert message.startswith("caption='happy \\ud83d song' is not allowed: valid Unicode text (character 7 is "
+                              "U+D83D, a lone surrogate"), message
+    assert server.proc.poll() is None and server.get_json("/system_stats")  # still serving
