@@ -251,8 +251,8 @@ def _read_text(path: str, flag: str) -> str:
         except UnicodeDecodeError as e:
             raise UsageError(f"{flag} -: standard input is not UTF-8 text (byte {e.start + 1} is "
                              f"0x{e.object[e.start]:02x})") from None
-    if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path}: file not found")
+    if not os.path.isfile(path):  # a FIFO or device would be waited on
+        raise UsageError(f"{flag} {path}: " + ("not a regular file" if os.path.exists(path) else "file not found"))
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()

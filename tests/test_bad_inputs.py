@@ -786,6 +786,8 @@ H17A_CLI_CASES = [  # (arguments, the whole error line)
      "device or socket would be waited on); save the audio to a file and give that"),
     (["--ref-audio", "fifo.wav"], "error: --ref-audio: fifo.wav is not a regular file (a FIFO, "
      "device or socket would be waited on); save the audio to a file and give that"),
+    (["--lyrics-file", "fifo.wav"], "error: --lyrics-file fifo.wav: not a regular file"),
+    (["--audio-codes", "@fifo.wav"], "error: --audio-codes fifo.wav: not a regular file"),
     (["--out", "/proc/song.flac"], "error: --out /proc/song.flac: files cannot be created in /proc ("),
     (["--save-latents", "/proc/self/l.safetensors"], "error: --save-latents /proc/self/l.safetensors: "),
     (["--task", "cover", "--src-audio", "src.wav", "--out", "src.wav"],
