@@ -299,7 +299,7 @@ def check_output_paths(paths: list[tuple[str, str]], inputs: Sequence[tuple[str,
             raise UsageError(f"{flag} {path}: {existing} is a file, so the folder {folder} cannot be made")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UsageError(f"{flag} {path}: the folder {existing} is not writable")
-        probe = os.path.join(existing, f".acestep-probe.{os.getpid()}")
+        probe = os.path.join(existing, f".acestep-probe.{os.getpid()}.{os.urandom(4).hex()}")
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
