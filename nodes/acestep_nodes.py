@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -26,7 +28,7 @@ from ..acestep_core.constants import (
     TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, WEIGHT_DTYPES, DCW_THINK_HIGH_SCALER,
     DCW_THINK_MODE, DCW_THINK_SCALER,
 )
-from ..acestep_core.errors import InputError
+from ..acestep_core.errors import Described, InputError
 from ..acestep_core.request import (
     APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
     SongText, Task, check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
@@ -67,6 +69,18 @@ def _message(check) -> bool | str:
     except InputError as e:
         return str(e)
     return True
+
+
+@contextmanager
+def _named_as_inputs(names: dict[str, str]):
+    """A core error about a request field re-raised under the node's own name for that input (``names``: field →
+    input), so the message names what the user sees on the node."""
+    try:
+        yield
+    except InputError as e:
+        if e.name not in names:
+            raise
+        raise InputError(names[e.name], e.value, e.allowed) from None
 
 
 def _latent(latents: torch.Tensor, **extra) -> dict:
@@ -250,6 +264,10 @@ class EmptyLatent(io.ComfyNode):
 
 
 class CoverLatent(io.ComfyNode):
+    NAMES = {"cover_noise": "noise_strength", "flow_edit_source_caption": "source_caption",
+             "flow_edit_source_lyrics": "source_lyrics", "flow_edit_n_min": "edit_n_min",
+             "flow_edit_n_max": "edit_n_max", "flow_edit_n_avg": "edit_n_avg"}  # request field → this node's input
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -292,10 +310,11 @@ class CoverLatent(io.ComfyNode):
     def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1, raw_remix=False,
                 vae_encode="sample", flow_edit=False, source_caption="", source_lyrics="", edit_n_min=0.0,
                 edit_n_max=1.0, edit_n_avg=1) -> io.NodeOutput:
-        morph = FlowEdit(source_caption, source_lyrics, edit_n_min, edit_n_max, edit_n_avg) if flow_edit else None
-        return _task_latent(Task("cover-nofsq" if raw_remix else "cover", _audio_clip(audio),
-                                 cover_strength=cover_strength, cover_noise=noise_strength, batch_size=batch_size,
-                                 vae_encode=vae_encode, flow_edit=morph))
+        with _named_as_inputs(cls.NAMES):
+            morph = FlowEdit(source_caption, source_lyrics, edit_n_min, edit_n_max, edit_n_avg) if flow_edit else None
+            return _task_latent(Task("cover-nofsq" if raw_remix else "cover", _audio_clip(audio),
+                                     cover_strength=cover_strength, cover_noise=noise_strength,
+                                     batch_size=batch_size, vae_encode=vae_encode, flow_edit=morph))
 
 
 class RepaintLatent(io.ComfyNode):
@@ -437,7 +456,7 @@ class Sampler(io.ComfyNode):
                                tooltip=f"Timestep shift; 0 = default ({_D['turbo'].shift})."),
                 io.Float.Input("guidance", default=0.0, min=0.0, max=GUIDANCE_MAX, step=0.1,
                                tooltip=f"Guidance scale for base/SFT; 0 = default ({_D['base'].guidance}), 1 = off. "
-                                       "Ignored by turbo."),
+                                       "Turbo takes none (guidance-distilled): 0 or 1 there."),
                 io.Combo.Input("guidance_method", options=list(GUIDANCE_METHODS), default=GUIDANCE_METHODS[0],
                                tooltip="apg: adaptive projected guidance (the official default); adg: angle-based "
                                        "guidance."),
@@ -639,11 +658,23 @@ def _write_audio(cls, audio: dict, prefix: str, directory: str, folder_type: str
         for key, value in (cls.hidden.extra_pnginfo or {}).items():
             metadata[key] = json.dumps(value)
     target = host.save_target(prefix, directory)
-    results = []
-    for i, item in enumerate(waveform.float().cpu()):
-        name = f"{target.filename.replace('%batch_num%', str(i))}_{target.counter + i:05}_.{fmt}"
-        save_audio(os.path.join(target.folder, name), item, int(audio["sample_rate"]), metadata, quality)
-        results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
+    results, written = [], []
+    items = waveform.float().cpu()
+    try:  # all or nothing: a failing item removes the files of the items before it
+        for i, item in enumerate(items):
+            name = f"{target.filename.replace('%batch_num%', str(i))}_{target.counter + i:05}_.{fmt}"
+            try:
+                written.append(save_audio(os.path.join(target.folder, name), item, int(audio["sample_rate"]),
+                                          metadata, quality))
+            except ValueError as e:
+                raise InputError("audio", Described(f"<batch item {i + 1} of {len(items)}>"),
+                                 f"{e} (nothing of the batch was saved)") from None
+            results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     return results
 
 
