@@ -770,8 +770,9 @@ class Schedule:
 def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False) -> Schedule:
     """Fill the variant's defaults (steps, shift, guidance) and refuse what the variant cannot take: custom
     timesteps on the base model (the original has no such option there), more than 20 turbo steps or non-zero
-    turbo timesteps, and guidance on turbo (guidance-distilled: always 1, so a guidance given would do nothing). DCW: on/off, mode and
-    scalers default to the official app's for the variant (``think``: the app's values when the LM thought)."""
+    turbo timesteps, and guidance on turbo (guidance-distilled: always 1, so a guidance given would do nothing).
+    DCW: on/off, mode and scalers default to the official app's for the variant (``think``: the app's values when
+    the LM thought)."""
     defaults = VARIANT_DEFAULTS[variant]
     turbo = variant.endswith("turbo")
     timesteps = settings.timesteps

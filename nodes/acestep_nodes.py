@@ -9,10 +9,9 @@ chain with native audio nodes; our init-latent nodes add the task under ``LATENT
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import contextlib
-from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -21,12 +20,12 @@ from comfy_api.latest import io
 from ..acestep_core import planning
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
+    BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER,
+    DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
     EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
     INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX,
     SHIFT_MAX, STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS,
-    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, WEIGHT_DTYPES, DCW_THINK_HIGH_SCALER,
-    DCW_THINK_MODE, DCW_THINK_SCALER,
+    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, WEIGHT_DTYPES,
 )
 from ..acestep_core.errors import Described, InputError
 from ..acestep_core.request import (
@@ -71,7 +70,7 @@ def _message(check) -> bool | str:
     return True
 
 
-@contextmanager
+@contextlib.contextmanager
 def _named_as_inputs(names: dict[str, str]):
     """A core error about a request field re-raised under the node's own name for that input (``names``: field →
     input), so the message names what the user sees on the node."""

@@ -91,8 +91,8 @@ def model_folders(root: str) -> list[str]:
 
 
 def adapter_kind(path: str) -> str | None:
-    """What adapter ``path`` is — "a PEFT LoRA folder", "a LoKr folder", "a LoRA/LoKr file" — or None (file names and
-    a safetensors header only). For telling a user who gave an adapter where a model belongs what it is."""
+    """What adapter ``path`` is — "a PEFT LoRA folder", "a LoKr folder", "a LoRA/LoKr file" — or None (file names
+    and a safetensors header only). For telling a user who gave an adapter where a model belongs what it is."""
     if os.path.isdir(path):
         if any(os.path.isfile(os.path.join(path, sub, PEFT_CONFIG_FILE)) for sub in ("", PEFT_ADAPTER_SUBFOLDER)):
             return "a PEFT LoRA folder"
