@@ -19,6 +19,7 @@ entry points of their own: ``simple`` (a short description → caption, lyrics, 
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ class AceStepPipeline:
     ) -> GenerationResult:
         """``on_step(step, total)``: DiT steps; ``on_token(phase, done, total)``: LM tokens ("metas", "codes");
         ``should_cancel()``: True (or raising) stops between steps and tokens."""
-        if not isinstance(req, Request):
+        if not _is_a(req, Request):
             example = "pipe(request(**fields))" if isinstance(req, dict) else "pipe(request(caption='calm piano'))"
             raise InputError("req", req, f"a Request, built by acestep_core.request.request(), e.g. {example}")
         resolve_sampler(req.sampler, self.ckpt.variant)  # refuse what the variant cannot take, before any work
@@ -513,7 +514,7 @@ class AceStepPipeline:
     def encode(self, clips: Sequence[AudioClip]) -> torch.Tensor:
         """Recordings of equal length (a ComfyUI AUDIO batch) → VAE latents [B, T, 64] (float32, posterior mean,
         tiled): each made stereo and resampled to the VAE rate first."""
-        if isinstance(clips, AudioClip) or not all(isinstance(c, AudioClip) for c in clips):
+        if _is_a(clips, AudioClip) or not all(_is_a(c, AudioClip) for c in clips):
             raise InputError("clips", clips, f"a list of {_CLIP}")
         self._use("vae")
         wav = torch.stack([prepare_audio(c.waveform, c.sample_rate, self.sample_rate) for c in clips])
@@ -578,8 +579,15 @@ class AceStepPipeline:
 _CLIP = "an AudioClip(waveform, sample_rate) from acestep_core.request (a recording and its rate)"
 
 
+def _is_a(value, kind: type) -> bool:
+    """``value`` is a ``kind``, also from another import of this package (the ComfyUI pack's copy and a plain
+    ``acestep_core`` import make two classes of the same name and fields)."""
+    return isinstance(value, kind) or (type(value).__name__ == kind.__name__ and all(
+        hasattr(value, f.name) for f in dataclasses.fields(kind)))
+
+
 def _check_clip(clip) -> None:
-    if not isinstance(clip, AudioClip):
+    if not _is_a(clip, AudioClip):
         raise InputError("clip", clip, _CLIP)
 
 
