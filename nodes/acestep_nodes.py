@@ -306,6 +306,16 @@ class CoverLatent(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, flow_edit=None, edit_n_min=None, edit_n_max=None) -> bool | str:
+        if not flow_edit or edit_n_min is None or edit_n_max is None:  # off, or linked: checked when it runs
+            return True
+
+        def check():
+            with _named_as_inputs(cls.NAMES):
+                FlowEdit(n_min=edit_n_min, n_max=edit_n_max)
+        return _message(check)
+
+    @classmethod
     def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1, raw_remix=False,
                 vae_encode="sample", flow_edit=False, source_caption="", source_lyrics="", edit_n_min=0.0,
                 edit_n_max=1.0, edit_n_avg=1) -> io.NodeOutput:

@@ -659,6 +659,10 @@ def test_h17c_nodes_name_their_own_inputs_and_save_all_or_nothing(comfy):
     # Flow edit on the Cover node: its inputs are edit_n_min …, not the request's flow_edit_n_min.
     with pytest.raises(ValueError, match=r"^edit_n_min=0.8 is not allowed: at most the end of the edited part"):
         run("CoverLatent", audio=audio, flow_edit=True, edit_n_min=0.8, edit_n_max=0.2)
+    cover = nodes["AceStep15_CoverLatent"]  # and already when queued (not while flow edit is off)
+    assert cover.validate_inputs(flow_edit=True, edit_n_min=0.8, edit_n_max=0.2).startswith("edit_n_min=0.8 is not")
+    assert cover.validate_inputs(flow_edit=False, edit_n_min=0.8, edit_n_max=0.2) is True
+    assert cover.validate_inputs(flow_edit=True, edit_n_min=0.2, edit_n_max=0.8) is True
     # Simple Mode: an empty query is refused when queued, and before the LM is placed when run.
     simple = nodes["AceStep15_SimpleMode"]
     assert simple.validate_inputs(query="").startswith("query='' is not allowed: a short description")

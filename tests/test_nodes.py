@@ -266,6 +266,9 @@ def test_validate_inputs_names_its_inputs_so_comfyui_keeps_its_own_checks(comfy)
 
 # ------------------------------------------------------------------------------------------------ as the frontend sends
 
+MUST_FILL = {P + "SimpleMode": "query"}  # widgets whose default (empty) the user must replace
+
+
 def test_every_widget_is_sent_with_a_valid_default_the_node_itself_agrees_with(comfy):
     """ComfyUI's frontend serialises every widget of a queued node, defaults included (devtools.comfy_harness
     .frontend_inputs, which run_node uses for every node test): each default must pass ComfyUI's own checks and
@@ -289,7 +292,11 @@ def test_every_widget_is_sent_with_a_valid_default_the_node_itself_agrees_with(c
                 assert opts["min"] <= value <= opts["max"], f"{node_id}.{name}={value!r}"
         if "validate_inputs" in vars(cls):
             params = inspect.signature(cls.validate_inputs).parameters
-            assert cls.validate_inputs(**{k: v for k, v in sent.items() if k in params}) is True, node_id
+            verdict = cls.validate_inputs(**{k: v for k, v in sent.items() if k in params})
+            if node_id in MUST_FILL:  # an empty text the user has to write: refused by name until then
+                assert verdict.startswith(f"{MUST_FILL[node_id]}='' is not allowed"), verdict
+            else:
+                assert verdict is True, (node_id, verdict)
         for name, param in inspect.signature(cls.execute).parameters.items():
             if name in sent and param.default is not param.empty and "default" in specs[name][1]:
                 assert param.default == sent[name], f"{node_id}.execute({name}={param.default!r}) != schema " \
