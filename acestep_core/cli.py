@@ -25,7 +25,7 @@ from .constants import (
     REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
 )
 from .errors import InputError, shown
-from .request import SOURCE_TASKS, TASKS, check_text, request
+from .request import SOURCE_TASKS, TASKS, check_query, request
 
 HF_REPO = "ACE-Step/Ace-Step1.5"
 DEFAULT_CHECKPOINT = os.path.join(".", "models", "acestep")  # ComfyUI's models/acestep, run from the ComfyUI folder
@@ -53,7 +53,7 @@ FLAGS = {
     "lm_mode": "--lm-mode", "lm_cfg_scale": "--lm-cfg", "lm_temperature": "--lm-temperature", "lm_top_p": "--lm-top-p",
     "lm_top_k": "--lm-top-k", "lm_min_p": "--lm-min-p", "lm_seed": "--lm-seed",
     "lm_negative_prompt": "--lm-negative-prompt", "lm_rewrite_caption": "--no-rewrite-caption",
-    "lm_decide": "--lm-decide", "query": "--simple",
+    "lm_decide": "--lm-decide", "query": "--simple", "flow_edit": "--flow-edit",
 }
 
 
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "LM is found, else off)")
     lm.add_argument("--lm-decide", default=None, metavar="FIELDS",
                     help=f"what the LM may decide when you leave it out, comma-separated from "
-                         f"{','.join(LM_DECIDE_FIELDS)} (default all; what you give is always kept)")
+                         f"{','.join(LM_DECIDE_FIELDS)}, or none (default all; what you give is always kept)")
     lm.add_argument("--no-rewrite-caption", action="store_true",
                     help="think: keep your caption for the DiT (default: the LM's rewritten caption)")
     lm.add_argument("--lm-cfg", type=float, default=None, help="the LM's CFG scale for the codes, 1-3 (default 2; "
@@ -251,6 +251,8 @@ def _read_text(path: str, flag: str) -> str:
         except UnicodeDecodeError as e:
             raise UsageError(f"{flag} -: standard input is not UTF-8 text (byte {e.start + 1} is "
                              f"0x{e.object[e.start]:02x})") from None
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder; give a text file")
     if not os.path.isfile(path):  # a FIFO or device would be waited on
         raise UsageError(f"{flag} {path}: " + ("not a regular file" if os.path.exists(path) else "file not found"))
     try:
@@ -437,6 +439,9 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
     audio_codes = args.audio_codes
     if audio_codes is not None and audio_codes.startswith("@"):
         audio_codes = _read_text(audio_codes[1:], "--audio-codes").strip()
+        if not audio_codes:
+            raise UsageError(f"--audio-codes {args.audio_codes}: the file is empty (expected <|audio_code_N|> tokens "
+                             "or integers)")
     fields = {
         "task": args.task, "caption": args.caption, "lyrics": lyrics, "language": args.language, "bpm": args.bpm,
         "keyscale": args.key, "timesignature": args.timesig, "duration": args.duration,
@@ -717,7 +722,7 @@ def generate(args) -> int:
     ref = load_audio(args.ref_audio, DURATION_MAX, "--ref-audio", MODEL_CHANNELS) if args.ref_audio else None
     fields = request_fields(args, lyrics, src, ref)
     if args.simple is not None:
-        check_text("query", args.simple)
+        check_query(args.simple)
         if "seed" not in fields:  # simple mode and song from one seed, so the run can be repeated
             import random
 

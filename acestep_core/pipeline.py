@@ -19,6 +19,7 @@ entry points of their own: ``simple`` (a short description → caption, lyrics, 
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,10 @@ from .models.text_encoder import encode_text_inputs
 from .memory import vae_tiles
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
 from .errors import InputError
-from .request import AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, resolve_sampler
+from .request import (
+    AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, check_one_seed, check_query,
+    resolve_sampler,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +147,9 @@ class AceStepPipeline:
     ) -> GenerationResult:
         """``on_step(step, total)``: DiT steps; ``on_token(phase, done, total)``: LM tokens ("metas", "codes");
         ``should_cancel()``: True (or raising) stops between steps and tokens."""
+        if not _is_a(req, Request):
+            example = "pipe(request(**fields))" if isinstance(req, dict) else "pipe(request(caption='calm piano'))"
+            raise InputError("req", req, f"a Request, built by acestep_core.request.request(), e.g. {example}")
         resolve_sampler(req.sampler, self.ckpt.variant)  # refuse what the variant cannot take, before any work
         work, why = planning.lm_work(req)
         if work is not None and self.planner is None:
@@ -507,6 +514,8 @@ class AceStepPipeline:
     def encode(self, clips: Sequence[AudioClip]) -> torch.Tensor:
         """Recordings of equal length (a ComfyUI AUDIO batch) → VAE latents [B, T, 64] (float32, posterior mean,
         tiled): each made stereo and resampled to the VAE rate first."""
+        if _is_a(clips, AudioClip) or not all(_is_a(c, AudioClip) for c in clips):
+            raise InputError("clips", clips, f"a list of {_CLIP}")
         self._use("vae")
         wav = torch.stack([prepare_audio(c.waveform, c.sample_rate, self.sample_rate) for c in clips])
         z, self.last_vae_run = vae_tiles.encode(self.ckpt.vae, wav, self._free())
@@ -516,8 +525,7 @@ class AceStepPipeline:
 
     def _planner(self, prompt_codes: int = 0):
         """The LM, placed for a text-writing run (a prompt of ``prompt_codes`` codes, up to 3500 new tokens)."""
-        if self.planner is None:
-            raise ValueError("no 5 Hz LM is loaded: from_pretrained(..., lm=PATH) or pipe.load_lm(PATH) first")
+        self._need_lm()
         if self.memory is not None:
             from .constants import LM_TEXT_MAX_NEW_TOKENS
             from .memory.estimates import Workload
@@ -526,10 +534,16 @@ class AceStepPipeline:
         self._use("lm")
         return self.planner
 
+    def _need_lm(self) -> None:
+        if self.planner is None:
+            raise ValueError("no 5 Hz LM is loaded: from_pretrained(..., lm=PATH) or pipe.load_lm(PATH) first")
+
     @torch.no_grad()
     def audio_codes(self, clip: AudioClip, seed: int = 0) -> list[int]:
         """A recording → its 5 Hz semantic codes (what the LM reads and writes): VAE latents (a posterior draw from
         ``seed``, as the original encodes) through the model's audio tokenizer."""
+        _check_clip(clip)
+        seed = check_one_seed(seed)
         self._use("vae")
         wav = prepare_audio(clip.waveform, clip.sample_rate, self.sample_rate)
         latents = self._encode_audio(wav, seed)
@@ -543,12 +557,16 @@ class AceStepPipeline:
                    on_token=None, should_cancel=None) -> planning.Description:
         """A recording → caption, lyrics, bpm, key, time signature, duration and language, as the LM hears it
         (its 5 Hz codes through ``Planner.understand``; ``settings``: the LM's sampling, top-p off by default)."""
+        _check_clip(clip)
+        self._need_lm()  # before the recording is encoded
         codes = self.audio_codes(clip, seed)
         return planning.understand_codes(self._planner(len(codes)), codes, seed, settings, on_token, should_cancel)
 
     def simple(self, query: str, instrumental: bool = False, language: str | None = None, seed: int = 0,
                settings: PlanSettings | None = None, on_token=None, should_cancel=None) -> planning.Description:
         """Simple mode: a short description → caption, lyrics, metas and a duration (``planning.simple_song``)."""
+        check_query(query)  # the inputs before the LM is placed (simple_song checks them all again)
+        check_one_seed(seed)
         return planning.simple_song(self._planner(), query, instrumental, language, seed, settings, on_token,
                                     should_cancel)
 
@@ -556,6 +574,21 @@ class AceStepPipeline:
         """The free-memory function the VAE sizes its tiles by: the memory manager's (budget and host aware), or
         None for the device's own."""
         return None if self.memory is None else self.memory.free_memory
+
+
+_CLIP = "an AudioClip(waveform, sample_rate) from acestep_core.request (a recording and its rate)"
+
+
+def _is_a(value, kind: type) -> bool:
+    """``value`` is a ``kind``, also from another import of this package (the ComfyUI pack's copy and a plain
+    ``acestep_core`` import make two classes of the same name and fields)."""
+    return isinstance(value, kind) or (type(value).__name__ == kind.__name__ and all(
+        hasattr(value, f.name) for f in dataclasses.fields(kind)))
+
+
+def _check_clip(clip) -> None:
+    if not _is_a(clip, AudioClip):
+        raise InputError("clip", clip, _CLIP)
 
 
 def _batched(x: torch.Tensor, batch: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from .constants import (
     VALID_LANGUAGES,
 )
 from .errors import InputError
-from .request import PlanSettings, Request, SongText, check_bool, check_text
+from .request import PlanSettings, Request, SongText, check_bool, check_one_seed, check_query
 
 TokenCallback = Callable[[str, int, int], None]  # (phase, done, total): phase "metas", "codes" or "text"
 
@@ -199,8 +199,9 @@ def simple_song(planner, query: str, instrumental: bool = False, language: str |
                 should_cancel: Callable[[], bool] | None = None) -> Description:
     """Simple mode: a short description ("a soft Bengali love song") → caption, lyrics, metas and a duration.
     ``language`` (None or "unknown" = the LM chooses) is the vocal language; ``settings`` gives the sampling."""
-    check_text("query", query)
+    check_query(query)
     check_bool("instrumental", instrumental)
+    seed = check_one_seed(seed)
     if language is not None and language not in VALID_LANGUAGES:
         raise InputError("language", language, f"one of {', '.join(VALID_LANGUAGES)}")
     language = None if language in (None, "unknown") else language
@@ -215,6 +216,7 @@ def understand_codes(planner, codes: Sequence[int], seed: int = 0, settings: Pla
                      should_cancel: Callable[[], bool] | None = None) -> Description:
     """Understanding: a song's 5 Hz codes → its caption, lyrics and metas (default sampling: top-p off, as
     upstream)."""
+    seed = check_one_seed(seed)
     settings = settings or PlanSettings(top_p=LM_UNDERSTAND_TOP_P)
     sample = planner.understand(list(codes), seed=seed, **_sampling(settings), on_token=on_token,
                                 should_cancel=should_cancel)

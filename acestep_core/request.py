@@ -63,6 +63,16 @@ def check_text(name: str, value) -> str:
     return value
 
 
+def check_query(query) -> str:
+    """Simple mode's idea of the song: text with something in it (an empty one would leave the LM to make up a
+    song from nothing)."""
+    check_text("query", query)
+    if not query.strip():
+        raise InputError("query", query, "a short description of the song, e.g. 'a soft Bengali love song' "
+                                         "(it is empty)")
+    return query
+
+
 def check_int(name: str, value, lo: int, hi: int, hint: str = "") -> int:
     """An integer in [lo, hi]; floats with an integer value pass, bools and strings do not."""
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
@@ -167,6 +177,12 @@ def check_seed(seed, batch_size: int | None = None, name: str = "seed") -> int |
         if not seeds or (batch_size is not None and len(seeds) != batch_size):
             raise InputError(name, list(seed), f"one seed per batch item ({batch_size})")
         return seeds
+    return check_one_seed(seed, name)
+
+
+def check_one_seed(seed, name: str = "seed") -> int:
+    """The seed of one run that makes one thing (simple mode, understanding): an integer 0 … 2^64 − 1, the rule
+    :func:`check_seed` applies to each song's seed."""
     return check_int(name, seed, 0, SEED_MAX, " (2^64 − 1)")
 
 
@@ -398,6 +414,10 @@ def check_window(task: str, start, end, source_seconds: float | None = None) -> 
             raise InputError("extend window", (start, end), f"start < end, at least {MIN_WINDOW_SECONDS:g} s apart")
         if start > source_seconds or end < 0:
             raise InputError("extend window", (start, end), f"a window touching the source [0, {source_seconds:.2f}] s")
+        if start >= 0 and end <= source_seconds + 1e-6:
+            raise InputError("extend window", (start, end),
+                             f"a window reaching before 0 or past the end of the source ({source_seconds:.2f} s); "
+                             "this one lies inside it (use task 'repaint' to redo a part of the song)")
         total = max(end, source_seconds) - min(start, 0.0)
         if total > DURATION_MAX + 1e-6:
             raise InputError("extend window", (start, end), f"a result of at most {DURATION_MAX} s (this one is "
@@ -485,7 +505,7 @@ class FlowEdit:
         _set(self, "n_min", check_number("flow_edit_n_min", self.n_min, 0.0, 1.0))
         _set(self, "n_max", check_number("flow_edit_n_max", self.n_max, 0.0, 1.0))
         if self.n_min > self.n_max:
-            raise InputError("flow_edit_n_min/n_max", (self.n_min, self.n_max), "n_min ≤ n_max")
+            raise InputError("flow_edit_n_min", self.n_min, f"at most the end of the edited part ({self.n_max:g})")
         _set(self, "n_avg", check_int("flow_edit_n_avg", self.n_avg, 1, FLOW_EDIT_MAX_AVG))
 
 
@@ -554,8 +574,9 @@ class Task:
             if not isinstance(self.flow_edit, FlowEdit):
                 raise InputError("flow_edit", self.flow_edit, "a FlowEdit, or None")
             if not rule.flow_edit or self.source is None:
-                raise InputError("flow_edit", self.kind, "cover or cover-nofsq from source audio (the morph "
-                                                         "edits a recording)")
+                this = f"task {self.kind!r}" + (" without source audio" if self.source is None else "")
+                raise InputError("flow_edit", True, f"only on a cover (task cover or cover-nofsq) of source audio: "
+                                                    f"the morph edits a recording (this is {this})")
 
     @property
     def rule(self) -> TaskRule:
@@ -669,10 +690,13 @@ class RenderSettings:
 
 def check_lm_decide(decide) -> tuple[str, ...]:
     """What the LM may decide: a list of names from LM_DECIDE_FIELDS, or one string with names separated by
-    commas ('' = nothing; the user's given values are always kept)."""
-    allowed = f"names from {', '.join(LM_DECIDE_FIELDS)} (a list, or separated by commas)"
+    commas; 'none' or an empty list = nothing (the user's given values are always kept). A blank string is
+    refused: it reads as "not set" (an empty flag or variable), and would silently mean nothing."""
+    allowed = f"names from {', '.join(LM_DECIDE_FIELDS)} (a list, or separated by commas), or 'none' for nothing"
     if isinstance(decide, str):
-        decide = [d for d in decide.split(",") if d.strip()]
+        if not decide.strip():
+            raise InputError("lm_decide", decide, allowed)
+        decide = [] if decide.strip().lower() == "none" else [d for d in decide.split(",") if d.strip()]
     if not isinstance(decide, (list, tuple)):
         raise InputError("lm_decide", decide, allowed)
     names = []
@@ -771,13 +795,17 @@ class Schedule:
 def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False) -> Schedule:
     """Fill the variant's defaults (steps, shift, guidance) and refuse what the variant cannot take: custom
     timesteps on the base model (the original has no such option there), more than 20 turbo steps or non-zero
-    turbo timesteps. Turbo models are guidance-distilled, so their guidance is always 1. DCW: on/off, mode and
-    scalers default to the official app's for the variant (``think``: the app's values when the LM thought)."""
+    turbo timesteps, and guidance on turbo (guidance-distilled: always 1, so a guidance given would do nothing).
+    DCW: on/off, mode and scalers default to the official app's for the variant (``think``: the app's values when
+    the LM thought)."""
     defaults = VARIANT_DEFAULTS[variant]
     turbo = variant.endswith("turbo")
     timesteps = settings.timesteps
     if turbo and settings.steps is not None and settings.steps > MAX_TURBO_STEPS:
         raise InputError("steps", settings.steps, f"1 to {MAX_TURBO_STEPS} on turbo models")
+    if turbo and settings.guidance not in (None, 1.0):
+        raise InputError("guidance", settings.guidance, "none on turbo models: they are guidance-distilled (leave it "
+                                                        "out or set 1; base and SFT models take guidance)")
     if timesteps is not None:
         if variant.endswith("base"):
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
@@ -868,7 +896,7 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
         parts["task"]["flow_edit"] = FlowEdit(**parts["flow_edit"])
     elif parts["flow_edit"]:
         name = "flow_edit_" + next(iter(parts["flow_edit"]))
-        raise InputError(name, fields[name], "only with flow_edit=True")
+        raise InputError(name, fields[name], "only with flow edit on (flow_edit=True, --flow-edit)")
     return Request(SongText(**parts["text"]), Task(**parts["task"]), SamplerSettings(**parts["sampler"]),
                    RenderSettings(**parts["render"]) if check_bool("decode", decode) else None,
                    PlanSettings(**parts["lm"]))

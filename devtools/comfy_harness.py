@@ -66,12 +66,41 @@ def node_classes() -> dict:
 
 
 def run_node(cls, hidden: dict | None = None, **inputs):
-    """Execute one V3 node as ComfyUI's executor does; returns the NodeOutput."""
+    """Execute one V3 node as ComfyUI runs a node the frontend queued: every widget carries a value (the
+    schema's default unless ``inputs`` sets it, see :func:`frontend_inputs`), sockets are what ``inputs`` links,
+    and the node runs through ``PREPARE_CLASS_CLONE`` + ``EXECUTE_NORMALIZED``; returns the NodeOutput."""
     from comfy_api.latest import io
 
+    inputs = frontend_inputs(cls.GET_NODE_INFO_V1(), inputs)
     hidden_inputs = {getattr(io.Hidden, k): v for k, v in (hidden or {}).items()}
     clone = cls.PREPARE_CLASS_CLONE({"hidden_inputs": hidden_inputs})
     return clone.EXECUTE_NORMALIZED(**inputs)
+
+
+def widget_default(spec: list):
+    """The value ComfyUI's frontend gives a new widget: the schema's default, else a combo's first option, a
+    number's minimum (or 0), "" for text and False for a switch."""
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {}) or {}
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(kind, list) or kind == "COMBO":
+        options = kind if isinstance(kind, list) else opts.get("options") or []
+        return options[0] if options else None
+    if kind in ("INT", "FLOAT"):
+        return opts.get("min", 0)
+    return {"STRING": "", "BOOLEAN": False}[kind]
+
+
+def frontend_inputs(node_info: dict, given: dict) -> dict:
+    """A node's inputs as the frontend serialises a queued node: every widget with its value (``given`` or its
+    default: the frontend always sends them all, defaults included), plus the linked sockets in ``given``. A
+    name the schema does not have is an error (ComfyUI would drop it silently)."""
+    specs = {name: spec for section in ("required", "optional")
+             for name, spec in (node_info["input"].get(section) or {}).items()}
+    unknown = sorted(set(given) - set(specs))
+    assert not unknown, f"{node_info['name']} has no input {unknown[0]!r}; its inputs: {', '.join(specs)}"
+    widgets = {name for name in widget_names(node_info) if name is not None}
+    return {**{name: widget_default(specs[name]) for name in specs if name in widgets}, **given}
 
 
 # ---------------------------------------------------------------------------------------------- workflows

@@ -9,6 +9,7 @@ chain with native audio nodes; our init-latent nodes add the task under ``LATENT
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import replace
@@ -19,13 +20,14 @@ from comfy_api.latest import io
 from ..acestep_core import planning
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
+    BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER,
+    DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
     EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
     INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX,
     SHIFT_MAX, STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS,
     TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
 )
-from ..acestep_core.errors import InputError
+from ..acestep_core.errors import Described, InputError
 from ..acestep_core.request import (
     APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
     SongText, Task, check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
@@ -45,6 +47,10 @@ KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a i
 TIME_SIGNATURE_CHOICES = (AUTO,) + TIME_SIGNATURES
 SAVE_FORMATS = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
 DCW_SWITCH = ("auto", "on", "off")  # the Sampler's DCW switch: auto = the official app's choice per variant
+# The Sampler's DCW strengths at -1 (and mode at auto) take the app's value for the run: the variant's, or its think
+# values after the LM thought. A fixed default would be sent by the frontend as if the user had set it.
+DCW_AUTO_SCALER = -1.0
+_DCW = DCW_DEFAULTS["turbo"]
 SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "192k", "256k", "320k")
 
 AceStepModel = io.Custom("ACESTEP_MODEL")
@@ -62,6 +68,18 @@ def _message(check) -> bool | str:
     except InputError as e:
         return str(e)
     return True
+
+
+@contextlib.contextmanager
+def _named_as_inputs(names: dict[str, str]):
+    """A core error about a request field re-raised under the node's own name for that input (``names``: field →
+    input), so the message names what the user sees on the node."""
+    try:
+        yield
+    except InputError as e:
+        if e.name not in names:
+            raise
+        raise InputError(names[e.name], e.value, e.allowed) from None
 
 
 def _latent(latents: torch.Tensor, **extra) -> dict:
@@ -245,6 +263,10 @@ class EmptyLatent(io.ComfyNode):
 
 
 class CoverLatent(io.ComfyNode):
+    NAMES = {"cover_noise": "noise_strength", "flow_edit_source_caption": "source_caption",
+             "flow_edit_source_lyrics": "source_lyrics", "flow_edit_n_min": "edit_n_min",
+             "flow_edit_n_max": "edit_n_max", "flow_edit_n_avg": "edit_n_avg"}  # request field → this node's input
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -284,13 +306,24 @@ class CoverLatent(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, flow_edit=None, edit_n_min=None, edit_n_max=None) -> bool | str:
+        if not flow_edit or edit_n_min is None or edit_n_max is None:  # off, or linked: checked when it runs
+            return True
+
+        def check():
+            with _named_as_inputs(cls.NAMES):
+                FlowEdit(n_min=edit_n_min, n_max=edit_n_max)
+        return _message(check)
+
+    @classmethod
     def execute(cls, audio, cover_strength=1.0, noise_strength=0.0, batch_size=1, raw_remix=False,
                 vae_encode="sample", flow_edit=False, source_caption="", source_lyrics="", edit_n_min=0.0,
                 edit_n_max=1.0, edit_n_avg=1) -> io.NodeOutput:
-        morph = FlowEdit(source_caption, source_lyrics, edit_n_min, edit_n_max, edit_n_avg) if flow_edit else None
-        return _task_latent(Task("cover-nofsq" if raw_remix else "cover", _audio_clip(audio),
-                                 cover_strength=cover_strength, cover_noise=noise_strength, batch_size=batch_size,
-                                 vae_encode=vae_encode, flow_edit=morph))
+        with _named_as_inputs(cls.NAMES):
+            morph = FlowEdit(source_caption, source_lyrics, edit_n_min, edit_n_max, edit_n_avg) if flow_edit else None
+            return _task_latent(Task("cover-nofsq" if raw_remix else "cover", _audio_clip(audio),
+                                     cover_strength=cover_strength, cover_noise=noise_strength,
+                                     batch_size=batch_size, vae_encode=vae_encode, flow_edit=morph))
 
 
 class RepaintLatent(io.ComfyNode):
@@ -432,7 +465,7 @@ class Sampler(io.ComfyNode):
                                tooltip=f"Timestep shift; 0 = default ({_D['turbo'].shift})."),
                 io.Float.Input("guidance", default=0.0, min=0.0, max=GUIDANCE_MAX, step=0.1,
                                tooltip=f"Guidance scale for base/SFT; 0 = default ({_D['base'].guidance}), 1 = off. "
-                                       "Ignored by turbo."),
+                                       "Turbo takes none (guidance-distilled): 0 or 1 there."),
                 io.Combo.Input("guidance_method", options=list(GUIDANCE_METHODS), default=GUIDANCE_METHODS[0],
                                tooltip="apg: adaptive projected guidance (the official default); adg: angle-based "
                                        "guidance."),
@@ -461,12 +494,20 @@ class Sampler(io.ComfyNode):
                 io.Combo.Input("dcw", options=list(DCW_SWITCH), default=DCW_SWITCH[0], advanced=True,
                                tooltip="DCW, the wavelet-domain correction after each step. auto = the official "
                                        "app's choice: on for turbo, off for base/SFT."),
-                io.Combo.Input("dcw_mode", options=list(DCW_MODES), default=DCW_DEFAULTS["turbo"].mode, advanced=True,
-                               tooltip="low / high: correct one wavelet band; double: both; pix: in latent space."),
-                io.Float.Input("dcw_scaler", default=DCW_DEFAULTS["turbo"].scaler, min=0.0, max=1.0, step=0.005,
-                               advanced=True, tooltip="DCW strength (low band; the only one for high and pix)."),
-                io.Float.Input("dcw_high_scaler", default=DCW_DEFAULTS["turbo"].high_scaler, min=0.0, max=1.0,
-                               step=0.005, advanced=True, tooltip="DCW strength of the high band in double mode."),
+                io.Combo.Input("dcw_mode", options=[AUTO, *DCW_MODES], default=AUTO, advanced=True,
+                               tooltip=f"low / high: correct one wavelet band; double: both; pix: in latent space. "
+                                       f"auto = the official app's: {_DCW.mode} (also after the LM thought: "
+                                       f"{DCW_THINK_MODE})."),
+                io.Float.Input("dcw_scaler", default=DCW_AUTO_SCALER, min=DCW_AUTO_SCALER, max=1.0, step=0.005,
+                               advanced=True,
+                               tooltip=f"DCW strength (low band; the only one for high and pix). -1 = auto, the "
+                                       f"official app's: {_DCW.scaler:g}, or {DCW_THINK_SCALER:g} after the LM "
+                                       "thought (LM Planner in think mode)."),
+                io.Float.Input("dcw_high_scaler", default=DCW_AUTO_SCALER, min=DCW_AUTO_SCALER, max=1.0, step=0.005,
+                               advanced=True,
+                               tooltip=f"DCW strength of the high band in double mode. -1 = auto, the official "
+                                       f"app's: {_DCW.high_scaler:g}, or {DCW_THINK_HIGH_SCALER:g} after the LM "
+                                       "thought."),
                 io.Int.Input("retake_seed", default=0, min=0, max=SEED_MAX, advanced=True,
                              tooltip="Retake: a second seed whose noise is mixed in (with retake_variance)."),
                 io.Float.Input("retake_variance", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
@@ -489,15 +530,15 @@ class Sampler(io.ComfyNode):
     def execute(cls, model, conditioning, latent, seed=0, steps=0, shift=0.0, guidance=0.0, guidance_method="apg",
                 apg_momentum=APG_MOMENTUM, apg_norm_threshold=APG_NORM_THRESHOLD, cfg_interval_start=0.0,
                 cfg_interval_end=1.0, velocity_norm_threshold=0.0, timesteps="", sampler_mode="euler",
-                infer_method="ode", velocity_ema=0.0, dcw="auto", dcw_mode=None, dcw_scaler=None,
-                dcw_high_scaler=None, retake_seed=0, retake_variance=0.0) -> io.NodeOutput:
+                infer_method="ode", velocity_ema=0.0, dcw=AUTO, dcw_mode=AUTO, dcw_scaler=DCW_AUTO_SCALER,
+                dcw_high_scaler=DCW_AUTO_SCALER, retake_seed=0, retake_variance=0.0) -> io.NodeOutput:
         task = _latent_task(latent)
         settings = SamplerSettings(
             seed, steps or None, shift or None, guidance or None, guidance_method, apg_momentum, apg_norm_threshold,
             cfg_interval_start, cfg_interval_end, velocity_norm_threshold, timesteps, sampler_mode, infer_method,
-            velocity_ema, dcw={"auto": None, "on": True, "off": False}.get(dcw, dcw), dcw_mode=dcw_mode,
-            dcw_scaler=dcw_scaler, dcw_high_scaler=dcw_high_scaler, retake_seed=retake_seed,
-            retake_variance=retake_variance)
+            velocity_ema, dcw={AUTO: None, "on": True, "off": False}.get(dcw, dcw),
+            dcw_mode=None if dcw_mode == AUTO else dcw_mode, dcw_scaler=_auto_scaler(dcw_scaler),
+            dcw_high_scaler=_auto_scaler(dcw_high_scaler), retake_seed=retake_seed, retake_variance=retake_variance)
         pipe = model.pipeline
         lm_settings, plans = latent.get(LATENT_PLAN_KEY) or (PlanSettings(), ())
         result = pipe(Request(conditioning, task, settings, None, lm_settings, plans),
@@ -518,6 +559,11 @@ class Sampler(io.ComfyNode):
         lines += [f"warning: {w}" for w in result.warnings]
         out = _latent(result.latents, **{LATENT_TASK_KEY: task, LATENT_SOURCE_KEY: result.source})
         return io.NodeOutput(out, ui={"text": ["\n".join(lines)]})
+
+
+def _auto_scaler(value):
+    """A DCW strength widget's value for SamplerSettings: -1 (any negative) = auto (None), else as given."""
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 else value
 
 
 def _latent_task(latent: dict) -> Task:
@@ -621,11 +667,23 @@ def _write_audio(cls, audio: dict, prefix: str, directory: str, folder_type: str
         for key, value in (cls.hidden.extra_pnginfo or {}).items():
             metadata[key] = json.dumps(value)
     target = host.save_target(prefix, directory)
-    results = []
-    for i, item in enumerate(waveform.float().cpu()):
-        name = f"{target.filename.replace('%batch_num%', str(i))}_{target.counter + i:05}_.{fmt}"
-        save_audio(os.path.join(target.folder, name), item, int(audio["sample_rate"]), metadata, quality)
-        results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
+    results, written = [], []
+    items = waveform.float().cpu()
+    try:  # all or nothing: a failing item removes the files of the items before it
+        for i, item in enumerate(items):
+            name = f"{target.filename.replace('%batch_num%', str(i))}_{target.counter + i:05}_.{fmt}"
+            try:
+                written.append(save_audio(os.path.join(target.folder, name), item, int(audio["sample_rate"]),
+                                          metadata, quality))
+            except ValueError as e:
+                raise InputError("audio", Described(f"<batch item {i + 1} of {len(items)}>"),
+                                 f"{e} (nothing of the batch was saved)") from None
+            results.append({"filename": name, "subfolder": target.subfolder, "type": folder_type})
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     return results
 
 

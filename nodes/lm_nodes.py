@@ -19,11 +19,12 @@ from ..acestep_core.constants import (
     LM_UNDERSTAND_TOP_P, SEED_MAX, VALID_LANGUAGES,
 )
 from ..acestep_core import planning
-from ..acestep_core.request import PlanSettings, Request, SamplerSettings
+from ..acestep_core.request import PlanSettings, Request, SamplerSettings, check_query
 from . import comfy_adapter as host
 from . import models
 from .acestep_nodes import (
-    AUTO, CATEGORY, LATENT_PLAN_KEY, PREFIX, AceStepModel, AceStepText, _audio_clip, _latent_task, task_canvas,
+    AUTO, CATEGORY, LATENT_PLAN_KEY, PREFIX, AceStepModel, AceStepText, _audio_clip, _latent_task, _message,
+    task_canvas,
 )
 
 AceStepLM = io.Custom("ACESTEP_LM")
@@ -190,8 +191,15 @@ class SimpleMode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, query=None) -> bool | str:
+        if query is None:  # linked from another node: checked when the node runs
+            return True
+        return _message(lambda: check_query(query))
+
+    @classmethod
     def execute(cls, lm, query, instrumental=False, language="unknown", seed=0, temperature=LM_TEMPERATURE,
                 top_p=LM_TOP_P, top_k=LM_TOP_K, min_p=LM_MIN_P) -> io.NodeOutput:
+        check_query(query)  # before the LM is placed
         settings = PlanSettings(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
         lm.place(text_tokens=LM_TEXT_MAX_NEW_TOKENS)
         try:

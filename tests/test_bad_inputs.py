@@ -22,7 +22,7 @@ from acestep_core.loading.checkpoint import load_checkpoint
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import request
 from devtools.comfy_harness import ROOT, run_node
-from devtools.fixtures import tiny_models_folder
+from devtools.fixtures import build_tensors, tiny_models_folder
 
 RATE = 200  # the tiny VAE's rate
 NAN, INF = float("nan"), float("inf")
@@ -877,3 +877,166 @@ def test_save_audio_names_the_file_it_was_given_when_the_disk_is_full(tmp_path, 
         save_audio(tmp_path / "x.flac", SONG, RATE)
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "x.flac")
     assert os.listdir(tmp_path) == []
+
+
+# ---- issue 17 (h17c): silently ignored or misleading
+# Each input that used to be ignored, or to fail with a message about something else, now ends in a clear error
+# naming it (the CLI: one error line naming the flag, before any model is loaded, nothing written). Decisions:
+# guidance on turbo, an extend window inside the source, an empty simple-mode query, a blank --lm-decide ('none'
+# means nothing) and a bad simple/understand seed are refused; a folder or an empty file where a file is
+# expected is named as such; flow-edit errors name the input of the surface used; an adapter given as the model
+# says it is one and how to apply it; a wrong argument type to the pipeline names what to pass; a SaveAudio batch
+# with an item that cannot be saved leaves no file.
+
+H17C_API_CASES = [  # (fields, the input the error names, a part of what is allowed)
+    ({"task": "extend", "repaint_start": 2.0, "repaint_end": 5.0, **SRC}, "extend window", "use task 'repaint'"),
+    ({"task": "extend", "repaint_start": 0.0, "repaint_end": 10.0, **SRC}, "extend window", "lies inside it"),
+    ({"lm_decide": ""}, "lm_decide", "'none' for nothing"),
+    ({"lm_decide": "  "}, "lm_decide", "'none' for nothing"),
+    ({"flow_edit": True, "task": "cover", "flow_edit_n_min": 0.8, "flow_edit_n_max": 0.2, **SRC}, "flow_edit_n_min",
+     "at most the end of the edited part (0.2)"),
+    ({"flow_edit": True}, "flow_edit", "only on a cover (task cover or cover-nofsq) of source audio"),
+    ({"flow_edit": True, "task": "repaint", **SRC}, "flow_edit", "this is task 'repaint'"),
+    ({"flow_edit_n_avg": 2}, "flow_edit_n_avg", "only with flow edit on (flow_edit=True, --flow-edit)"),
+]
+
+
+@pytest.mark.parametrize("fields, name, allowed", H17C_API_CASES, ids=[c[1] + ":" + c[2][:30] for c in H17C_API_CASES])
+def test_h17c_api_refuses_what_it_used_to_ignore(fields, name, allowed):
+    with pytest.raises(InputError) as e:
+        request(**fields)
+    assert e.value.name == name and allowed in e.value.allowed, str(e.value)
+
+
+def test_h17c_lm_decide_none_means_nothing_and_extend_windows_reaching_out_pass():
+    assert request(lm_decide="none").lm.decide == () == request(lm_decide=[]).lm.decide
+    assert request(lm_decide="bpm, Duration").lm.decide == ("bpm", "duration")
+    for start, end in ((8.0, 15.0), (-5.0, 3.0), (-2.0, 12.0)):  # past the end, before the start, both
+        assert request(task="extend", repaint_start=start, repaint_end=end, **SRC).task.window is not None
+
+
+@pytest.fixture(scope="module")
+def plain_pipe(models):
+    return AceStepPipeline.from_pretrained(models, dtype="fp32", device="cpu")
+
+
+def test_h17c_guidance_on_turbo_is_refused_not_ignored(plain_pipe):
+    """Turbo is guidance-distilled: the pipeline used to run guidance 1 whatever was asked. Refused (a setting that
+    would do nothing); 1 (= off) and leaving it out still run."""
+    with pytest.raises(InputError) as e:
+        plain_pipe(request(guidance=7.0, duration=10.0, steps=1, decode=False))
+    assert e.value.name == "guidance" and e.value.value == 7.0 and "turbo" in e.value.allowed
+    assert plain_pipe(request(guidance=1.0, duration=10.0, steps=1, seed=0, decode=False)).metadata["guidance"] == 1.0
+
+
+def test_h17c_pipeline_arguments_of_the_wrong_kind_name_what_to_pass(plain_pipe):
+    for wrong, example in (("calm piano", "pipe(request(caption='calm piano'))"),
+                           ({"caption": "calm piano"}, "pipe(request(**fields))")):
+        with pytest.raises(InputError) as e:
+            plain_pipe(wrong)
+        assert e.value.name == "req" and "a Request" in e.value.allowed and example in e.value.allowed
+    for call in (lambda: plain_pipe.understand(SONG), lambda: plain_pipe.audio_codes(SONG),
+                 lambda: plain_pipe.encode(SONG)):
+        with pytest.raises(InputError) as e:
+            call()
+        assert e.value.name in ("clip", "clips") and "AudioClip(waveform, sample_rate)" in e.value.allowed
+
+
+def test_h17c_simple_and_understand_follow_the_request_seed_and_query_rules(plain_pipe):
+    """pipe.simple(seed=-1) used to run (request() refuses seed=-1); an empty query made up a song from nothing.
+    Both are refused before the LM is needed (this pipeline has none)."""
+    clip = request_module.AudioClip(SONG, RATE)
+    for call, name, value in ((lambda: plain_pipe.simple("a love song", seed=-1), "seed", -1),
+                              (lambda: plain_pipe.simple("a love song", seed=2**64), "seed", 2**64),
+                              (lambda: plain_pipe.simple("   ", seed=1), "query", "   "),
+                              (lambda: plain_pipe.audio_codes(clip, seed=-1), "seed", -1)):
+        with pytest.raises(InputError) as e:
+            call()
+        assert (e.value.name, e.value.value) == (name, value), str(e.value)
+    with pytest.raises(InputError, match=r"^seed=-1 is not allowed: an integer from 0 to 18446744073709551615"):
+        request(seed=-1)  # the same rule, the same words
+
+
+def test_h17c_an_adapter_given_as_the_model_says_so(tmp_path, capsys, monkeypatch):
+    from devtools.lora_fixtures import write_example_loras
+
+    written = write_example_loras(str(tmp_path), build_tensors("turbo")["config"])
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
+    assert len(written) == 3  # a LoRA file, a LoKr folder, the official trainer's PEFT folder
+    for path in written.values():
+        with pytest.raises(CheckpointError) as e:
+            AceStepPipeline.from_pretrained(path, dtype="fp32", device="cpu")
+        message = str(e.value)
+        assert message.startswith(f"{path}: a ") and "an adapter, not a model" in message and "--lora" in message
+        assert "adapters=[" in message and "LoRA Loader" in message and "VAE" not in message
+        assert cli.main(["generate", "--checkpoint", path, "--out", str(tmp_path / "x.flac")]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: a ") and "an adapter, not a model" in lines[0]
+    assert loads == [] and not os.path.exists(tmp_path / "x.flac")
+
+
+H17C_CLI_CASES = [  # (arguments, what the one error line starts with)
+    (["--guidance", "7"], "error: --guidance 7.0 is not allowed: none on turbo models"),
+    (["--task", "extend", "--src-audio", "SRC", "--start", "2", "--end", "5"],
+     "error: extend window=(2.0, 5.0) is not allowed: a window reaching before 0 or past the end of the source"),
+    (["--simple", ""], "error: --simple '' is not allowed: a short description of the song"),
+    (["--lm-decide", ""], "error: --lm-decide '' is not allowed: names from bpm"),
+    (["--lyrics-file", "DIR"], "error: --lyrics-file DIR: is a folder; give a text file"),
+    (["--audio-codes", "@/dev/null"], "error: --audio-codes /dev/null: not a regular file"),
+    (["--audio-codes", "@EMPTY"], "error: --audio-codes @empty.txt: the file is empty"),
+    (["--audio-codes", "@DIR"], "error: --audio-codes DIR: is a folder"),
+    (["--task", "cover", "--src-audio", "SRC", "--flow-edit", "--edit-n-min", "0.8", "--edit-n-max", "0.2"],
+     "error: --edit-n-min 0.8 is not allowed: at most the end of the edited part (0.2)"),
+    (["--flow-edit"], "error: --flow-edit True is not allowed: only on a cover"),
+    (["--edit-n-min", "0.5"], "error: --edit-n-min 0.5 is not allowed: only with flow edit on"),
+]
+
+
+@pytest.mark.parametrize("args, expected", H17C_CLI_CASES, ids=[" ".join(c[0])[:50] for c in H17C_CLI_CASES])
+def test_h17c_cli_refuses_what_it_used_to_ignore(models, workdir, capsys, monkeypatch, args, expected):
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
+    open("empty.txt", "w").close()
+    args = [{"SRC": "src.wav", "@EMPTY": "@empty.txt"}.get(a, a) for a in args]
+    before = sorted(os.listdir(workdir))
+    assert cli.main(["generate", "--checkpoint", models, *args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert loads == [] and sorted(os.listdir(workdir)) == before
+
+
+def test_h17c_nodes_name_their_own_inputs_and_save_all_or_nothing(comfy):
+    nodes, dirs, _ = comfy
+    run = lambda name, **kw: run_node(nodes["AceStep15_" + name], **kw)  # noqa: E731
+    audio = {"waveform": SONG[None], "sample_rate": RATE}
+    # Flow edit on the Cover node: its inputs are edit_n_min …, not the request's flow_edit_n_min.
+    with pytest.raises(ValueError, match=r"^edit_n_min=0.8 is not allowed: at most the end of the edited part"):
+        run("CoverLatent", audio=audio, flow_edit=True, edit_n_min=0.8, edit_n_max=0.2)
+    cover = nodes["AceStep15_CoverLatent"]  # and already when queued (not while flow edit is off)
+    assert cover.validate_inputs(flow_edit=True, edit_n_min=0.8, edit_n_max=0.2).startswith("edit_n_min=0.8 is not")
+    assert cover.validate_inputs(flow_edit=False, edit_n_min=0.8, edit_n_max=0.2) is True
+    assert cover.validate_inputs(flow_edit=True, edit_n_min=0.2, edit_n_max=0.8) is True
+    # Simple Mode: an empty query is refused when queued, and before the LM is placed when run.
+    simple = nodes["AceStep15_SimpleMode"]
+    assert simple.validate_inputs(query="").startswith("query='' is not allowed: a short description")
+    assert simple.validate_inputs(query=None) is True and simple.validate_inputs(query="a love song") is True
+    with pytest.raises(ValueError, match="^query='' is not allowed"):
+        run("SimpleMode", hidden={"unique_id": "1"}, lm=None)  # the LM (None here) is never touched
+    # Guidance on turbo: refused, not ignored.
+    model = run("ModelLoader", model="diffusion_models/acestep_v1.5_turbo.safetensors", dtype="fp32").args[0]
+    text = run("TextEncode", caption="x").args[0]
+    with pytest.raises(ValueError, match=r"^guidance=7.0 is not allowed: none on turbo models"):
+        run("Sampler", hidden={}, model=model, conditioning=text, latent={"samples": torch.zeros(1, 64, 250)},
+            guidance=7.0)
+    # Save Audio: the second item cannot be saved, so neither is written (it used to leave the first).
+    batch = torch.stack([SONG, SONG.clone().index_fill_(1, torch.tensor([5]), NAN)])
+    folder = os.path.join(dirs["output"], "h17c")
+    with pytest.raises(ValueError) as e:
+        run("SaveAudio", hidden={}, audio={"waveform": batch, "sample_rate": RATE}, filename_prefix="h17c/batch")
+    assert str(e.value).startswith("audio=<batch item 2 of 2> is not allowed: cannot save audio with NaN")
+    assert "nothing of the batch was saved" in str(e.value)
+    assert not os.path.isdir(folder) or os.listdir(folder) == []
+    saved = run("SaveAudio", hidden={}, audio={"waveform": batch[:1], "sample_rate": RATE},
+                filename_prefix="h17c/batch").ui["audio"]
+    assert [f["filename"] for f in saved] == ["batch_00001_.flac"] and os.listdir(folder) == ["batch_00001_.flac"]

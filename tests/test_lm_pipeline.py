@@ -112,7 +112,7 @@ def test_given_metas_are_kept_and_decide_limits_what_the_dit_gets(random_pipe):
     plan = given.request.plans[0]
     assert (plan.bpm, plan.keyscale, plan.duration, len(plan.codes)) == (90, "F# minor", 10.0, 50)
     assert given.metadata["metas"] == format_metas(90, plan.timesignature, "F# minor", 10.0)
-    nothing = random_pipe(request(caption="jazz", duration=10.0, seed=1, lm_mode="think", lm_decide="",
+    nothing = random_pipe(request(caption="jazz", duration=10.0, seed=1, lm_mode="think", lm_decide="none",
                                   lm_rewrite_caption=False, decode=False))
     plan = nothing.request.plans[0]
     assert plan.bpm is not None and plan.language is None  # it thought (language not asked for) ...

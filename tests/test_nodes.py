@@ -262,3 +262,42 @@ def test_validate_inputs_names_its_inputs_so_comfyui_keeps_its_own_checks(comfy)
         if "validate_inputs" in vars(cls):
             params = inspect.signature(cls.validate_inputs).parameters.values()
             assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params), node_id
+
+
+# ------------------------------------------------------------------------------------------------ as the frontend sends
+
+MUST_FILL = {P + "SimpleMode": "query"}  # widgets whose default (empty) the user must replace
+
+
+def test_every_widget_is_sent_with_a_valid_default_the_node_itself_agrees_with(comfy):
+    """ComfyUI's frontend serialises every widget of a queued node, defaults included (devtools.comfy_harness
+    .frontend_inputs, which run_node uses for every node test): each default must pass ComfyUI's own checks and
+    the node's validate_inputs, and equal the node's Python default, so that a widget left alone means what
+    the node means when the value is absent (e.g. the Sampler's DCW strengths stay "auto" after the LM thought)."""
+    import inspect
+
+    from devtools.comfy_harness import frontend_inputs, widget_names
+
+    for node_id, cls in comfy[0].items():
+        info = cls.GET_NODE_INFO_V1()
+        specs = {k: v for section in ("required", "optional") for k, v in (info["input"].get(section) or {}).items()}
+        widgets = [n for n in widget_names(info) if n is not None]
+        sent = frontend_inputs(info, {})
+        assert sorted(sent) == sorted(widgets), node_id
+        for name, value in sent.items():
+            kind, opts = specs[name][0], specs[name][1]
+            if kind == "COMBO":
+                assert value in opts["options"] or not opts["options"], f"{node_id}.{name}={value!r}"
+            elif kind in ("INT", "FLOAT"):
+                assert opts["min"] <= value <= opts["max"], f"{node_id}.{name}={value!r}"
+        if "validate_inputs" in vars(cls):
+            params = inspect.signature(cls.validate_inputs).parameters
+            verdict = cls.validate_inputs(**{k: v for k, v in sent.items() if k in params})
+            if node_id in MUST_FILL:  # an empty text the user has to write: refused by name until then
+                assert verdict.startswith(f"{MUST_FILL[node_id]}='' is not allowed"), verdict
+            else:
+                assert verdict is True, (node_id, verdict)
+        for name, param in inspect.signature(cls.execute).parameters.items():
+            if name in sent and param.default is not param.empty and "default" in specs[name][1]:
+                assert param.default == sent[name], f"{node_id}.execute({name}={param.default!r}) != schema " \
+                                                    f"default {sent[name]!r}"

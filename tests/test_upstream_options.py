@@ -175,9 +175,9 @@ def test_flow_edit_morphs_from_the_source_description(pipe, monkeypatch):
     assert len(kv) == 2 and not torch.equal(kv[0], kv[1])  # target and source conditions, once each
     assert result.metadata["sampler"] == "flow-edit" and result.metadata["steps"] == 8
     assert torch.equal(pipe(request(**args, decode=False)).latents, result.latents)
-    with pytest.raises(ValueError, match="flow_edit='repaint' is not allowed: cover or cover-nofsq"):
+    with pytest.raises(ValueError, match=r"flow_edit=True is not allowed: only on a cover \(task cover or cover-nofsq\)"):
         request(task="repaint", flow_edit=True, **SRC)
-    with pytest.raises(ValueError, match="flow_edit_n_avg=2 is not allowed: only with flow_edit=True"):
+    with pytest.raises(ValueError, match="flow_edit_n_avg=2 is not allowed: only with flow edit on"):
         request(task="cover", flow_edit_n_avg=2, **SRC)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from acestep_core.audio import load_audio, save_audio
+from acestep_core.constants import DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER
 from devtools.comfy_harness import (
     CORE_WIDGETS, NOTE_TYPES, ROOT, run_node, topological_order, ui_to_api, widget_names,
 )
@@ -80,8 +81,8 @@ def test_workflow_is_valid_and_runs(comfy, path):
             assert validate(**{k: None if isinstance(v, list) else v for k, v in node["inputs"].items()
                                if k in params}) is True
 
-    # Run in topological order.
-    results, written = {}, []
+    # Run in topological order, each node with every widget's value as the frontend sends it (run_node).
+    results, written, sampler_notes = {}, [], []
     for node_id in topological_order(prompt):
         node = prompt[node_id]
         inputs = {k: (results[v[0]][v[1]] if isinstance(v, list) else v) for k, v in node["inputs"].items()}
@@ -89,6 +90,8 @@ def test_workflow_is_valid_and_runs(comfy, path):
             out = run_node(nodes[node["class_type"]], {"prompt": prompt, "extra_pnginfo": {"workflow": workflow},
                                                        "unique_id": node_id}, **inputs)
             results[node_id] = out.args or ()
+            if node["class_type"] == "AceStep15_Sampler":
+                sampler_notes.append(out.ui["text"][0])
             for entry in (out.ui or {}).get("audio", []):
                 base = dirs["temp"] if entry["type"] == "temp" else dirs["output"]
                 written.append(os.path.join(base, entry["subfolder"], entry["filename"]))
@@ -96,6 +99,13 @@ def test_workflow_is_valid_and_runs(comfy, path):
             results[node_id], files = _core_node(node["class_type"], inputs, dirs)
             written += files or []
     assert written
+    # The README's promise: after the LM thought, the Sampler's DCW widgets at their defaults take the app's think
+    # values (a default sent as if set would keep the variant's).
+    think_dcw = f"DCW {DCW_THINK_MODE} {DCW_THINK_SCALER:g}/{DCW_THINK_HIGH_SCALER:g}"
+    thought = [note for note in sampler_notes if "\nLM think" in note]
+    assert all(think_dcw in note for note in thought), thought
+    if os.path.basename(path) == "acestep15_text2music_turbo.json":
+        assert thought  # the LM planned in think mode here
     for file in written:
         wav, rate = load_audio(file)
         assert wav.shape[0] == 2 and wav.shape[1] > rate * 5 and torch.isfinite(wav).all()

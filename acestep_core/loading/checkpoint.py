@@ -19,8 +19,8 @@ from ..models.vae import OobleckVAE, VaeConfig
 from .silence import load_silence_latent_file, silence_latent_for_vae
 from .text import load_text_encoder, load_tokenizer
 from .layout import (
-    AIO_TEXT_PREFIX, AIO_VAE_PREFIX, DEFAULT_DIT_DIR, DIT_MARKER, TEXT_ENCODER_DIR, dit_prefix,
-    is_dit_folder, model_folders,
+    AIO_TEXT_PREFIX, AIO_VAE_PREFIX, DEFAULT_DIT_DIR, DIT_MARKER, TEXT_ENCODER_DIR, adapter_kind,
+    adapter_not_a_model, dit_prefix, is_dit_folder, model_folders,
 )
 from .weights import read_json, read_safetensors, safetensors_keys, sharded_files
 
@@ -249,6 +249,8 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
         raise CheckpointError(f"{path}: no such file or folder")
     if os.path.isdir(path) and not is_dit_folder(path):
         dits = model_folders(path)
+        if not dits and adapter_kind(path):
+            raise adapter_not_a_model(path, adapter_kind(path))
         if not dits:
             raise CheckpointError(f"{path}: no acestep-v15-* model folder inside (expected the official layout: "
                                   f"acestep-v15-turbo/, vae/, {TEXT_ENCODER_DIR}/)")
@@ -275,6 +277,10 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
                 raise CheckpointError(f"{p}: missing ({label} of the official layout)")
     else:  # a single file
         keys = safetensors_keys(dit)
+        if dit_prefix(keys) is None:
+            kind = adapter_kind(dit)
+            raise adapter_not_a_model(dit, kind) if kind else CheckpointError(
+                f"{dit}: not an ACE-Step 1.5 diffusion model (no {DIT_MARKER!r} tensor)")
         if any(k.startswith(AIO_VAE_PREFIX) for k in keys) and vae is None:
             vae = dit
         if any(k.startswith(AIO_TEXT_PREFIX) for k in keys) and text_encoder is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 
+from ..constants import ADAPTER_KEY_SUFFIXES, LOKR_WEIGHTS_FILE, PEFT_ADAPTER_SUBFOLDER, PEFT_CONFIG_FILE
 from ..errors import CheckpointError
 from .weights import read_json, safetensors_keys
 
@@ -87,3 +88,25 @@ def model_folders(root: str) -> list[str]:
         return []
     return sorted(d for d in os.listdir(root)
                   if DIT_DIR_PATTERN.match(d) and os.path.isfile(os.path.join(root, d, "config.json")))
+
+
+def adapter_kind(path: str) -> str | None:
+    """What adapter ``path`` is — "a PEFT LoRA folder", "a LoKr folder", "a LoRA/LoKr file" — or None (file names
+    and a safetensors header only). For telling a user who gave an adapter where a model belongs what it is."""
+    if os.path.isdir(path):
+        if any(os.path.isfile(os.path.join(path, sub, PEFT_CONFIG_FILE)) for sub in ("", PEFT_ADAPTER_SUBFOLDER)):
+            return "a PEFT LoRA folder"
+        return "a LoKr folder" if os.path.isfile(os.path.join(path, LOKR_WEIGHTS_FILE)) else None
+    try:
+        keys = safetensors_keys(path)
+    except CheckpointError:
+        return None
+    roles = {role for key in keys for suffix, role in ADAPTER_KEY_SUFFIXES.items() if key.endswith(suffix)}
+    return "a LoRA/LoKr file" if roles - {"alpha"} else None
+
+
+def adapter_not_a_model(path: str, kind: str) -> CheckpointError:
+    """The error for an adapter given where a model belongs: what it is, and the three ways to apply it."""
+    return CheckpointError(f"{path}: {kind}, an adapter, not a model; load a model and apply the adapter on top: "
+                           f"--lora {path} (command line), pipe(req, adapters=[({path!r}, 1.0)]) (Python), or the "
+                           "ACE-Step 1.5 LoRA Loader node with the file in models/loras (ComfyUI)")
