@@ -597,19 +597,26 @@ def load_lm(pipe, path: str) -> None:
 def resolve_lm(choice: str | None, info) -> str | None:
     """``--lm``: "none" → None; a path → that path, if it holds a 5 Hz LM; not given → the LM next to the models
     (``loading.lm.find_lm``), or None. Reads file headers only."""
-    from .loading.lm import find_lm, has_lm
+    from .errors import CheckpointError
+    from .loading.lm import LM_EXPECTED, NotAnLM, check_lm, find_lm
 
     if choice is not None and choice.lower() == "none":
         return None
-    if choice is None:
-        return find_lm(info.paths)
+    if choice is None:  # a damaged LM found next to the models is skipped with a warning naming the reason
+        damaged: list[str] = []
+        found = find_lm(info.paths, damaged)
+        for reason in damaged:
+            print(f"warning: 5 Hz LM skipped: {reason}", file=sys.stderr)
+        return found
     path = os.path.expanduser(choice)
     if not os.path.exists(path):
         raise UsageError(f"--lm {choice}: no such file or folder")
-    if not has_lm(path):
-        raise UsageError(f"--lm {choice}: no 5 Hz LM in it (expected an acestep-5Hz-lm-* folder, a "
-                         "qwen_1.7b_ace15/qwen_4b_ace15 .safetensors file, or an all-in-one file with the LM; "
-                         "qwen_0.6b_ace15 is the text encoder)")
+    try:
+        check_lm(path)
+    except NotAnLM:
+        raise UsageError(f"--lm {choice}: no 5 Hz LM in it ({LM_EXPECTED})") from None
+    except CheckpointError as e:  # a damaged LM: the real reason (truncated file, missing tensor, …)
+        raise UsageError(f"--lm {choice}: {e}") from None
     return path
 
 
