@@ -1,9 +1,11 @@
 """``python -m acestep_core generate …`` and the ``acestep`` command: see ``acestep_core.cli``.
 
-SIGINT and SIGTERM are handled from the first moment, before the heavy imports (torch takes a second or more):
-each raises ``errors.Interrupted`` in the main thread, so every ``finally`` on the way out removes its temporary
-files, and the run ends with one line (``error: interrupted (SIGTERM); nothing was written``) and exit status
-128 + the signal's number. Only the command line installs these handlers; importing the package changes nothing.
+SIGINT and SIGTERM (and SIGHUP, a closed terminal) are handled from the first moment, before the heavy imports
+(torch takes a second or more): each raises ``errors.Interrupted`` in the main thread, so every ``finally`` on the
+way out removes its temporary files, and the run ends with one line (``error: interrupted (SIGTERM); nothing was
+written``) and exit status 128 + the signal's number. A signal the run was started ignoring (``nohup``, a
+background job) stays ignored. Only the command line installs these handlers; importing the package changes
+nothing.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 
 from .errors import Interrupted
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())  # hang-up: POSIX
 
 
 def _interrupt(signum, frame):
@@ -21,7 +23,8 @@ def _interrupt(signum, frame):
 
 def run(argv=None) -> int:
     for sig in SIGNALS:
-        signal.signal(sig, _interrupt)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
     try:
         from .cli import main  # torch and the rest load here
 

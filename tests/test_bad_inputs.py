@@ -592,8 +592,9 @@ def _bad_adapter(models, folder, case):
         return _edited(lora, lambda t: t.__setitem__(q + ".alpha", torch.tensor(1e30))), \
             [f"key '{q}.alpha' = 1e+30 makes the scale alpha / rank = 1e+30 / 4 = 2.5e+29", "at most 1000"]
     if case == "lora nan dora":
-        return _edited(lora, lambda t: t.__setitem__(q + ".dora_scale", torch.full((t[q + ".lora_up.weight"].shape[0], 1),
-                                                                                   NAN))), [q + ".dora_scale'"]
+        out = factors["layers.0.self_attn.q_proj"]["up"].shape[0]
+        return _edited(lora, lambda t: t.__setitem__(q + ".dora_scale", torch.full((out, 1), NAN))), \
+            [q + ".dora_scale'", "(first: nan)"]
     if case.startswith("lokr"):
         lokr = lf.write_lokr(os.path.join(folder, "lokr", "lokr_weights.safetensors"),
                              lf.module_shapes(cfg, names=None, conv=True), {"linear_dim": 4, "linear_alpha": 8})
@@ -753,22 +754,31 @@ def test_a_damaged_lm_beside_a_good_one_warns_and_the_good_one_is_used(models, l
     assert len(err) == 1 and err[0].startswith(f"warning: 5 Hz LM skipped: {fragments[0]}: not a readable"), err
 
 
-def test_a_truncated_comfy_org_lm_file_is_reported(lm_state, tmp_path, capsys, monkeypatch):
+def test_damaged_comfy_org_lms_are_reported(lm_state, tmp_path, capsys, monkeypatch):
+    """A truncated text_encoders/qwen_1.7b_ace15.safetensors beside a split DiT file; an all-in-one file whose LM
+    lacks a tensor (its own LM is tried first, then the text_encoders files)."""
     from devtools.fixtures import build_tensors, write_comfy_layout
-    from devtools.lm_fixtures import write_comfy_lm
+    from devtools.lm_fixtures import write_aio_with_lm, write_comfy_lm
 
     models_dir = str(tmp_path / "comfy")
-    dit = write_comfy_layout(models_dir, build_tensors("turbo"))["dit"]
+    paths = write_comfy_layout(models_dir, build_tensors("turbo"))
     lm = write_comfy_lm(models_dir, lm_state)
     with open(lm, "r+b") as f:
         f.truncate(os.path.getsize(lm) - 100)
+    state = {k: v for k, v in lm_state.items() if k != "model.norm.weight"}
+    write_aio_with_lm(paths["aio"], state, extra=load_file(paths["aio"]))
+    truncated = f"warning: 5 Hz LM skipped: {lm}: not a readable safetensors file (truncated or corrupt?)"
     work = tmp_path / "work"
     work.mkdir()
-    code, errors, warnings, loaded, wrote = _cli_error(["--checkpoint", dit, "--lm-mode", "codes"], work, capsys,
-                                                       monkeypatch)
-    assert len(warnings) == 1 and warnings[0].startswith(f"warning: 5 Hz LM skipped: {lm}: not a readable "
-                                                         "safetensors file (truncated or corrupt?)"), warnings
-    assert code == 1 and len(errors) == 1 and not loaded and not wrote
+    for checkpoint, expected in ((paths["dit"], [truncated]),
+                                 (paths["aio"], [f"warning: 5 Hz LM skipped: {paths['aio']}: weights do not fit the "
+                                                 "model: 1 missing keys: norm.weight", truncated])):
+        code, errors, warnings, loaded, wrote = _cli_error(["--checkpoint", checkpoint, "--lm-mode", "codes"], work,
+                                                           capsys, monkeypatch)
+        assert [w[: len(e)] for w, e in zip(warnings, expected)] == expected and len(warnings) == len(expected), \
+            warnings
+        assert code == 1 and len(errors) == 1 and errors[0].startswith("error: --lm-mode codes needs the 5 Hz LM")
+        assert not loaded and not wrote
 
 
 # signals: SIGTERM anywhere, SIGINT during the imports; the command line is a real subprocess, held at the moment

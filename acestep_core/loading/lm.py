@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..constants import (
-    AUDIO_CODE_FIRST_ID, AUDIO_CODE_TOKEN, CODEBOOK_SIZE, DURATION_MAX, LM_COMFY_FILES, LM_EOS_ID, LM_FOLDER_ORDER, LM_FOLDER_PREFIX,
-    LM_KEY_PREFIXES, LM_THINK_END_ID, LM_THINK_ID,
+    AUDIO_CODE_FIRST_ID, AUDIO_CODE_TOKEN, CODEBOOK_SIZE, DURATION_MAX, LM_COMFY_FILES, LM_EOS_ID, LM_FOLDER_ORDER,
+    LM_FOLDER_PREFIX, LM_KEY_PREFIXES, LM_THINK_END_ID, LM_THINK_ID,
 )
 from ..errors import CheckpointError
 from ..models.lm import LMConfig, QwenLM
@@ -183,16 +183,14 @@ def find_lm(paths, damaged: list[str] | None = None) -> str | None:
     there is none. A candidate that is there but damaged (truncated file, missing tensor, …) is skipped, never
     silently: the reason (naming it) is appended to ``damaged`` for the caller to report."""
     dit = os.path.abspath(paths.dit)
-    if os.path.isfile(dit) and has_lm(dit):
-        return dit
     if os.path.isdir(dit):
         root = os.path.dirname(os.path.normpath(dit))
         names = [n for n in sorted(os.listdir(root)) if n.startswith(LM_FOLDER_PREFIX)]
         ordered = [n for n in LM_FOLDER_ORDER if n in names] + [n for n in names if n not in LM_FOLDER_ORDER]
         candidates = [os.path.join(root, n) for n in ordered]
-    else:
+    else:  # an all-in-one file's own LM first
         folder = os.path.join(os.path.dirname(os.path.dirname(dit)), "text_encoders")
-        candidates = [os.path.join(folder, n) for n in LM_COMFY_FILES]
+        candidates = ([dit] if has_lm(dit) else []) + [os.path.join(folder, n) for n in LM_COMFY_FILES]
     for candidate in candidates:
         if not os.path.exists(candidate):
             continue
