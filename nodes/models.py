@@ -266,20 +266,21 @@ def lm_choices() -> list[str]:
     """Entries for the LM Loader's dropdown: ``acestep/acestep-5Hz-lm-*`` (official folders, the app's default
     1.7B first), ``text_encoders/qwen_{1.7b,4b}_ace15.safetensors`` (Comfy-Org; any LM file there) and
     ``checkpoints/<all-in-one>`` carrying an LM. Only what holds a 5 Hz LM is listed (headers are read, not
-    weights)."""
-    from ..acestep_core.constants import LM_FOLDER_ORDER, LM_FOLDER_PREFIX
+    weights); a folder or file named as the published LMs are is listed even when damaged, so that choosing it
+    tells what is wrong (a truncated download) instead of the LM silently missing from the list."""
+    from ..acestep_core.constants import LM_COMFY_FILES, LM_FOLDER_ORDER, LM_FOLDER_PREFIX
 
     folders = []
     for root in host.folder_paths_for(host.HF_FOLDER):
         if os.path.isdir(root):
-            folders += [n for n in sorted(os.listdir(root)) if n.startswith(LM_FOLDER_PREFIX)
-                        and _has_lm(os.path.join(root, n))]
+            folders += [n for n in sorted(os.listdir(root))
+                        if n.startswith(LM_FOLDER_PREFIX) and os.path.isdir(os.path.join(root, n))]
     rank = {name: i for i, name in enumerate(LM_FOLDER_ORDER)}
     choices = [f"{host.HF_FOLDER}/{n}" for n in sorted(dict.fromkeys(folders), key=lambda n: (rank.get(n, 99), n))]
     for kind in ("text_encoders", "checkpoints"):
         for name in host.model_files(kind):
             path = host.full_path(kind, name)
-            if path and _has_lm(path):
+            if path and ((kind == "text_encoders" and os.path.basename(name) in LM_COMFY_FILES) or _has_lm(path)):
                 choices.append(f"{kind}/{name}")
     return choices
 

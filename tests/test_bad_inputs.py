@@ -781,6 +781,33 @@ def test_damaged_comfy_org_lms_are_reported(lm_state, tmp_path, capsys, monkeypa
         assert not loaded and not wrote
 
 
+def test_the_lm_loader_lists_a_damaged_published_lm_and_loading_it_tells_why(comfy, lm_state):
+    """A truncated qwen_4b_ace15.safetensors and an acestep-5Hz-lm-4B folder missing a tensor are offered (they are
+    named as the published LMs), and choosing one gives the reason, not a silently shorter list."""
+    from devtools.lm_fixtures import write_comfy_lm, write_official_lm
+
+    nodes, dirs, _ = comfy
+    file = write_comfy_lm(dirs["models"], lm_state, size="4b")
+    with open(file, "r+b") as f:
+        f.truncate(os.path.getsize(file) // 3)
+    folder = write_official_lm(os.path.join(dirs["models"], "acestep"),
+                               {k: v for k, v in lm_state.items() if k != "model.layers.1.self_attn.o_proj.weight"},
+                               name="acestep-5Hz-lm-4B")
+    try:
+        options = nodes["AceStep15_LMLoader"].GET_NODE_INFO_V1()["input"]["required"]["lm"][1]["options"]
+        assert {"text_encoders/qwen_4b_ace15.safetensors", "acestep/acestep-5Hz-lm-4B"} <= set(options)
+        for choice, expected in (("text_encoders/qwen_4b_ace15.safetensors",
+                                  f"{file}: not a readable safetensors file (truncated or corrupt?)"),
+                                 ("acestep/acestep-5Hz-lm-4B", f"{folder}: weights do not fit the model: 1 missing "
+                                                               "keys: layers.1.self_attn.o_proj.weight")):
+            with pytest.raises(ValueError) as e:
+                run_node(nodes["AceStep15_LMLoader"], lm=choice, dtype="fp32")
+            assert str(e.value).startswith(expected), str(e.value)
+    finally:
+        os.remove(file)
+        shutil.rmtree(folder)
+
+
 # signals: SIGTERM anywhere, SIGINT during the imports; the command line is a real subprocess, held at the moment
 # (a hook in a driver script) until the test sends the signal
 
