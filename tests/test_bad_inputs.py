@@ -745,6 +745,15 @@ def test_a_damaged_lm_is_reported_with_its_reason_never_skipped_silently(damage,
     assert not loaded and not wrote
 
 
+def test_from_pretrained_lm_auto_names_the_damaged_lm_it_found(models, lm_state, tmp_path):
+    root, _, fragments = _models_with_lm(models, str(tmp_path / "models"), lm_state, "missing tensor")
+    with pytest.raises(ValueError) as e:
+        AceStepPipeline.from_pretrained(root, dtype="fp32", device="cpu", lm="auto")
+    message = str(e.value)
+    assert message.startswith(f"{root}: no 5 Hz LM next to the models (lm='auto') (skipped: ")
+    assert all(f in message for f in fragments), message
+
+
 def test_a_damaged_lm_beside_a_good_one_warns_and_the_good_one_is_used(models, lm_state, tmp_path, capsys):
     root, good, _ = _models_with_lm(models, str(tmp_path / "models"), lm_state, None, name="acestep-5Hz-lm-4B")
     _, bad, fragments = _models_with_lm(models, root, lm_state, "truncated")
