@@ -908,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return understand(args)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (acestep_core.__main__ raises Interrupted for both)
         stop = e if isinstance(e, Interrupted) else Interrupted()
-        sys.stderr.write(f"\n{stop.line}\n")
+        sys.stderr.write(f"{stop.line}\n")  # progress lines were ended on the way out
         return stop.exit_code
     except (UsageError, ValueError, OSError) as e:  # CheckpointError and InputError are ValueErrors
         sys.stderr.write(f"error: {_one_line(e)}\n")
