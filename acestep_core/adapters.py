@@ -44,8 +44,8 @@ from torch import nn
 
 from .constants import (
     ADAPTER_KEY_PREFIXES,
-    ADAPTER_SCALE_MAX,
     ADAPTER_KEY_SUFFIXES,
+    ADAPTER_SCALE_MAX,
     LOKR_WEIGHTS_FILE,
     PEFT_ADAPTER_SUBFOLDER,
     PEFT_CONFIG_FILE,
@@ -220,7 +220,8 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     for key, t in tensors.items():
         if not t.is_floating_point():
             raise CheckpointError(f"{path}: tensor {key!r} is {t.dtype}; adapter tensors are floating point")
-        bad = t.numel() - int(torch.isfinite(t).sum())
+        # One reduction pass: a NaN or an infinity anywhere makes the sum non-finite; only then are they counted.
+        bad = 0 if math.isfinite(float(t.sum(dtype=torch.float32))) else t.numel() - int(torch.isfinite(t).sum())
         if bad:
             first = t.flatten()[~torch.isfinite(t.flatten())][0].item()
             raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) of {t.numel()} (first: "
