@@ -45,6 +45,7 @@ from torch import nn
 from .constants import (
     ADAPTER_KEY_PREFIXES,
     ADAPTER_KEY_SUFFIXES,
+    ADAPTER_SCALE_MAX,
     LOKR_WEIGHTS_FILE,
     PEFT_ADAPTER_SUBFOLDER,
     PEFT_CONFIG_FILE,
@@ -219,7 +220,24 @@ def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     for key, t in tensors.items():
         if not t.is_floating_point():
             raise CheckpointError(f"{path}: tensor {key!r} is {t.dtype}; adapter tensors are floating point")
+        # One reduction pass: a NaN or an infinity anywhere makes the sum non-finite; only then are they counted.
+        bad = 0 if math.isfinite(float(t.sum(dtype=torch.float32))) else t.numel() - int(torch.isfinite(t).sum())
+        if bad:
+            first = t.flatten()[~torch.isfinite(t.flatten())][0].item()
+            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) of {t.numel()} (first: "
+                                  f"{first}); adapter tensors must be finite numbers (the file is damaged, or its "
+                                  "training diverged)")
     return tensors
+
+
+def _checked_scale(scale: float, alpha: float, rank: float, what: str, source: str) -> float:
+    """``scale`` (alpha / rank) if it is finite and at most ADAPTER_SCALE_MAX in size; else an error naming
+    ``what`` (the alpha's key or config entry)."""
+    if not math.isfinite(scale) or abs(scale) > ADAPTER_SCALE_MAX:
+        raise CheckpointError(f"{source}: {what} = {alpha:g} makes the scale alpha / rank = {alpha:g} / {rank:g} = "
+                              f"{scale:g}; allowed: a scale of at most {ADAPTER_SCALE_MAX:g} in size (trained "
+                              "adapters use about 0.01 to 16)")
+    return scale
 
 
 def _split_key(key: str, source: str) -> tuple[str, str]:
@@ -294,7 +312,9 @@ def _kronecker(module: str, parts: dict, source: str) -> Kronecker:
     # The rank is that of the factored half; with both halves whole LyCORIS applies them unscaled.
     alpha = _alpha(module, parts, source)
     rank = w2_b.shape[0] if w2_b is not None else w1_b.shape[0] if w1_b is not None else None
-    scale = alpha / rank if alpha is not None and rank is not None else 1.0
+    scale = 1.0
+    if alpha is not None and rank is not None:
+        scale = _checked_scale(alpha / rank, alpha, rank, f"key {module + '.alpha'!r}", source)
     return Kronecker(w1, w1_a, w1_b, w2, w2_a, w2_b, t2, scale)
 
 
@@ -323,7 +343,8 @@ def _load_file(path: str, given: str) -> Adapter:
             alpha = _alpha(module, parts, path)
             if alpha is None and not notes:
                 notes.append("no alpha in the file: applied at scale 1 (alpha = rank), as ComfyUI does")
-            update = _low_rank(module, parts, path, lambda rank: 1.0 if alpha is None else alpha / rank)
+            update = _low_rank(module, parts, path, lambda rank: 1.0 if alpha is None else _checked_scale(
+                alpha / rank, alpha, rank, f"key {module + '.alpha'!r}", path))
         else:
             raise CheckpointError(f"{path}: {module!r} has only {', '.join(parts)}: no LoRA or LoKr factors")
         targets.append(_with_magnitude(module, parts, path, update))
@@ -366,8 +387,8 @@ def _load_peft(folder: str, given: str) -> Adapter:
     r, lora_alpha = config.get("r", PEFT_DEFAULT_R), config.get("lora_alpha", PEFT_DEFAULT_ALPHA)
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     for name, value in (("r", r), ("lora_alpha", lora_alpha), *rank_pattern.items(), *alpha_pattern.items()):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise CheckpointError(f"{config_path}: {name} = {value!r}; expected a positive number")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise CheckpointError(f"{config_path}: {name} = {value!r}; expected a positive finite number")
     use_rslora, use_dora = bool(config.get("use_rslora")), bool(config.get("use_dora"))
 
     tensors = _read_tensors(weights)
@@ -390,7 +411,9 @@ def _load_peft(folder: str, given: str) -> Adapter:
             if rank != expected_rank:
                 raise CheckpointError(f"{weights}: {module!r} has rank {rank} but {PEFT_CONFIG_FILE} says r = "
                                       f"{expected_rank}")
-            return alpha / (math.sqrt(rank) if use_rslora else rank)
+            divisor = math.sqrt(rank) if use_rslora else rank
+            what = f"alpha_pattern[{alpha_key!r}]" if alpha_key is not None else "lora_alpha"
+            return _checked_scale(alpha / divisor, alpha, divisor, what, config_path)
 
         targets.append(_with_magnitude(module, parts, weights, _low_rank(module, parts, weights, scale_for)))
     return Adapter(given, weights, _kind(targets, lora_name="PEFT LoRA"), tuple(targets))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from .constants import (
     DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, LM_DECIDE_FIELDS, LM_MODES, LM_UNDERSTAND_TOP_P,
     REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
 )
-from .errors import InputError, shown
+from .errors import InputError, Interrupted, shown
 from .request import SOURCE_TASKS, TASKS, check_query, request
 
 HF_REPO = "ACE-Step/Ace-Step1.5"
@@ -515,6 +516,44 @@ def _temp_sibling(path: str, tag: str) -> str:
     return os.path.join(folder, f".{stem}.{tag}.{os.getpid()}{ext}")  # same extension: same codec choice
 
 
+def _pid_running(pid: int) -> bool:
+    if os.name == "nt":  # no cheap, safe check there: such files are ignored (their names carry another pid)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """The temporary siblings of ``path`` left by a run that was killed outright (SIGKILL, a power cut): those
+    whose process id is no longer running. A ``.partial`` file (and the encoder's ``.part`` file inside its name)
+    is removed; a ``.previous`` file (the old output, moved aside while the new one was renamed in) goes back to
+    its name if nothing took it, else is removed. Another live run's files are left alone."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    pattern = re.compile(rf"\.?\.{re.escape(stem)}\.(partial|previous)\.(\d+){re.escape(ext)}(\.[0-9a-f]+\.part)?")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for entry in names:
+        match = pattern.fullmatch(entry)
+        if match is None or int(match.group(2)) == os.getpid() or _pid_running(int(match.group(2))):
+            continue
+        stale = os.path.join(folder, entry)
+        try:
+            if match.group(1) == "previous" and not match.group(3) and not os.path.exists(path):
+                os.replace(stale, path)
+            else:
+                os.unlink(stale)
+        except OSError:
+            pass
+
+
 def _commit(staged: list[tuple[str, str]]) -> None:
     """Rename every staged file over its target, all or nothing: a target that already exists is moved aside
     first and put back if a later rename fails."""
@@ -523,17 +562,20 @@ def _commit(staged: list[tuple[str, str]]) -> None:
         for tmp, path in staged:
             if os.path.exists(path):
                 backup = _temp_sibling(path, "previous")
-                os.replace(path, backup)
                 aside.append((backup, path))
+                os.replace(path, backup)
             os.replace(tmp, path)
             done.append(path)
-    except OSError as e:
+    except BaseException as e:  # a failed rename, or a signal (SIGTERM, Ctrl-C) in the middle: put everything back
         failed = path
         for path in done:
             os.unlink(path)
         for backup, path in aside:
-            os.replace(backup, path)
-        raise _write_error(failed, e) from None
+            if os.path.exists(backup):
+                os.replace(backup, path)
+        if isinstance(e, OSError):
+            raise _write_error(failed, e) from None
+        raise
     for backup, _ in aside:
         os.unlink(backup)
 
@@ -553,6 +595,8 @@ def write_outputs(result, paths: list[str], fields: dict, model: str, quality: s
     from safetensors import SafetensorError
 
     staged: list[tuple[str, str]] = []
+    for path in paths + ([latents_path] if latents_path is not None else []):
+        remove_stale_temporaries(path)
     try:
         for i, path in enumerate(paths):
             tmp = _temp_sibling(path, "partial")
@@ -644,19 +688,26 @@ def load_lm(pipe, path: str) -> None:
 def resolve_lm(choice: str | None, info) -> str | None:
     """``--lm``: "none" → None; a path → that path, if it holds a 5 Hz LM; not given → the LM next to the models
     (``loading.lm.find_lm``), or None. Reads file headers only."""
-    from .loading.lm import find_lm, has_lm
+    from .errors import CheckpointError
+    from .loading.lm import LM_EXPECTED, NotAnLM, check_lm, find_lm
 
     if choice is not None and choice.lower() == "none":
         return None
-    if choice is None:
-        return find_lm(info.paths)
+    if choice is None:  # a damaged LM found next to the models is skipped with a warning naming the reason
+        damaged: list[str] = []
+        found = find_lm(info.paths, damaged)
+        for reason in damaged:
+            print(f"warning: 5 Hz LM skipped: {reason}", file=sys.stderr)
+        return found
     path = os.path.expanduser(choice)
     if not os.path.exists(path):
         raise UsageError(f"--lm {choice}: no such file or folder")
-    if not has_lm(path):
-        raise UsageError(f"--lm {choice}: no 5 Hz LM in it (expected an acestep-5Hz-lm-* folder, a "
-                         "qwen_1.7b_ace15/qwen_4b_ace15 .safetensors file, or an all-in-one file with the LM; "
-                         "qwen_0.6b_ace15 is the text encoder)")
+    try:
+        check_lm(path)
+    except NotAnLM:
+        raise UsageError(f"--lm {choice}: no 5 Hz LM in it ({LM_EXPECTED})") from None
+    except CheckpointError as e:  # a damaged LM: the real reason (truncated file, missing tensor, …)
+        raise UsageError(f"--lm {choice}: {e}") from None
     return path
 
 
@@ -904,9 +955,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return generate(args)
         if args.command == "understand":
             return understand(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("\nerror: interrupted; nothing was written\n")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (acestep_core.__main__ raises Interrupted for both)
+        stop = e if isinstance(e, Interrupted) else Interrupted()
+        sys.stderr.write(f"{stop.line}\n")  # progress lines were ended on the way out
+        return stop.exit_code
     except (UsageError, ValueError, OSError) as e:  # CheckpointError and InputError are ValueErrors
         sys.stderr.write(f"error: {_one_line(e)}\n")
         return 1

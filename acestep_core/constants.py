@@ -229,6 +229,10 @@ PEFT_DEFAULT_R, PEFT_DEFAULT_ALPHA = 8, 8  # LoraConfig's defaults, for a config
 PEFT_UNSUPPORTED_OPTIONS = ("lora_bias", "modules_to_save", "layer_replication", "alora_invocation_tokens",
                             "target_parameters", "trainable_token_indices", "use_bdlora")
 PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt")  # never loaded (unpickling can run code)
+# The largest |scale| (alpha / rank; PEFT rsLoRA alpha / sqrt(rank)) an adapter file may ask for. Trained adapters
+# use about 0.01 to 16 (alpha = rank gives 1; the official LoKr trainer's defaults 2); a scale in the thousands
+# swamps the weights it changes, so it comes only from a damaged file or a wrong alpha.
+ADAPTER_SCALE_MAX = 1000.0
 
 # What comes before the module name in an adapter key, tried in this order ("" = a bare module name). A module
 # name after a prefix is either a full model name (decoder.layers.0.self_attn.q_proj) or one relative to the DiT

@@ -3,6 +3,7 @@ messages fit on one line and name what to change."""
 from __future__ import annotations
 
 import math
+import signal
 
 
 class CheckpointError(ValueError):
@@ -33,3 +34,21 @@ def shown(value) -> str:
     text = repr(value)
     text = " ".join(text.split())
     return text if len(text) <= 80 else text[:77] + "…"
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command line's run stopped by a signal (SIGINT or SIGTERM; see ``acestep_core.__main__``), raised in the
+    main thread so that the cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
+
+    @property
+    def line(self) -> str:
+        """The one line the command line prints for it."""
+        return f"error: interrupted ({self}); nothing was written"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -106,9 +107,13 @@ class AceStepPipeline:
         if lm is not None:
             from .loading.lm import find_lm
 
-            found = find_lm(CheckpointPaths(**pipe.ckpt.paths)) if lm == "auto" else lm
+            damaged: list[str] = []
+            found = find_lm(CheckpointPaths(**pipe.ckpt.paths), damaged) if lm == "auto" else lm
             if found is None:
-                raise ValueError(f"{path}: no 5 Hz LM next to the models (lm='auto'); give its path")
+                reason = f" (skipped: {'; '.join(damaged)})" if damaged else ""
+                raise ValueError(f"{path}: no 5 Hz LM next to the models (lm='auto'){reason}; give its path")
+            for reason in damaged:
+                warnings.warn(f"5 Hz LM skipped: {reason}", stacklevel=2)
             pipe.load_lm(found)
         return pipe
 

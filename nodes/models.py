@@ -9,23 +9,35 @@ from dataclasses import dataclass, replace
 from . import comfy_adapter as host
 
 AUTO = "auto"
-_HEADER_CACHE: dict[tuple[str, float], bool] = {}
+_HEADER_CACHE: dict[tuple[str, str, float], bool] = {}
 _LOADED: "OrderedDict[tuple, dict]" = OrderedDict()  # file choice → {memory settings: LoadedModel over one load}
 # Reused when the loader runs again with the same choice (ComfyUI keeps node outputs between runs itself, so
 # this matters only after its cache dropped them); one at a time keeps RAM to one model's worth.
 MAX_CACHED_MODELS = 1
 
 
-def _is_acestep_dit_file(path: str) -> bool:
-    """The core's header check, cached per file version (the dropdown is rebuilt on every refresh)."""
-    from ..acestep_core.loading.layout import is_acestep_dit_file
+# Which header check (``acestep_core.loading.layout``, the one owner of "which file is what") a file of each model
+# folder must pass to be offered in a dropdown.
+_FILE_CHECKS = {"diffusion_models": "is_acestep_dit_file", "checkpoints": "is_acestep_dit_file",
+                "text_encoders": "is_text_encoder_file", "vae": "is_vae_file"}
+_WHAT = {"text_encoders": "the Qwen3-Embedding-0.6B text encoder (qwen_0.6b_ace15.safetensors; the 5 Hz LM files "
+                          "qwen_1.7b/4b_ace15 go to the LM Loader)",
+         "vae": "the ACE-Step 1.5 VAE (ace_1.5_vae.safetensors)"}
+_INPUT = {"text_encoders": "text_encoder", "vae": "vae"}
 
+
+def _passes(kind: str, path: str) -> bool:
+    """The core's header check for a file of folder ``kind``, cached per file version (the dropdowns are rebuilt
+    on every refresh)."""
+    from ..acestep_core.loading import layout
+
+    check = _FILE_CHECKS[kind]
     try:
-        key = (path, os.path.getmtime(path))
+        key = (check, path, os.path.getmtime(path))
     except OSError:
         return False
     if key not in _HEADER_CACHE:
-        _HEADER_CACHE[key] = is_acestep_dit_file(path)
+        _HEADER_CACHE[key] = getattr(layout, check)(path)
     return _HEADER_CACHE[key]
 
 
@@ -41,13 +53,16 @@ def model_choices() -> list[str]:
     for kind in ("diffusion_models", "checkpoints"):
         for name in host.model_files(kind):
             path = host.full_path(kind, name)
-            if path and _is_acestep_dit_file(path):
+            if path and _passes(kind, path):
                 choices.append(f"{kind}/{name}")
     return list(dict.fromkeys(choices))
 
 
 def component_choices(kind: str) -> list[str]:
-    return [AUTO] + host.model_files(kind)
+    """"auto" and the files of ``kind`` ("text_encoders", "vae") that hold what that input takes, told by their
+    headers: the 5 Hz LM files next to the text encoder, and other models' VAEs, are not offered."""
+    files = [n for n in host.model_files(kind) if (path := host.full_path(kind, n)) and _passes(kind, path)]
+    return [AUTO] + files
 
 
 def _resolve(input_name: str, choice: str, where: str) -> str:
@@ -72,6 +87,8 @@ def _component_path(kind: str, choice: str, preferred: str) -> str | None:
         path = host.full_path(kind, choice)
         if path is None:
             raise ValueError(f"{kind} file {choice!r} was not found in models/{kind}/; refresh the node list")
+        if not _passes(kind, path):  # a value sent past the dropdown (API prompts)
+            raise ValueError(f"{_INPUT[kind]}={choice!r} is not allowed: {_WHAT[kind]}")
         return path
     return host.full_path(kind, preferred)
 
@@ -249,20 +266,21 @@ def lm_choices() -> list[str]:
     """Entries for the LM Loader's dropdown: ``acestep/acestep-5Hz-lm-*`` (official folders, the app's default
     1.7B first), ``text_encoders/qwen_{1.7b,4b}_ace15.safetensors`` (Comfy-Org; any LM file there) and
     ``checkpoints/<all-in-one>`` carrying an LM. Only what holds a 5 Hz LM is listed (headers are read, not
-    weights)."""
-    from ..acestep_core.constants import LM_FOLDER_ORDER, LM_FOLDER_PREFIX
+    weights); a folder or file named as the published LMs are is listed even when damaged, so that choosing it
+    tells what is wrong (a truncated download) instead of the LM silently missing from the list."""
+    from ..acestep_core.constants import LM_COMFY_FILES, LM_FOLDER_ORDER, LM_FOLDER_PREFIX
 
     folders = []
     for root in host.folder_paths_for(host.HF_FOLDER):
         if os.path.isdir(root):
-            folders += [n for n in sorted(os.listdir(root)) if n.startswith(LM_FOLDER_PREFIX)
-                        and _has_lm(os.path.join(root, n))]
+            folders += [n for n in sorted(os.listdir(root))
+                        if n.startswith(LM_FOLDER_PREFIX) and os.path.isdir(os.path.join(root, n))]
     rank = {name: i for i, name in enumerate(LM_FOLDER_ORDER)}
     choices = [f"{host.HF_FOLDER}/{n}" for n in sorted(dict.fromkeys(folders), key=lambda n: (rank.get(n, 99), n))]
     for kind in ("text_encoders", "checkpoints"):
         for name in host.model_files(kind):
             path = host.full_path(kind, name)
-            if path and _has_lm(path):
+            if path and ((kind == "text_encoders" and os.path.basename(name) in LM_COMFY_FILES) or _has_lm(path)):
                 choices.append(f"{kind}/{name}")
     return choices
 

@@ -1040,3 +1040,453 @@ def test_h17c_nodes_name_their_own_inputs_and_save_all_or_nothing(comfy):
     saved = run("SaveAudio", hidden={}, audio={"waveform": batch[:1], "sample_rate": RATE},
                 filename_prefix="h17c/batch").ui["audio"]
     assert [f["filename"] for f in saved] == ["batch_00001_.flac"] and os.listdir(folder) == ["batch_00001_.flac"]
+
+
+# ---- issue 17 (h17b): adapters, damaged LM, signals, dropdowns
+
+import signal  # noqa: E402
+import time  # noqa: E402
+
+from acestep_core.adapters import load_adapter  # noqa: E402
+from acestep_core.constants import ADAPTER_SCALE_MAX  # noqa: E402
+from acestep_core.loading.checkpoint import resolve_paths  # noqa: E402
+from acestep_core.loading.lm import find_lm, load_planner  # noqa: E402
+from devtools import lora_fixtures as lf  # noqa: E402
+
+
+def _cli_error(args, cwd, capsys, monkeypatch):
+    """Run the CLI in ``cwd`` with model loading replaced by a recorder; (exit code, its error lines, its warning
+    lines, whether a model was loaded, whether ``cwd`` changed)."""
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: loads.append(a))
+    monkeypatch.chdir(cwd)
+    before = sorted(os.listdir(cwd))
+    code = cli.main(["generate", *args, "--out", "x.flac"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) + len([line for line in lines if line.startswith("warning:")]) == len(lines), err
+    return code, errors, [line for line in lines if line.startswith("warning:")], bool(loads), \
+        sorted(os.listdir(cwd)) != before
+
+
+# adapters: non-finite factors, a NaN / infinite / huge alpha. "Huge" is a scale (alpha / rank, PEFT rsLoRA alpha /
+# sqrt(rank)) above ADAPTER_SCALE_MAX (1000) in size; trained adapters use about 0.01 to 16.
+
+def _tiny_config(models):
+    with open(os.path.join(models, "acestep-v15-turbo", "config.json")) as f:
+        return json.load(f)
+
+
+def _edited(path, edit):
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+    return path
+
+
+def _bad_adapter(models, folder, case):
+    """(file or folder, what the message must name) for one damaged adapter."""
+    cfg = _tiny_config(models)
+    factors = lf.lora_factors(lf.module_shapes(cfg), rank=4)
+    q = "diffusion_model.decoder.layers.0.self_attn.q_proj"
+    lora = os.path.join(folder, case.replace(" ", "_") + ".safetensors")
+    if case.startswith("lora"):
+        lf.write_lora_file(lora, factors, alpha=4.0)
+    if case == "lora nan factor":
+        return _edited(lora, lambda t: t[q + ".lora_up.weight"].__setitem__((0, 0), NAN)), \
+            [q + ".lora_up.weight'", "1 non-finite value(s) of", "(first: nan)"]
+    if case == "lora inf factor":
+        return _edited(lora, lambda t: t[q + ".lora_down.weight"].__setitem__((1, 2), -INF)), \
+            [q + ".lora_down.weight'", "(first: -inf)"]
+    if case == "lora nan alpha":
+        return _edited(lora, lambda t: t.__setitem__(q + ".alpha", torch.tensor(NAN))), [q + ".alpha'", "(first: nan)"]
+    if case == "lora inf alpha":
+        return _edited(lora, lambda t: t.__setitem__(q + ".alpha", torch.tensor(INF))), [q + ".alpha'", "(first: inf)"]
+    if case == "lora huge alpha":
+        return _edited(lora, lambda t: t.__setitem__(q + ".alpha", torch.tensor(1e30))), \
+            [f"key '{q}.alpha' = 1e+30 makes the scale alpha / rank = 1e+30 / 4 = 2.5e+29", "at most 1000"]
+    if case == "lora nan dora":
+        out = factors["layers.0.self_attn.q_proj"]["up"].shape[0]
+        return _edited(lora, lambda t: t.__setitem__(q + ".dora_scale", torch.full((out, 1), NAN))), \
+            [q + ".dora_scale'", "(first: nan)"]
+    if case.startswith("lokr"):
+        lokr = lf.write_lokr(os.path.join(folder, "lokr", "lokr_weights.safetensors"),
+                             lf.module_shapes(cfg, names=None, conv=True), {"linear_dim": 4, "linear_alpha": 8})
+        tensors = load_file(lokr)
+        factored = sorted(k[: -len(".lokr_w2_a")] for k in tensors if k.endswith(".lokr_w2_a"))[0]  # has a rank
+        if case == "lokr nan factor":
+            _edited(lokr, lambda t: t[factored + ".lokr_w1"].__setitem__((0, 0), NAN))
+            return os.path.dirname(lokr), [lokr, factored + ".lokr_w1'", "(first: nan)"]
+        _edited(lokr, lambda t: t.__setitem__(factored + ".alpha", torch.tensor(1e9)))
+        return os.path.dirname(lokr), [lokr, f"key '{factored}.alpha' = 1e+09", "at most 1000"]
+    peft = os.path.join(folder, "peft")
+    if case == "peft nan alpha":
+        lf.write_peft(peft, factors, r=4, alpha=NAN)
+        return peft, [os.path.join(peft, "adapter_config.json"), "lora_alpha = nan; expected a positive finite number"]
+    if case == "peft huge alpha":
+        lf.write_peft(peft, factors, r=4, alpha=1e9)
+        return peft, [os.path.join(peft, "adapter_config.json"), "lora_alpha = 1e+09 makes the scale alpha / rank = "
+                      "1e+09 / 4 = 2.5e+08"]
+    if case == "peft nan factor":
+        factors["layers.0.self_attn.q_proj"]["down"][0, 0] = NAN
+        lf.write_peft(peft, factors, r=4, alpha=8)
+        return peft, [os.path.join(peft, "adapter_model.safetensors"),
+                      "'base_model.model.layers.0.self_attn.q_proj.lora_A.weight'", "(first: nan)"]
+    raise AssertionError(case)
+
+
+BAD_ADAPTERS = ["lora nan factor", "lora inf factor", "lora nan alpha", "lora inf alpha", "lora huge alpha",
+                "lora nan dora", "lokr nan factor", "lokr huge alpha", "peft nan alpha", "peft huge alpha",
+                "peft nan factor"]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(models):
+    return AceStepPipeline.from_pretrained(models, dtype="fp32", device="cpu")
+
+
+@pytest.mark.parametrize("case", BAD_ADAPTERS)
+def test_damaged_adapters_are_refused_when_read_through_api_cli_and_node(case, models, tiny_pipe, comfy, tmp_path,
+                                                                         capsys, monkeypatch):
+    """One check, where the file is read (before any model work on the command line), naming the file and the key;
+    the Python API, the command line and the LoRA node all meet it."""
+    nodes, dirs, _ = comfy
+    made = tmp_path / "made"
+    made.mkdir()
+    path, fragments = _bad_adapter(models, str(made), case)
+    # Python API: the pipeline call, before any sampling
+    with pytest.raises(CheckpointError) as e:
+        tiny_pipe(request(duration=10, seed=0), adapters=[(path, 1.0)])
+    message = str(e.value)
+    assert all(f in message for f in fragments) and "\n" not in message, message
+    # command line: one error line, nothing loaded, nothing written
+    work = tmp_path / "work"
+    work.mkdir()
+    code, errors, warnings, loaded, wrote = _cli_error(["--checkpoint", models, "--lora", path], work, capsys,
+                                                       monkeypatch)
+    assert code == 1 and errors == [f"error: {message}"] and warnings == [] and not loaded and not wrote
+    # the LoRA node, as ComfyUI calls it (the file under models/loras, every widget sent)
+    name = f"h17b_{case.replace(' ', '_')}" + ("" if os.path.isdir(path) else ".safetensors")
+    placed = os.path.join(dirs["models"], "loras", name)
+    (shutil.copytree if os.path.isdir(path) else shutil.copy)(path, placed)
+    try:
+        assert name in nodes["AceStep15_LoraLoader"].GET_NODE_INFO_V1()["input"]["required"]["lora_name"][1]["options"]
+        model = run_node(nodes["AceStep15_ModelLoader"], model="diffusion_models/acestep_v1.5_turbo.safetensors",
+                         text_encoder="auto", vae="auto", dtype="fp32", weight_dtype="default", vram_budget=0.0,
+                         resident_layers=-1).args[0]
+        with pytest.raises(ValueError) as e:
+            run_node(nodes["AceStep15_LoraLoader"], model=model, lora_name=name, strength=1.0)
+        assert str(e.value) == message.replace(path, placed)  # the same check, naming the file where it lies
+    finally:
+        (shutil.rmtree if os.path.isdir(placed) else os.remove)(placed)
+
+
+def test_the_largest_allowed_adapter_scale_loads(models, tmp_path):
+    factors = lf.lora_factors(lf.module_shapes(_tiny_config(models)), rank=4)
+    edge = lf.write_lora_file(str(tmp_path / "edge.safetensors"), factors, alpha=4 * ADAPTER_SCALE_MAX)
+    assert all(t.update.scale == ADAPTER_SCALE_MAX for t in load_adapter(edge).targets)
+    over = lf.write_lora_file(str(tmp_path / "over.safetensors"), factors, alpha=4 * ADAPTER_SCALE_MAX + 0.5)
+    with pytest.raises(CheckpointError, match=r"= 4000\.5 makes the scale alpha / rank = 4000\.5 / 4 = 1000\.12"):
+        load_adapter(over)
+
+
+# a damaged 5 Hz LM next to the models, or named with --lm
+
+@pytest.fixture(scope="module")
+def lm_state():
+    from devtools.lm_fixtures import terse_lm_state_dict
+
+    return terse_lm_state_dict(seed=5)
+
+
+def _models_with_lm(models, root, lm_state, damage, name="acestep-5Hz-lm-1.7B"):
+    """``root``: the tiny models (linked) plus an official LM folder damaged as ``damage`` says; (root, LM folder,
+    what the reason must name)."""
+    from devtools.lm_fixtures import write_official_lm
+
+    os.makedirs(root, exist_ok=True)
+    for entry in os.listdir(models):
+        if not os.path.exists(os.path.join(root, entry)):
+            os.symlink(os.path.join(models, entry), os.path.join(root, entry))
+    state = dict(lm_state)
+    if damage == "missing tensor":
+        del state["model.layers.0.mlp.up_proj.weight"]
+    if damage == "missing embedding":
+        del state["model.embed_tokens.weight"]
+    folder = write_official_lm(root, state, name=name)
+    weights = os.path.join(folder, "model.safetensors")
+    if damage in ("truncated", "empty file"):
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) // 2 if damage == "truncated" else 0)
+        return root, folder, [weights, "not a readable safetensors file (truncated or corrupt?)"]
+    if damage == "no tensors":
+        save_file({}, weights)
+        return root, folder, [weights, "holds no tensors"]
+    if damage == "missing tensor":
+        return root, folder, [folder, "weights do not fit the model: 1 missing keys: layers.0.mlp.up_proj.weight"]
+    if damage == "missing embedding":
+        return root, folder, [folder, "LM tensor 'model.embed_tokens.weight' is missing"]
+    assert damage is None
+    return root, folder, []
+
+
+LM_DAMAGES = ["truncated", "empty file", "no tensors", "missing tensor", "missing embedding"]
+
+
+@pytest.mark.parametrize("damage", LM_DAMAGES)
+def test_a_damaged_lm_is_reported_with_its_reason_never_skipped_silently(damage, models, lm_state, tmp_path, capsys,
+                                                                         monkeypatch):
+    root, folder, fragments = _models_with_lm(models, str(tmp_path / "models"), lm_state, damage)
+    # auto-discovery (API): the LM found is not used, and the reason comes back
+    damaged = []
+    assert find_lm(resolve_paths(root), damaged) is None
+    assert len(damaged) == 1 and all(f in damaged[0] for f in fragments), damaged
+    with pytest.raises(CheckpointError) as e:
+        load_planner(folder, torch.float32)
+    assert str(e.value) == damaged[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    # command line, LM found next to the models: a warning with the reason, then the one error (think needs an LM)
+    code, errors, warnings, loaded, wrote = _cli_error(["--checkpoint", root, "--lm-mode", "think"], work, capsys,
+                                                       monkeypatch)
+    assert warnings == [f"warning: 5 Hz LM skipped: {damaged[0]}"]
+    assert code == 1 and len(errors) == 1 and errors[0].startswith("error: --lm-mode think needs the 5 Hz LM")
+    assert not loaded and not wrote
+    # command line, --lm naming the folder: the real reason, not "no 5 Hz LM in it"
+    code, errors, warnings, loaded, wrote = _cli_error(["--checkpoint", root, "--lm", folder], work, capsys,
+                                                       monkeypatch)
+    assert code == 1 and errors == [f"error: --lm {folder}: {damaged[0]}"] and warnings == []
+    assert not loaded and not wrote
+
+
+def test_from_pretrained_lm_auto_names_the_damaged_lm_it_found(models, lm_state, tmp_path):
+    root, _, fragments = _models_with_lm(models, str(tmp_path / "models"), lm_state, "missing tensor")
+    with pytest.raises(ValueError) as e:
+        AceStepPipeline.from_pretrained(root, dtype="fp32", device="cpu", lm="auto")
+    message = str(e.value)
+    assert message.startswith(f"{root}: no 5 Hz LM next to the models (lm='auto') (skipped: ")
+    assert all(f in message for f in fragments), message
+
+
+def test_a_damaged_lm_beside_a_good_one_warns_and_the_good_one_is_used(models, lm_state, tmp_path, capsys):
+    root, good, _ = _models_with_lm(models, str(tmp_path / "models"), lm_state, None, name="acestep-5Hz-lm-4B")
+    _, bad, fragments = _models_with_lm(models, root, lm_state, "truncated")
+    info = type("Info", (), {"paths": resolve_paths(root)})()
+    assert cli.resolve_lm(None, info) == good
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: 5 Hz LM skipped: {fragments[0]}: not a readable"), err
+
+
+def test_damaged_comfy_org_lms_are_reported(lm_state, tmp_path, capsys, monkeypatch):
+    """A truncated text_encoders/qwen_1.7b_ace15.safetensors beside a split DiT file; an all-in-one file whose LM
+    lacks a tensor (its own LM is tried first, then the text_encoders files)."""
+    from devtools.fixtures import build_tensors, write_comfy_layout
+    from devtools.lm_fixtures import write_aio_with_lm, write_comfy_lm
+
+    models_dir = str(tmp_path / "comfy")
+    paths = write_comfy_layout(models_dir, build_tensors("turbo"))
+    lm = write_comfy_lm(models_dir, lm_state)
+    with open(lm, "r+b") as f:
+        f.truncate(os.path.getsize(lm) - 100)
+    state = {k: v for k, v in lm_state.items() if k != "model.norm.weight"}
+    write_aio_with_lm(paths["aio"], state, extra=load_file(paths["aio"]))
+    truncated = f"warning: 5 Hz LM skipped: {lm}: not a readable safetensors file (truncated or corrupt?)"
+    work = tmp_path / "work"
+    work.mkdir()
+    for checkpoint, expected in ((paths["dit"], [truncated]),
+                                 (paths["aio"], [f"warning: 5 Hz LM skipped: {paths['aio']}: weights do not fit the "
+                                                 "model: 1 missing keys: norm.weight", truncated])):
+        code, errors, warnings, loaded, wrote = _cli_error(["--checkpoint", checkpoint, "--lm-mode", "codes"], work,
+                                                           capsys, monkeypatch)
+        assert [w[: len(e)] for w, e in zip(warnings, expected)] == expected and len(warnings) == len(expected), \
+            warnings
+        assert code == 1 and len(errors) == 1 and errors[0].startswith("error: --lm-mode codes needs the 5 Hz LM")
+        assert not loaded and not wrote
+
+
+def test_the_lm_loader_lists_a_damaged_published_lm_and_loading_it_tells_why(comfy, lm_state):
+    """A truncated qwen_4b_ace15.safetensors and an acestep-5Hz-lm-4B folder missing a tensor are offered (they are
+    named as the published LMs), and choosing one gives the reason, not a silently shorter list."""
+    from devtools.lm_fixtures import write_comfy_lm, write_official_lm
+
+    nodes, dirs, _ = comfy
+    file = write_comfy_lm(dirs["models"], lm_state, size="4b")
+    with open(file, "r+b") as f:
+        f.truncate(os.path.getsize(file) // 3)
+    folder = write_official_lm(os.path.join(dirs["models"], "acestep"),
+                               {k: v for k, v in lm_state.items() if k != "model.layers.1.self_attn.o_proj.weight"},
+                               name="acestep-5Hz-lm-4B")
+    try:
+        options = nodes["AceStep15_LMLoader"].GET_NODE_INFO_V1()["input"]["required"]["lm"][1]["options"]
+        assert {"text_encoders/qwen_4b_ace15.safetensors", "acestep/acestep-5Hz-lm-4B"} <= set(options)
+        for choice, expected in (("text_encoders/qwen_4b_ace15.safetensors",
+                                  f"{file}: not a readable safetensors file (truncated or corrupt?)"),
+                                 ("acestep/acestep-5Hz-lm-4B", f"{folder}: weights do not fit the model: 1 missing "
+                                                               "keys: layers.1.self_attn.o_proj.weight")):
+            with pytest.raises(ValueError) as e:
+                run_node(nodes["AceStep15_LMLoader"], lm=choice, dtype="fp32")
+            assert str(e.value).startswith(expected), str(e.value)
+    finally:
+        os.remove(file)
+        shutil.rmtree(folder)
+
+
+# signals: SIGTERM anywhere, SIGINT during the imports; the command line is a real subprocess, held at the moment
+# (a hook in a driver script) until the test sends the signal
+
+SIGNAL_DRIVER = r'''
+import os, runpy, sys, time
+moment, marker = os.environ["ACESTEP_TEST_HOLD"], os.environ["ACESTEP_TEST_MARKER"]
+
+def hold():
+    with open(marker, "w"):
+        pass
+    time.sleep(300)  # the test's signal ends the wait
+
+if moment == "imports":  # the first import of torch: the command's imports are under way
+    class HoldAtTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                sys.meta_path.remove(self)
+                hold()
+            return None
+    sys.meta_path.insert(0, HoldAtTorch())
+elif moment == "generation":  # after the first sampling step
+    from acestep_core import cli
+    draw = cli.ProgressBar.__call__
+    def step(self, i, total):
+        draw(self, i, total)
+        hold()
+    cli.ProgressBar.__call__ = step
+elif moment == "writing":  # the encoder has written its temporary file, not yet renamed it
+    from acestep_core import audio
+    encode = audio._encode
+    def held(*args, **kwargs):
+        encode(*args, **kwargs)
+        hold()
+    audio._encode = held
+sys.argv = ["acestep", *sys.argv[1:]]
+runpy.run_module("acestep_core", run_name="__main__", alter_sys=True)
+'''
+
+
+def _held_run(models, tmp_path, moment):
+    """The command line generating into an empty ``out`` folder, held at ``moment``; (process, out folder, what the
+    out folder held at that moment)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "held"
+    env = dict(os.environ, ACESTEP_TEST_HOLD=moment, ACESTEP_TEST_MARKER=str(marker), OMP_NUM_THREADS="1")
+    args = ["generate", "--checkpoint", models, "--lm", "none", "--duration", "10", "--seed", "1", "--device", "cpu",
+            "--out", str(out / "x.flac")]
+    process = subprocess.Popen([sys.executable, "-c", SIGNAL_DRIVER, *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # bytes: the bar's "\r" stays "\r"
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run never reached {moment}: {process.communicate()[1].decode()[-2000:]}")
+        time.sleep(0.05)
+    return process, out, sorted(os.listdir(out))
+
+
+@pytest.mark.parametrize("moment, sig", [("imports", signal.SIGINT), ("imports", signal.SIGTERM),
+                                         ("generation", signal.SIGTERM), ("writing", signal.SIGTERM),
+                                         ("writing", signal.SIGINT)])
+def test_a_signal_ends_the_run_with_one_line_and_no_temporary(models, tmp_path, moment, sig):
+    process, out, held = _held_run(models, tmp_path, moment)
+    if moment == "writing":
+        assert len(held) == 1 and held[0].endswith(".part"), held  # the moment is real: a temporary exists
+    process.send_signal(sig)
+    stdout, stderr = (text.decode() for text in process.communicate(timeout=120))
+    name = signal.Signals(sig).name
+    assert process.returncode == 128 + sig and stdout == "", stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == \
+        [f"error: interrupted ({name}); nothing was written"], stderr
+    assert stderr.endswith(f"\nerror: interrupted ({name}); nothing was written\n") or moment == "imports"
+    assert all(line.strip() for line in stderr.split("\n")[:-1]), stderr  # no blank line either
+    if moment == "imports":
+        assert stderr.strip() == f"error: interrupted ({name}); nothing was written"  # the one line, nothing else
+    assert os.listdir(out) == []  # no .partial, no .part, no output
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(models, tmp_path, capsys):
+    process, out, _ = _held_run(models, tmp_path, "writing")
+    process.kill()  # SIGKILL: no handler runs, the temporary stays
+    process.communicate(timeout=60)
+    left = os.listdir(out)
+    assert len(left) == 1 and f".partial.{process.pid}." in left[0] and left[0].endswith(".part"), left
+    code = cli.main(["generate", "--checkpoint", models, "--lm", "none", "--duration", "10", "--seed", "1",
+                     "--device", "cpu", "--out", str(out / "x.flac")])
+    assert code == 0, capsys.readouterr().err
+    assert os.listdir(out) == ["x.flac"]
+
+
+def test_stale_temporaries_of_dead_runs_go_and_a_live_runs_stay(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead, live = finished.pid, os.getppid()
+    (tmp_path / f".x.previous.{dead}.flac").write_text("the old song")  # moved aside, then the run was killed
+    (tmp_path / f".x.partial.{dead}.flac").write_text("half a song")
+    (tmp_path / f"..x.partial.{dead}.flac.0a1b2c3d.part").write_text("half a song")
+    (tmp_path / f".x.partial.{live}.flac").write_text("another run's song")
+    (tmp_path / f".y.partial.{dead}.flac").write_text("another name's")
+    cli.remove_stale_temporaries(str(tmp_path / "x.flac"))
+    assert sorted(os.listdir(tmp_path)) == sorted([f".x.partial.{live}.flac", f".y.partial.{dead}.flac", "x.flac"])
+    assert (tmp_path / "x.flac").read_text() == "the old song"  # put back where it was
+
+
+# dropdowns: each Model Loader list holds only what its input takes, judged from file headers
+
+@pytest.fixture
+def foreign_files(comfy):
+    """Files a ComfyUI folder holds next to ACE-Step's: another model's Qwen3 (Qwen3-4B as image models ship it:
+    151,936 ids, no audio codes), an SD-style VAE, and a second copy of the real text encoder (which must be
+    listed). The tree already holds the 5 Hz LM file text_encoders/qwen_1.7b_ace15.safetensors. Removed after."""
+    _, dirs, _ = comfy
+    te_dir, vae_dir = os.path.join(dirs["models"], "text_encoders"), os.path.join(dirs["models"], "vae")
+    made = [os.path.join(te_dir, "qwen_3_4b.safetensors"), os.path.join(vae_dir, "sdxl_vae.safetensors"),
+            os.path.join(te_dir, "qwen_0.6b_ace15_copy.safetensors")]
+    save_file({"model.embed_tokens.weight": torch.zeros(151936, 4),
+               "model.layers.0.post_attention_layernorm.weight": torch.ones(4)}, made[0])
+    save_file({"decoder.conv_in.weight": torch.zeros(8, 4, 3, 3), "encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)},
+              made[1])
+    shutil.copy(os.path.join(te_dir, "qwen_0.6b_ace15.safetensors"), made[2])
+    yield
+    for path in made:
+        os.remove(path)
+
+
+def test_model_loader_dropdowns_list_only_what_fits(comfy, foreign_files):
+    nodes, _, pack = comfy
+    host = sys.modules[pack.__name__ + ".nodes.comfy_adapter"]
+    assert {"qwen_1.7b_ace15.safetensors", "qwen_3_4b.safetensors"} <= set(host.model_files("text_encoders"))
+    assert "sdxl_vae.safetensors" in host.model_files("vae")  # the folders do offer them
+    spec = nodes["AceStep15_ModelLoader"].GET_NODE_INFO_V1()["input"]["required"]  # what /object_info sends
+    assert spec["text_encoder"][1]["options"] == ["auto", "qwen_0.6b_ace15.safetensors",
+                                                  "qwen_0.6b_ace15_copy.safetensors"]
+    assert spec["vae"][1]["options"] == ["auto", "ace_1.5_vae.safetensors"]
+    assert spec["model"][1]["options"] == [o for o in spec["model"][1]["options"]
+                                           if o.startswith(("acestep/acestep-v15-", "diffusion_models/acestep",
+                                                            "checkpoints/ace_step"))]
+    lm = nodes["AceStep15_LMLoader"].GET_NODE_INFO_V1()["input"]["required"]["lm"][1]["options"]
+    assert "text_encoders/qwen_1.7b_ace15.safetensors" in lm and "text_encoders/qwen_3_4b.safetensors" not in lm
+    assert not any("0.6b" in o for o in lm)
+
+
+@pytest.mark.parametrize("widget, value, expected", [
+    ("text_encoder", "qwen_1.7b_ace15.safetensors", "text_encoder='qwen_1.7b_ace15.safetensors' is not allowed: the "
+                                                    "Qwen3-Embedding-0.6B text encoder"),
+    ("text_encoder", "qwen_3_4b.safetensors", "text_encoder='qwen_3_4b.safetensors' is not allowed"),
+    ("vae", "sdxl_vae.safetensors", "vae='sdxl_vae.safetensors' is not allowed: the ACE-Step 1.5 VAE"),
+])
+def test_model_loader_refuses_a_file_sent_past_its_dropdown(comfy, foreign_files, widget, value, expected):
+    """An API prompt can send any string; the loader refuses what its list would not offer, before loading."""
+    nodes = comfy[0]
+    widgets = {"model": "diffusion_models/acestep_v1.5_turbo.safetensors", "text_encoder": "auto", "vae": "auto",
+               "dtype": "fp32", "weight_dtype": "default", "vram_budget": 0.0, "resident_layers": -1}
+    with pytest.raises(ValueError) as e:
+        run_node(nodes["AceStep15_ModelLoader"], **{**widgets, widget: value})
+    assert str(e.value).startswith(expected), str(e.value)

@@ -141,7 +141,7 @@ def test_loader_lists_the_tiny_models(server):
     assert options("model") == [
         "acestep/acestep-v15-base", "acestep/acestep-v15-sft", "acestep/acestep-v15-turbo",
         "diffusion_models/acestep_v1.5_turbo.safetensors", "checkpoints/ace_step_1.5_turbo_aio.safetensors"]
-    assert "qwen_0.6b_ace15.safetensors" in options("text_encoder")
+    assert options("text_encoder") == ["auto", "qwen_0.6b_ace15.safetensors"]  # not the LM file qwen_1.7b_ace15
     assert options("vae") == ["auto", "ace_1.5_vae.safetensors"]
 
 

@@ -20,7 +20,7 @@ from .silence import load_silence_latent_file, silence_latent_for_vae
 from .text import load_text_encoder, load_tokenizer
 from .layout import (
     AIO_TEXT_PREFIX, AIO_VAE_PREFIX, DEFAULT_DIT_DIR, DIT_MARKER, TEXT_ENCODER_DIR, adapter_kind,
-    adapter_not_a_model, dit_prefix, is_dit_folder, model_folders,
+    adapter_not_a_model, dit_prefix, is_dit_folder, is_text_encoder_file, is_vae_file, model_folders,
 )
 from .weights import read_json, read_safetensors, safetensors_keys, sharded_files
 
@@ -217,24 +217,6 @@ def _find_file(folder: str, preferred: list[str], marker) -> str | None:
     return None
 
 
-def _looks_like_vae(path: str) -> bool:
-    try:
-        return any(k.startswith("decoder.") and k.endswith("beta") for k in safetensors_keys(path))
-    except CheckpointError:
-        return False
-
-
-def _looks_like_text_encoder(path: str, width: int) -> bool:
-    """A Qwen3 file of the width the DiT's text projector takes (1024: the 0.6B embedding model; the 5 Hz
-    LMs, 2048/2560 wide, live in the same folder)."""
-    try:
-        shapes = safetensors_keys(path)
-    except CheckpointError:
-        return False
-    key = "model.layers.0.post_attention_layernorm.weight"
-    return key in shapes and shapes[key][0] == width
-
-
 def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = None,
                   tokenizer_dir: str | None = None, dit_folder: str | None = None) -> CheckpointPaths:
     """Work out where each component lives from one user-given path (plus optional overrides).
@@ -286,12 +268,12 @@ def resolve_paths(path: str, vae: str | None = None, text_encoder: str | None = 
         if any(k.startswith(AIO_TEXT_PREFIX) for k in keys) and text_encoder is None:
             text_encoder = dit
         models_dir = os.path.dirname(os.path.dirname(os.path.abspath(dit)))
-        vae = vae or _find_file(os.path.join(models_dir, "vae"), ["ace_1.5_vae.safetensors"], _looks_like_vae)
+        vae = vae or _find_file(os.path.join(models_dir, "vae"), ["ace_1.5_vae.safetensors"], is_vae_file)
         prefix = dit_prefix(keys) or ""
         width = keys[prefix + "encoder.text_projector.weight"][1] if prefix + "encoder.text_projector.weight" in keys else 1024
         text_encoder = text_encoder or _find_file(os.path.join(models_dir, "text_encoders"),
                                                   ["qwen_0.6b_ace15.safetensors"],
-                                                  lambda p: _looks_like_text_encoder(p, width))
+                                                  lambda p: is_text_encoder_file(p, width))
         if vae is None:
             raise CheckpointError(f"{dit}: no VAE found; put ace_1.5_vae.safetensors in {models_dir}/vae "
                                   "or pass the VAE path")

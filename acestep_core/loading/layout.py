@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 import re
 
-from ..constants import ADAPTER_KEY_SUFFIXES, LOKR_WEIGHTS_FILE, PEFT_ADAPTER_SUBFOLDER, PEFT_CONFIG_FILE
+from ..constants import (
+    ADAPTER_KEY_SUFFIXES, AUDIO_CODE_FIRST_ID, LOKR_WEIGHTS_FILE, PEFT_ADAPTER_SUBFOLDER, PEFT_CONFIG_FILE,
+    TEXT_ENCODER_PREFIXES,
+)
 from ..errors import CheckpointError
 from .weights import read_json, safetensors_keys
 
@@ -49,6 +52,31 @@ def is_acestep_dit_file(path: str) -> bool:
         return dit_prefix(safetensors_keys(path)) is not None
     except CheckpointError:
         return False
+
+
+def is_vae_file(path: str) -> bool:
+    """True for a safetensors file holding an Oobleck VAE (decoder Snake activations, ``decoder.….beta``), as the
+    ACE-Step 1.5 VAE is; SD/Flux-style VAEs have none (reads the header only)."""
+    try:
+        return any(k.startswith("decoder.") and k.endswith("beta") for k in safetensors_keys(path))
+    except CheckpointError:
+        return False
+
+
+def is_text_encoder_file(path: str, width: int | None = None) -> bool:
+    """True for a safetensors file holding the Qwen3 text encoder (Qwen3-Embedding-0.6B, ``qwen_0.6b_ace15``):
+    Qwen3 names and a vocabulary of at most the Qwen3 text ids. The 5 Hz LMs (``qwen_1.7b/4b_ace15``, audio-code
+    tokens past id 151668) share the folder and the names, and other models' Qwen encoders have padded
+    vocabularies; neither is one. ``width``: the hidden size the DiT's text projector takes (reads the header only)."""
+    try:
+        shapes = safetensors_keys(path)
+    except CheckpointError:
+        return False
+    for prefix in TEXT_ENCODER_PREFIXES:
+        embed = shapes.get(prefix + "embed_tokens.weight")
+        if embed is not None:
+            return len(embed) == 2 and embed[0] <= AUDIO_CODE_FIRST_ID and (width is None or embed[1] == width)
+    return False
 
 
 def is_dit_folder(path: str) -> bool:

@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..constants import (
-    AUDIO_CODE_FIRST_ID, AUDIO_CODE_TOKEN, DURATION_MAX, LM_COMFY_FILES, LM_EOS_ID, LM_FOLDER_ORDER, LM_FOLDER_PREFIX,
-    LM_KEY_PREFIXES, LM_THINK_END_ID, LM_THINK_ID,
+    AUDIO_CODE_FIRST_ID, AUDIO_CODE_TOKEN, CODEBOOK_SIZE, DURATION_MAX, LM_COMFY_FILES, LM_EOS_ID, LM_FOLDER_ORDER,
+    LM_FOLDER_PREFIX, LM_KEY_PREFIXES, LM_THINK_END_ID, LM_THINK_ID,
 )
 from ..errors import CheckpointError
 from ..models.lm import LMConfig, QwenLM
@@ -27,6 +27,15 @@ from ..models.lm_tokenizer import LMTokenizer, add_audio_code_tokens
 from .weights import assign_state_dict, read_json, read_safetensors, safetensors_keys, sharded_files
 
 _EMBED = "model.embed_tokens.weight"
+# A 5 Hz LM's vocabulary: the Qwen3 text ids, then one <|audio_code_N|> token per code value (at least). Other
+# models' Qwen3 files (Qwen3-4B for image models, 151,936 ids) have a few padding rows past the text ids.
+LM_MIN_VOCAB = AUDIO_CODE_FIRST_ID + CODEBOOK_SIZE
+LM_EXPECTED = ("expected an acestep-5Hz-lm-* folder, a qwen_1.7b_ace15/qwen_4b_ace15 .safetensors file, or an "
+               "all-in-one file with the LM; qwen_0.6b_ace15 is the text encoder")
+
+
+class NotAnLM(CheckpointError):
+    """A readable folder or file that holds no 5 Hz LM (a DiT, a text encoder, …), as opposed to a damaged LM."""
 
 
 def lm_key_prefix(keys: Iterable[str], source: str = "LM") -> str:
@@ -36,7 +45,7 @@ def lm_key_prefix(keys: Iterable[str], source: str = "LM") -> str:
         if prefix + _EMBED in keys:
             return prefix
     looked = ", ".join(repr(p + _EMBED) for p in LM_KEY_PREFIXES)
-    raise CheckpointError(f"{source}: no 5 Hz LM weights found (looked for {looked})")
+    raise NotAnLM(f"{source}: no 5 Hz LM weights found (looked for {looked}; {LM_EXPECTED})")
 
 
 def has_lm(path: str) -> bool:
@@ -47,7 +56,7 @@ def has_lm(path: str) -> bool:
         prefix = lm_key_prefix(shapes, path)
     except CheckpointError:
         return False
-    return shapes[prefix + _EMBED][0] > AUDIO_CODE_FIRST_ID
+    return shapes[prefix + _EMBED][0] >= LM_MIN_VOCAB
 
 
 _GEOMETRY_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -66,8 +75,11 @@ def _read_config(folder: str) -> dict | None:
     return config
 
 
-def load_lm(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> QwenLM:
-    """The LM of an official folder, a Comfy-Org LM file or an all-in-one checkpoint (only its LM tensors are read)."""
+def _lm_layout(path: str):
+    """(weight files, key prefix, LMConfig, the keys to read, key → model name) of the LM at ``path``, from its
+    config and safetensors headers only; every tensor the model needs is checked to be there with its shape. Raises
+    CheckpointError with the reason otherwise (no such path, unreadable or truncated file, missing shard, a file
+    holding no tensors, a missing or misshapen tensor, a text encoder in the LM's place)."""
     config_dict = None
     if os.path.isdir(path):
         files = sharded_files(path)
@@ -77,12 +89,22 @@ def load_lm(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.device
     else:
         raise CheckpointError(f"{path}: no such LM folder or file")
     shapes = {k: s for f in files for k, s in safetensors_keys(f).items()}
+    if not shapes:
+        raise CheckpointError(f"{files[0]}: holds no tensors, so no 5 Hz LM")
+    layer_prefix = next((p for p in LM_KEY_PREFIXES if any(k.startswith(p + "model.layers.") for k in shapes)), None)
+    if layer_prefix is not None and layer_prefix + _EMBED not in shapes:
+        raise CheckpointError(f"{path}: LM tensor {layer_prefix + _EMBED!r} is missing (a damaged or incomplete "
+                              "download?)")
     prefix = lm_key_prefix(shapes, path)
     vocab = shapes[prefix + _EMBED][0]
     if vocab <= AUDIO_CODE_FIRST_ID:
-        raise CheckpointError(
+        raise NotAnLM(
             f"{path}: vocabulary of {vocab} ids has no audio-code tokens: this is a Qwen3 text encoder (e.g. "
             f"qwen_0.6b_ace15 / Qwen3-Embedding-0.6B), not a 5 Hz LM (acestep-5Hz-lm-*, qwen_1.7b/4b_ace15)")
+    if vocab < LM_MIN_VOCAB:
+        raise NotAnLM(f"{path}: vocabulary of {vocab} ids has room for {vocab - AUDIO_CODE_FIRST_ID} audio-code "
+                      f"tokens, a 5 Hz LM has {CODEBOOK_SIZE} or more: another model's Qwen3, not a 5 Hz LM "
+                      "(acestep-5Hz-lm-*, qwen_1.7b/4b_ace15)")
 
     def bare(key: str) -> str:
         key = key[len(prefix):]
@@ -95,6 +117,20 @@ def load_lm(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.device
             wanted.discard(prefix + "lm_head.weight")  # some exports store the tied copy too
     else:
         cfg = LMConfig.from_shapes({bare(k): s for k, s in shapes.items() if k in wanted}, path)
+    with torch.device("meta"):  # names and shapes against the model, before any weight is read
+        assign_state_dict(QwenLM(cfg), {bare(k): torch.empty(shapes[k], device="meta") for k in wanted}, path)
+    return files, prefix, cfg, wanted, bare
+
+
+def check_lm(path: str) -> None:
+    """Raise a CheckpointError naming what is wrong unless ``path`` holds a complete 5 Hz LM (config and headers
+    read, no weights; see :func:`_lm_layout`)."""
+    _lm_layout(path)
+
+
+def load_lm(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu") -> QwenLM:
+    """The LM of an official folder, a Comfy-Org LM file or an all-in-one checkpoint (only its LM tensors are read)."""
+    files, prefix, cfg, wanted, bare = _lm_layout(path)
     state_dict = read_safetensors(files, dtype=dtype, device=device, select=wanted.__contains__)
     with torch.device("meta"):
         model = QwenLM(cfg)
@@ -140,23 +176,32 @@ def load_lm_and_tokenizer(path: str, dtype: torch.dtype = torch.bfloat16,
     return model, tokenizer
 
 
-def find_lm(paths) -> str | None:
+def find_lm(paths, damaged: list[str] | None = None) -> str | None:
     """The LM that goes with a checkpoint when none is named (``paths``: ``checkpoint.CheckpointPaths``): the LM
     inside an all-in-one file; next to an official model folder, an ``acestep-5Hz-lm-*`` folder (1.7B, the app's
     default, first); next to a Comfy-Org DiT file, ``text_encoders/qwen_{1.7b,4b}_ace15.safetensors``. None when
-    there is none."""
+    there is none. A candidate that is there but damaged (truncated file, missing tensor, …) is skipped, never
+    silently: the reason (naming it) is appended to ``damaged`` for the caller to report."""
     dit = os.path.abspath(paths.dit)
-    if os.path.isfile(dit) and has_lm(dit):
-        return dit
     if os.path.isdir(dit):
         root = os.path.dirname(os.path.normpath(dit))
         names = [n for n in sorted(os.listdir(root)) if n.startswith(LM_FOLDER_PREFIX)]
         ordered = [n for n in LM_FOLDER_ORDER if n in names] + [n for n in names if n not in LM_FOLDER_ORDER]
         candidates = [os.path.join(root, n) for n in ordered]
-    else:
+    else:  # an all-in-one file's own LM first
         folder = os.path.join(os.path.dirname(os.path.dirname(dit)), "text_encoders")
-        candidates = [os.path.join(folder, n) for n in LM_COMFY_FILES]
-    return next((c for c in candidates if os.path.exists(c) and has_lm(c)), None)
+        candidates = ([dit] if has_lm(dit) else []) + [os.path.join(folder, n) for n in LM_COMFY_FILES]
+    for candidate in candidates:
+        if not os.path.exists(candidate):
+            continue
+        try:
+            check_lm(candidate)
+        except CheckpointError as e:
+            if damaged is not None:
+                damaged.append(str(e))
+            continue
+        return candidate
+    return None
 
 
 def lm_name(path: str) -> str:
@@ -169,9 +214,5 @@ def load_planner(path: str, dtype: torch.dtype = torch.bfloat16, device: torch.d
     """An ``lm_planner.Planner`` over the LM at ``path`` (see :func:`load_lm_and_tokenizer`)."""
     from ..lm_planner import Planner
 
-    if not has_lm(path):
-        raise CheckpointError(f"{path}: no 5 Hz LM here (expected an acestep-5Hz-lm-* folder, "
-                              "text_encoders/qwen_1.7b_ace15.safetensors / qwen_4b_ace15.safetensors, or an "
-                              "all-in-one file carrying the LM)")
     lm, tokenizer = load_lm_and_tokenizer(path, dtype, device)
     return Planner(lm, tokenizer, max_duration=max_duration)

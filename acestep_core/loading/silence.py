@@ -92,12 +92,15 @@ def silence_latent_for_vae(vae: OobleckVAE, frames: int = SILENCE_FRAMES,
         reference = vae if next(vae.parameters()).dtype == torch.float32 else copy.deepcopy(vae).float()
         silence = derive_silence_latent(reference, frames).float().cpu().clone()
         if use_disk_cache:
+            tmp = path + f".tmp{os.getpid()}"  # a killed run's leftover has another pid: never read, never in the way
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = path + f".tmp{os.getpid()}"
                 torch.save(silence.transpose(1, 2).contiguous(), tmp)  # stored like the official file
                 os.replace(tmp, path)
             except OSError:
                 pass  # read-only home: keep the in-memory copy only
+            finally:
+                if os.path.exists(tmp):  # a failed save, or a signal in the middle
+                    os.unlink(tmp)
     _memory_cache[key] = silence
     return silence
