@@ -60,6 +60,8 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)  # e.g. lyrics cut at the text encoder's token limit
     source: PreparedSource | None = None  # the prepared source of audio tasks, for render()
     request: Request | None = None  # the request as run: with the LM's plans applied when it planned
+    # pipe(request, timestamps=True): the sung lines of each song (timestamps.LyricLine: text, start, end, words)
+    lyrics_timing: list[list] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,9 +142,11 @@ class AceStepPipeline:
         on_warning: Callable[[str], None] | None = None,
         adapters: Sequence[tuple] = (),
         on_token: Callable[[str, int, int], None] | None = None,
+        timestamps: bool = False,
     ) -> GenerationResult:
         """``on_step(step, total)``: DiT steps; ``on_token(phase, done, total)``: LM tokens ("metas", "codes");
-        ``should_cancel()``: True (or raising) stops between steps and tokens."""
+        ``should_cancel()``: True (or raising) stops between steps and tokens; ``timestamps``: also time the sung
+        lines of each song (one extra DiT pass, ``result.lyrics_timing``)."""
         resolve_sampler(req.sampler, self.ckpt.variant)  # refuse what the variant cannot take, before any work
         work, why = planning.lm_work(req)
         if work is not None and self.planner is None:
@@ -174,6 +178,7 @@ class AceStepPipeline:
             conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
             self._use("model")
             latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
+            timing = self._lyrics_timing(req, conditions, latents, sampled["steps"]) if timestamps else None
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
                     "frames": latents.shape[1], **sampled}
@@ -183,7 +188,7 @@ class AceStepPipeline:
         if self.memory is not None:
             metadata["memory"] = self.memory.report()
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source,
-                                req)
+                                req, timing)
 
     def _lm_seconds(self, req: Request, work: str) -> float:
         """Seconds of codes the plan may write (for the memory plan): none for metas only; the request's length when
@@ -464,6 +469,17 @@ class AceStepPipeline:
             sde_generators=generators, **common)
         used["steps"] = num_steps
         return latents, used
+
+    def _lyrics_timing(self, req: Request, conditions: dict, latents: torch.Tensor, steps: int) -> list[list]:
+        """The sung lines of each song, from one extra DiT pass over its final latents with the condition it was
+        made with (``timestamps.time_lyrics``)."""
+        from .timestamps import time_lyrics
+
+        (condition, _), context = conditions["cover"]
+        ids = self.ckpt.tokenizer.encode(format_lyrics_prompt(req.text.lyrics, req.text.language), LYRIC_MAX_TOKENS)
+        seconds = latents.shape[1] * self.hop / self.sample_rate
+        return time_lyrics(self.model, self.ckpt.tokenizer, ids, req.text.language, condition, context, latents,
+                           steps, seconds)
 
     # ------------------------------------------------------------------ 5. render
 

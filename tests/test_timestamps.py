@@ -1,0 +1,182 @@
+"""Lyric timestamps (acestep_core/timestamps.py): the alignment on attention maps with known answers, the LRC and
+WebVTT writers, and the extra DiT pass on the tiny checkpoint (pipe(request, timestamps=True))."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from acestep_core import timestamps as ts
+from acestep_core.constants import LYRIC_ALIGNMENT_HEADS, LYRIC_MAX_TOKENS
+from acestep_core.errors import CheckpointError
+from acestep_core.loading.text import load_tokenizer
+from acestep_core.models.config import AceStepConfig
+from acestep_core.prompts import format_lyrics_prompt
+
+TOKENIZER = load_tokenizer()
+
+
+def encode_plain(text: str) -> list[int]:
+    return TOKENIZER.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def decode(ids) -> str:
+    return TOKENIZER.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def lyric_ids(lyrics: str, language: str = "en") -> list[int]:
+    ids = TOKENIZER.encode(format_lyrics_prompt(lyrics, language), LYRIC_MAX_TOKENS)
+    start, end = ts.lyric_token_span(encode_plain, ids, language)
+    return ids[start:end]
+
+
+def band_maps(frames_per_token: list[int], heads: int = 2, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Attention [heads, tokens, frames] where token k holds its own consecutive block of frames."""
+    total = sum(frames_per_token)
+    maps = torch.full((heads, len(frames_per_token), total), low)
+    edges = np.cumsum([0, *frames_per_token])
+    for k in range(len(frames_per_token)):
+        maps[:, k, edges[k]:edges[k + 1]] = high
+    return maps
+
+
+# ------------------------------------------------------------------ alignment with known answers
+
+
+def test_a_diagonal_map_gives_each_token_its_frames_and_skips_section_tags():
+    lyrics = "[Verse]\nHello bright world\nSing it once again\n\n[Chorus]\nWe rise\n"
+    ids = lyric_ids(lyrics)
+    per_frame = 0.08  # 12.5 DiT frames per second
+    maps = band_maps([4] * len(ids))
+    lines = ts.align_lyrics(maps, ids, seconds=4 * len(ids) * per_frame, decode=decode)
+    assert [line.text for line in lines] == ["Hello bright world", "Sing it once again", "We rise"]
+    texts = ts.token_texts(decode, ids)
+    for line in lines:  # each line starts at its first token's first frame, ends at its newline token's last frame
+        first = next(k for k in range(len(ids)) if decode(ids[k:]).startswith(line.text))
+        last = first + next(n for n in range(len(ids) - first) if "\n" in texts[first + n])
+        assert line.start == pytest.approx(4 * first * per_frame)
+        assert line.end == pytest.approx((4 * last + 3) * per_frame)
+    assert [w.text for w in lines[1].words] == ["Sing", "it", "once", "again"]
+    starts = [w.start for w in lines[1].words]
+    assert starts == sorted(starts) and np.allclose(np.diff(starts), 4 * per_frame)  # one token per word here
+
+
+def test_uneven_lines_get_their_own_lengths():
+    lyrics = "short line\na much longer line that is sung slowly\n"
+    ids = lyric_ids(lyrics)
+    first_line = next(k for k in range(len(ids)) if "\n" in decode(ids[k:k + 1])) + 1
+    frames = [2] * first_line + [10] * (len(ids) - first_line)
+    lines = ts.align_lyrics(band_maps(frames, heads=3), ids, seconds=sum(frames) / 12.5, decode=decode)
+    assert [line.text for line in lines] == ["short line", "a much longer line that is sung slowly"]
+    assert lines[0].start == 0.0 and lines[1].start == pytest.approx(2 * first_line / 12.5)
+    assert lines[1].end == pytest.approx((sum(frames) - 1) / 12.5)
+
+
+def test_noise_below_the_band_does_not_move_the_lines():
+    ids = lyric_ids("one two three\nfour five six\n")
+    clean = band_maps([5] * len(ids))
+    noisy = clean * 0.9 + 0.1 * torch.rand(clean.shape, generator=torch.Generator().manual_seed(0))
+    seconds = 5 * len(ids) / 12.5
+    assert ts.align_lyrics(noisy, ids, seconds, decode) == ts.align_lyrics(clean, ids, seconds, decode)
+
+
+def test_unspaced_scripts_get_a_word_per_token():
+    ids = lyric_ids("我们一起唱\n", "zh")
+    line, = ts.align_lyrics(band_maps([3] * len(ids)), ids, 3 * len(ids) / 12.5, decode)
+    assert line.text == "我们一起唱" and "".join(w.text for w in line.words) == "我们一起唱"
+    assert len(line.words) == len([t for t in ts.token_texts(decode, ids) if t.strip()])
+
+
+def test_multibyte_characters_split_over_tokens_are_not_garbled():
+    ids = encode_plain("🎵 la")  # the emoji takes several byte-level tokens
+    texts = ts.token_texts(decode, ids)
+    assert "".join(texts) == "🎵 la" and "\ufffd" not in "".join(texts)
+
+
+def test_instrumental_has_no_sung_lines():
+    assert not ts.has_sung_lines("[Instrumental]") and not ts.has_sung_lines("\n[Intro]\n\n")
+    assert ts.has_sung_lines("[Verse]\nla la")
+
+
+def test_dtw_path_is_monotonic_and_as_cheap_as_an_exhaustive_search():
+    rng = np.random.default_rng(0)
+    for n, m in ((3, 4), (4, 4), (2, 6)):
+        cost = rng.standard_normal((n, m)).astype(np.float64)
+        rows, cols = ts.dtw_path(cost)
+        assert (rows[0], cols[0]) == (0, 0) and (rows[-1], cols[-1]) == (n - 1, m - 1)
+        steps = set(zip(np.diff(rows), np.diff(cols)))
+        assert steps <= {(1, 1), (1, 0), (0, 1)}
+
+        def paths(i, j):  # every monotonic path from (0, 0) to (i, j)
+            if (i, j) == (0, 0):
+                yield [(0, 0)]
+                return
+            for di, dj in ((1, 1), (1, 0), (0, 1)):
+                if i - di >= 0 and j - dj >= 0:
+                    for p in paths(i - di, j - dj):
+                        yield p + [(i, j)]
+
+        best = min(sum(cost[i, j] for i, j in p) for p in paths(n - 1, m - 1))
+        assert cost[rows, cols].sum() == pytest.approx(best, abs=1e-5)
+
+
+def test_dtw_ties_take_the_step_from_the_left():
+    # Every path costs 0: each cell comes from its left neighbour on a tie, so walking back from the end follows
+    # the bottom row and the last token gets the frames (the app's rule).
+    rows, cols = ts.dtw_path(np.zeros((2, 3)))
+    assert list(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 0), (1, 1), (1, 2)]
+
+
+def test_median_is_torch_quantile():
+    for shape in ((3, 8, 10), (2, 7, 9)):
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+        for dim in (-1, -2):
+            assert torch.equal(ts._median(x, dim), torch.quantile(x, 0.5, dim=dim, keepdim=True))
+
+
+# ------------------------------------------------------------------ LRC and WebVTT
+
+
+LINES = [
+    ts.LyricLine("Hello <world> & you", 5.0, 7.255, (ts.TimedText("Hello", 5.0, 5.5), ts.TimedText("<world>", 5.5, 6.0),
+                                                      ts.TimedText("&", 6.0, 6.2), ts.TimedText("you", 6.2, 7.255))),
+    ts.LyricLine("second", 61.236, 3725.5),
+]
+
+
+def test_lrc_lines():
+    assert ts.to_lrc(LINES) == "[00:05.00]Hello <world> & you\n[01:01.24]second\n"
+    assert ts.to_lrc(LINES, words=True).splitlines()[0] == \
+        "[00:05.00]<00:05.00>Hello <00:05.50><world> <00:06.00>& <00:06.20>you"
+    assert ts.to_lrc([]) == ""
+
+
+def test_vtt_cues():
+    assert ts.to_vtt(LINES) == (
+        "WEBVTT\n\n"
+        "1\n00:00:05.000 --> 00:00:07.255\nHello &lt;world&gt; &amp; you\n\n"
+        "2\n00:01:01.236 --> 01:02:05.500\nsecond\n")
+
+
+# ------------------------------------------------------------------ heads and tokens
+
+
+def test_alignment_heads_default_config_and_geometry():
+    assert ts.alignment_heads(None, 24, 16) == {k: tuple(v) for k, v in LYRIC_ALIGNMENT_HEADS.items()}
+    assert ts.alignment_heads(None, 4, 4) == {}  # the 2B heads do not exist in a tiny DiT
+    assert ts.alignment_heads({"3": [1, 9], "1": [0], "7": [0]}, 4, 4) == {1: (0,), 3: (1,)}
+
+
+def test_the_config_names_its_heads_or_is_refused():
+    cfg = AceStepConfig.from_json({"lyric_alignment_layers_config": {"2": [0, 5]}})
+    assert cfg.lyric_alignment_layers_config == {"2": [0, 5]}
+    with pytest.raises(CheckpointError, match="lyric_alignment_layers_config"):
+        AceStepConfig.from_json({"lyric_alignment_layers_config": {"two": [0]}})
+
+
+def test_lyric_token_span_is_after_the_header_and_before_endoftext():
+    ids = TOKENIZER.encode(format_lyrics_prompt("[Verse]\nla la", "fr"), LYRIC_MAX_TOKENS)
+    start, end = ts.lyric_token_span(encode_plain, ids, "fr")
+    assert decode(ids[:start]) == "# Languages\nfr\n\n# Lyric\n" and decode(ids[start:end]) == "[Verse]\nla la"
