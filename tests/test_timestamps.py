@@ -180,3 +180,88 @@ def test_lyric_token_span_is_after_the_header_and_before_endoftext():
     ids = TOKENIZER.encode(format_lyrics_prompt("[Verse]\nla la", "fr"), LYRIC_MAX_TOKENS)
     start, end = ts.lyric_token_span(encode_plain, ids, "fr")
     assert decode(ids[:start]) == "# Languages\nfr\n\n# Lyric\n" and decode(ids[start:end]) == "[Verse]\nla la"
+
+
+# ------------------------------------------------------------------ the extra DiT pass on the tiny checkpoint
+
+LYRICS = "[Verse]\nHello bright world\nSing it once again\n\n[Chorus]\nWe rise and fall\n"
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    from acestep_core.pipeline import AceStepPipeline
+    from devtools.fixtures import tiny_models_folder
+
+    pipe = AceStepPipeline.from_pretrained(tiny_models_folder(tmp_path_factory), dtype="fp32", device="cpu")
+    # Random tiny weights attend almost uniformly, which the app's clean-up turns into an all-zero map; sharper
+    # queries in the alignment layers give maps with structure, so the path below is not a tie-breaking artefact.
+    with torch.no_grad():
+        for layer in (1, 2, 3):
+            pipe.model.decoder.layers[layer].cross_attn.q_norm.weight.mul_(30)
+    return pipe
+
+
+def song_request(**fields):
+    from acestep_core.request import request
+
+    return request(**{"caption": "pop", "lyrics": LYRICS, "duration": 12.0, "seed": 3, **fields})
+
+
+def test_timestamps_time_every_sung_line_and_leave_the_song_unchanged(pipe):
+    timed = pipe(song_request(batch_size=2), timestamps=True)
+    plain = pipe(song_request(batch_size=2))
+    assert torch.equal(timed.latents, plain.latents) and torch.equal(timed.audio, plain.audio)
+    assert plain.lyrics_timing is None and len(timed.lyrics_timing) == 2
+    seconds = timed.audio.shape[-1] / timed.sample_rate
+    for lines in timed.lyrics_timing:
+        assert [line.text for line in lines] == ["Hello bright world", "Sing it once again", "We rise and fall"]
+        assert all(0 <= line.start <= line.end <= seconds for line in lines)
+        assert [line.start for line in lines] == sorted(line.start for line in lines)
+        assert len({line.start for line in lines}) > 1  # the sharpened heads give the lines different times
+    # each song is timed on its own (the app times one song per call, noise seed 42 each)
+    assert pipe(song_request(seed=4), timestamps=True).lyrics_timing[0] == timed.lyrics_timing[1]
+
+
+def test_captured_attention_is_what_the_dit_attends_with(pipe):
+    dit = pipe.model.decoder
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 30, 8, generator=g), torch.randn(1, 30, 16, generator=g)
+    kv = dit.cross_kv(torch.randn(1, 9, 32, generator=g))
+    t = torch.tensor([0.125])
+    seen = {}
+    handle = dit.layers[2].cross_attn.register_forward_hook(
+        lambda m, args, kwargs, out: seen.update(x=args[0], out=out), with_kwargs=True)
+    try:
+        dit(x, t, context, kv)
+    finally:
+        handle.remove()
+    attn = dit.layers[2].cross_attn
+    maps = ts.cross_attention_maps(dit, x, t, context, kv, {2: tuple(range(attn.n_heads))}, slice(None))
+    assert maps.shape == (1, attn.n_heads, 9, 15)  # [B, heads, condition slots, DiT frames (30 latents / 2)]
+    v = kv[2][1].repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)
+    rebuilt = attn.o_proj((maps.transpose(-1, -2) @ v).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(rebuilt, seen["out"], rtol=1e-5, atol=1e-6)
+
+
+def test_the_pass_stops_after_the_last_layer_it_needs_and_leaves_no_hook(pipe, monkeypatch):
+    monkeypatch.setattr(pipe.model.config, "lyric_alignment_layers_config", {"1": [0]})
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in
+               enumerate(pipe.model.decoder.layers)]
+    try:
+        result = pipe(song_request(), timestamps=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps = result.metadata["steps"]
+    assert ran == [0, 1, 2, 3] * steps + [0]  # the extra pass: layer 0 runs, layer 1 stops inside its attention
+    assert len(result.lyrics_timing[0]) == 3
+    assert all(not layer.cross_attn._forward_pre_hooks for layer in pipe.model.decoder.layers)
+
+
+def test_instrumental_songs_have_no_lines_and_no_extra_pass(pipe, monkeypatch):
+    calls = []
+    forward = pipe.model.decoder.forward
+    monkeypatch.setattr(pipe.model.decoder, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    result = pipe(song_request(lyrics="[Instrumental]"), timestamps=True)
+    assert result.lyrics_timing == [[]] and len(calls) == result.metadata["steps"]
