@@ -102,11 +102,12 @@ def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Steps are diagonal, down (next row, same column) or right (same row, next column). Ties go as in the app's
     DTW: diagonal only when strictly cheapest, then down when strictly cheapest, else right; costs accumulate in
-    float32. Cells on one anti-diagonal do not depend on each other, so each anti-diagonal is one vector step.
+    float64 (the app's numba-compiled DTW promotes its float32 table to float64). Cells on one anti-diagonal do not
+    depend on each other, so each anti-diagonal is one vector step.
     """
     x = np.asarray(cost, dtype=np.float64)
     n, m = x.shape
-    total = np.full((n + 1, m + 1), np.inf, dtype=np.float32)
+    total = np.full((n + 1, m + 1), np.inf)
     total[0, 0] = 0
     move = np.full((n + 1, m + 1), 2, dtype=np.int8)
     for k in range(2, n + m + 1):
@@ -115,7 +116,7 @@ def dtw_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         diag, down, right = total[i - 1, j - 1], total[i - 1, j], total[i, j - 1]
         step = np.where((diag < down) & (diag < right), 0, np.where((down < diag) & (down < right), 1, 2))
         best = np.choose(step, (diag, down, right))
-        total[i, j] = (x[i - 1, j - 1] + best.astype(np.float64)).astype(np.float32)
+        total[i, j] = x[i - 1, j - 1] + best
         move[i, j] = step
     move[0, :] = 2
     move[:, 0] = 1
