@@ -2,7 +2,7 @@
 WebVTT writers, and the extra DiT pass on the tiny checkpoint (pipe(request, timestamps=True))."""
 from __future__ import annotations
 
-import itertools
+import os
 
 import numpy as np
 import pytest
@@ -347,3 +347,79 @@ def test_dtw_path_is_the_apps_on_ties():
     expected = json.loads((DATA / "lyric_timestamps_upstream.json").read_text(encoding="utf-8"))["dtw_ties"]
     rows, cols = ts.dtw_path(tie_heavy_cost())
     assert [rows.tolist(), cols.tolist()] == expected
+
+
+# ------------------------------------------------------------------ CLI: --lrc / --vtt
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from devtools.fixtures import tiny_models_folder
+
+    return tiny_models_folder(tmp_path_factory)
+
+
+def run_cli(args, capsys):
+    from acestep_core import cli
+
+    code = cli.main(["generate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+LRC_LINE = r"\[\d\d:\d\d\.\d\d\]"
+
+
+def test_cli_writes_lrc_and_vtt_with_the_audio(models, tmp_path, capsys):
+    import re
+
+    code, out, err = run_cli(["--checkpoint", models, "--caption", "pop", "--lyrics", LYRICS, "--duration", "10",
+                              "--seed", "4", "--batch", "2", "--out", str(tmp_path / "song.wav"),
+                              "--lrc", str(tmp_path / "song.lrc"), "--vtt", str(tmp_path / "subs" / "song.vtt")],
+                             capsys)
+    assert code == 0, err
+    names = ["song.wav", "song_1.wav", "song.lrc", "song_1.lrc", "subs/song.vtt", "subs/song_1.vtt"]
+    assert out.splitlines() == [str(tmp_path / n) for n in names]
+    for stem in ("song", "song_1"):
+        lrc = (tmp_path / f"{stem}.lrc").read_text(encoding="utf-8").splitlines()
+        assert [re.sub(LRC_LINE, "", row) for row in lrc] == ["Hello bright world", "Sing it once again",
+                                                               "We rise and fall"]
+        assert all(re.match(LRC_LINE + r"\S", row) for row in lrc)
+        vtt = (tmp_path / "subs" / f"{stem}.vtt").read_text(encoding="utf-8")
+        assert vtt.startswith("WEBVTT\n\n1\n") and vtt.count(" --> ") == 3 and "We rise and fall" in vtt
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lrc", "song.txt"], "--lrc 'song.txt': the file name must end in .lrc"),
+    (["--vtt", "song.srt"], "--vtt 'song.srt': the file name must end in .vtt"),
+    (["--lrc", "song.lrc", "--lyrics", "[Instrumental]"], "--lrc 'song.lrc': there are no sung lines to time"),
+    (["--vtt", "song.vtt"], "--vtt 'song.vtt': there are no sung lines to time"),  # no lyrics at all
+    (["--lrc", "song.lrc", "--simple", "a calm song", "--instrumental"], "simple mode with --instrumental"),
+    (["--lrc", "lyrics_dir", "--lyrics", "la la"], "--lrc lyrics_dir: is a folder"),
+])
+def test_cli_timestamp_flags_are_checked_before_loading(models, tmp_path, capsys, monkeypatch, args, message):
+    from acestep_core import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lyrics_dir.lrc").mkdir()
+    args = [a.replace("lyrics_dir", "lyrics_dir.lrc") for a in args]
+    message = message.replace("lyrics_dir", "lyrics_dir.lrc")
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    caption = [] if "--simple" in args else ["--caption", "pop"]
+    code, out, err = run_cli(["--checkpoint", models, *caption, "--duration", "10", *args], capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and message in errors[0], err
+    assert sorted(os.listdir(tmp_path)) == ["lyrics_dir.lrc"]
+
+
+def test_cli_writes_no_lrc_when_the_audio_fails(models, tmp_path, capsys, monkeypatch):
+    from acestep_core import cli
+
+    def fail(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli, "save_audio", fail)
+    code, _, err = run_cli(["--checkpoint", models, "--caption", "pop", "--lyrics", LYRICS, "--duration", "10",
+                            "--out", str(tmp_path / "song.flac"), "--lrc", str(tmp_path / "song.lrc")], capsys)
+    assert code == 1 and "No space left" in err
+    assert os.listdir(tmp_path) == []
