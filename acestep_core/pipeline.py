@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -50,6 +50,21 @@ class PreparedSource:
     window: Window | None
 
 
+@dataclass(frozen=True, eq=False)
+class AlignmentInputs:
+    """What lyric timestamps need of a generation besides its latents: the packed condition [B, S, D] and DiT
+    context [B, T, 2C] the songs were made with, the number of sampling steps, the lyrics and their language."""
+
+    condition: torch.Tensor
+    context: torch.Tensor
+    steps: int
+    lyrics: str
+    language: str
+
+    def to(self, device) -> "AlignmentInputs":
+        return replace(self, condition=self.condition.to(device), context=self.context.to(device))
+
+
 @dataclass
 class GenerationResult:
     audio: torch.Tensor | None  # [B, 2, T·hop] float32 at ``sample_rate`` (None when the request has no render)
@@ -62,6 +77,7 @@ class GenerationResult:
     request: Request | None = None  # the request as run: with the LM's plans applied when it planned
     # pipe(request, timestamps=True): the sung lines of each song (timestamps.LyricLine: text, start, end, words)
     lyrics_timing: list[list] | None = None
+    alignment: AlignmentInputs | None = None  # for timing the lyrics later: pipe.time_lyrics(result.alignment, …)
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,7 +194,8 @@ class AceStepPipeline:
             conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
             self._use("model")
             latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
-            timing = self._lyrics_timing(req, conditions, latents, sampled["steps"]) if timestamps else None
+            alignment = self._alignment(req, conditions, sampled["steps"])
+            timing = self._lyrics_timing(alignment, latents) if timestamps else None
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
                     "frames": latents.shape[1], **sampled}
@@ -188,7 +205,7 @@ class AceStepPipeline:
         if self.memory is not None:
             metadata["memory"] = self.memory.report()
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source,
-                                req, timing)
+                                req, timing, alignment)
 
     def _lm_seconds(self, req: Request, work: str) -> float:
         """Seconds of codes the plan may write (for the memory plan): none for metas only; the request's length when
@@ -470,16 +487,50 @@ class AceStepPipeline:
         used["steps"] = num_steps
         return latents, used
 
-    def _lyrics_timing(self, req: Request, conditions: dict, latents: torch.Tensor, steps: int) -> list[list]:
+    @staticmethod
+    def _alignment(req: Request, conditions: dict, steps: int) -> AlignmentInputs:
+        (condition, _), context = conditions["cover"]
+        return AlignmentInputs(condition, context, steps, req.text.lyrics, req.text.language)
+
+    def _lyrics_timing(self, alignment: AlignmentInputs, latents: torch.Tensor) -> list[list]:
         """The sung lines of each song, from one extra DiT pass over its final latents with the condition it was
         made with (``timestamps.time_lyrics``)."""
         from .timestamps import time_lyrics
 
-        (condition, _), context = conditions["cover"]
-        ids = self.ckpt.tokenizer.encode(format_lyrics_prompt(req.text.lyrics, req.text.language), LYRIC_MAX_TOKENS)
+        a = alignment
+        if a.condition.shape[0] != latents.shape[0] or a.context.shape[1] != latents.shape[1]:
+            raise InputError("latents", latents, f"the {a.condition.shape[0]} songs of {a.context.shape[1]} frames "
+                                                 "the alignment inputs were made for")
+        ids = self.ckpt.tokenizer.encode(format_lyrics_prompt(a.lyrics, a.language), LYRIC_MAX_TOKENS)
         seconds = latents.shape[1] * self.hop / self.sample_rate
-        return time_lyrics(self.model, self.ckpt.tokenizer, ids, req.text.language, condition, context, latents,
-                           steps, seconds)
+        return time_lyrics(self.model, self.ckpt.tokenizer, ids, a.language, a.condition, a.context, latents,
+                           a.steps, seconds)
+
+    @torch.no_grad()
+    def time_lyrics(self, alignment: AlignmentInputs, latents: torch.Tensor, adapters: Sequence[tuple] = ()
+                    ) -> list[list]:
+        """The sung lines of each song of finished ``latents`` [B, T, 64] (``timestamps.LyricLine``), from the
+        ``alignment`` inputs of their generation (``result.alignment``, or :meth:`alignment_inputs`)."""
+        self._use("model")
+        device, dtype = self.model.device, self.model.dtype
+        with self._adapted(adapters):
+            return self._lyrics_timing(alignment.to(device), latents.to(device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def alignment_inputs(self, req: Request, adapters: Sequence[tuple] = ()) -> AlignmentInputs:
+        """The alignment inputs of ``req`` built again without sampling (condition, context, the variant's step
+        count): for latents made elsewhere. The same as the generation's own when the request is the same (its seed
+        matters only for a timbre reference or a source's VAE draw)."""
+        schedule = resolve_sampler(req.sampler, self.ckpt.variant)
+        seeds = self._seeds(req)
+        if self.memory is not None:
+            self.memory.prepare_request(req, self.ckpt.variant)
+        self._use(*(("vae", "model") if req.task.source is not None else ("model",)))
+        with self._adapted(adapters):
+            inputs = self._inputs(req.task, seeds)
+            self._use("text_encoder", *(("vae",) if req.text.timbre is not None else ()), "model")
+            conditions, _, _ = self._conditions(req, inputs, seeds, lambda message: None)
+        return self._alignment(req, conditions, schedule.steps)
 
     # ------------------------------------------------------------------ 5. render
 

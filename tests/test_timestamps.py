@@ -222,6 +222,16 @@ def test_timestamps_time_every_sung_line_and_leave_the_song_unchanged(pipe):
     assert pipe(song_request(seed=4), timestamps=True).lyrics_timing[0] == timed.lyrics_timing[1]
 
 
+def test_timing_later_from_the_results_alignment_inputs_or_the_request_again(pipe):
+    req = song_request(batch_size=2)
+    timed = pipe(req, timestamps=True)
+    later = pipe.time_lyrics(timed.alignment, timed.latents)
+    assert later == timed.lyrics_timing
+    assert pipe.time_lyrics(pipe.alignment_inputs(req), timed.latents) == timed.lyrics_timing
+    with pytest.raises(ValueError, match="latents"):
+        pipe.time_lyrics(timed.alignment, timed.latents[:1])
+
+
 def test_captured_attention_is_what_the_dit_attends_with(pipe):
     dit = pipe.model.decoder
     g = torch.Generator().manual_seed(0)
