@@ -433,3 +433,72 @@ def test_cli_writes_no_lrc_when_the_audio_fails(models, tmp_path, capsys, monkey
                             "--out", str(tmp_path / "song.flac"), "--lrc", str(tmp_path / "song.lrc")], capsys)
     assert code == 1 and "No space left" in err
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ the nodes
+
+P = "AceStep15_"
+
+
+def widgets(cls, **given):
+    """Every widget of a node at its default, as the frontend sends a fresh node's values, then ``given``."""
+    info = cls.GET_NODE_INFO_V1()["input"]
+    values = {name: spec[1]["default"] for section in ("required", "optional")
+              for name, spec in info.get(section, {}).items() if len(spec) > 1 and "default" in spec[1]}
+    return {**values, **given}
+
+
+@pytest.fixture(scope="module")
+def song_nodes(comfy):
+    from devtools.comfy_harness import run_node
+
+    nodes, dirs, _ = comfy
+
+    def run(node_id, hidden=None, **inputs):
+        return run_node(nodes[node_id], hidden, **widgets(nodes[node_id], **inputs))
+
+    model = run(P + "ModelLoader", model="acestep/acestep-v15-turbo", dtype="fp32").args[0]
+    text = run(P + "TextEncode", caption="synth pop", lyrics=LYRICS).args[0]
+    latent = run(P + "EmptyLatent", duration=10.0, batch_size=2).args[0]
+    sampled = run(P + "Sampler", hidden={"unique_id": "3"}, model=model, conditioning=text, latent=latent,
+                  seed=5).args[0]
+    return run, model, text, sampled, dirs
+
+
+def test_lyric_timestamps_node_gives_lrc_and_save_writes_it_next_to_each_song(song_nodes):
+    run, model, text, sampled, dirs = song_nodes
+    out = run(P + "LyricTimestamps", model=model, latent=sampled)
+    lrc, timing = out.args
+    assert lrc.count("Hello bright world") == 2 and "[Verse]" not in lrc and len(timing) == 2
+    assert out.ui["text"] == [lrc]
+    # the same lines from the latents alone plus the conditioning they were made with (no Sampler keys)
+    plain = {"samples": sampled["samples"], "type": "audio"}
+    assert run(P + "LyricTimestamps", model=model, latent=plain, conditioning=text).args[1] == timing
+
+    audio = run(P + "VAEDecode", model=model, latent=sampled).args[0]
+    saved = run(P + "SaveAudio", hidden={"prompt": {}, "extra_pnginfo": {}}, audio=audio,
+                filename_prefix="lyrics/song", lyric_timing=timing)
+    files = saved.ui["audio"]
+    assert saved.ui["acestep_lyrics"] == [[{"text": l.text, "start": l.start, "end": l.end} for l in lines]
+                                          for lines in timing]
+    folder = os.path.join(dirs["output"], "lyrics")
+    for entry, lines in zip(files, timing):
+        stem = os.path.splitext(entry["filename"])[0]
+        assert open(os.path.join(folder, stem + ".lrc"), encoding="utf-8").read() == ts.to_lrc(lines)
+        assert open(os.path.join(folder, stem + ".vtt"), encoding="utf-8").read() == ts.to_vtt(lines)
+    assert sorted(os.listdir(folder)) == sorted(os.path.splitext(e["filename"])[0] + ext for e in files
+                                                for ext in (".flac", ".lrc", ".vtt"))
+
+
+def test_lyric_timestamps_node_names_what_is_missing(song_nodes):
+    run, model, text, sampled, dirs = song_nodes
+    plain = {"samples": sampled["samples"], "type": "audio"}
+    with pytest.raises(ValueError, match="conditioning=None is not allowed: connect the Caption & Lyrics"):
+        run(P + "LyricTimestamps", model=model, latent=plain)
+    timing = run(P + "LyricTimestamps", model=model, latent=sampled).args[1]
+    audio = run(P + "VAEDecode", model=model, latent=sampled).args[0]
+    one = {"waveform": audio["waveform"][:1], "sample_rate": audio["sample_rate"]}
+    before = set(os.listdir(dirs["output"]))
+    with pytest.raises(ValueError, match="lyric_timing=2 is not allowed: the lines of 1 song"):
+        run(P + "SaveAudio", hidden={"prompt": {}, "extra_pnginfo": {}}, audio=one, lyric_timing=timing)
+    assert set(os.listdir(dirs["output"])) == before
