@@ -149,7 +149,9 @@ export class ResultsPanel {
     row.play.textContent = "■";
     row.el.dataset.playing = row.side;
     el.onended = () => this.stopAll();
-    el.play().catch(() => this.stopAll());
+    // A seek while playing starts again; the earlier play() then rejects (interrupted) and must not stop this one.
+    const token = (this.playToken = (this.playToken ?? 0) + 1);
+    el.play().catch(() => { if (this.playToken === token) this.stopAll(); });
     const tick = () => {
       if (this.playing !== row) return;
       row.at = row.side === "B" ? el.currentTime + (this.edit?.source_offset ?? 0) : el.currentTime;
