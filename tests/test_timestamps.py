@@ -269,6 +269,22 @@ def test_the_pass_stops_after_the_last_layer_it_needs_and_leaves_no_hook(pipe, m
     assert all(not layer.cross_attn._forward_pre_hooks for layer in pipe.model.decoder.layers)
 
 
+def test_streamed_dit_layers_give_the_same_times_and_are_put_back(pipe):
+    """Low VRAM streams the DiT layers through device buffers; the pass that stops inside a layer must still put
+    that layer's parameters back on their own tensors."""
+    from acestep_core.memory.streaming import stream_layers, unstream_layers
+
+    expected = pipe(song_request(), timestamps=True)
+    decoder = pipe.model.decoder
+    homes = [p.data_ptr() for p in decoder.parameters()]
+    stream_layers(decoder, "layers", 1, lambda: torch.device("cpu"), slots=2, pin=False)
+    try:
+        assert pipe.time_lyrics(expected.alignment, expected.latents) == expected.lyrics_timing
+        assert [p.data_ptr() for p in decoder.parameters()] == homes
+    finally:
+        unstream_layers(decoder, "layers")
+
+
 def test_instrumental_songs_have_no_lines_and_no_extra_pass(pipe, monkeypatch):
     calls = []
     forward = pipe.model.decoder.forward
