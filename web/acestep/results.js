@@ -1,13 +1,16 @@
 // The results on Save/Preview: one row per batch item with its waveform, a play button and, for a repaint or
 // extend result, the edited region highlighted and an A/B switch that plays the source at the same moment.
-// ComfyUI's own player (the AUDIO_UI widget) stays above it; only one of them plays at a time.
+// ComfyUI's own player (the AUDIO_UI widget) stays above it; only one of them plays at a time. With Lyric
+// Timestamps connected, the line being sung shows under each waveform while it plays (or where it was clicked).
 import { formatTime, makeView, pxToSeconds } from "./timeline.js";
 import {
   COLORS, RULER_HEIGHT, drawBackground, drawPeaks, drawPlayhead, drawRegion, drawRuler, fitCanvas,
 } from "./draw.js";
+import { lineAt } from "./lyrics.js";
 import { mediaUrl, viewUrl } from "./media.js";
 
 const ROW_HEIGHT = 64;
+const LYRIC_HEIGHT = 18;
 
 function button(text, title) {
   const b = document.createElement("button");
@@ -32,11 +35,17 @@ export class ResultsPanel {
     this.widget = node.addDOMWidget("acestep_results", "acestep_results", this.root, {
       serialize: false,
       hideOnZoom: false,
-      getMinHeight: () => (this.rows.length ? this.rows.length * (ROW_HEIGHT + 4) + 8 : 0),
-      getMaxHeight: () => (this.rows.length ? this.rows.length * (ROW_HEIGHT + 4) + 8 : 0),
+      getMinHeight: () => this.height(),
+      getMaxHeight: () => this.height(),
     });
     this.widget.serialize = false;
     new ResizeObserver(() => this.renderAll()).observe(this.root);
+  }
+
+  height() {
+    if (!this.rows.length) return 0;
+    const lyricRows = this.rows.filter((r) => r.lyric).length;
+    return this.rows.length * (ROW_HEIGHT + 4) + lyricRows * (LYRIC_HEIGHT + 4) + 8;
   }
 
   nativePlayer() {
@@ -49,6 +58,7 @@ export class ResultsPanel {
     this.stopAll();
     this.edit = message?.acestep_edit?.[0] ?? null;
     this.source.src = this.edit ? mediaUrl(this.app, viewUrl(this.edit.source)) : "";
+    this.lyrics = message?.acestep_lyrics ?? [];
     this.root.replaceChildren();
     this.rows = files.map((file, i) => this.makeRow(file, peaks[i] ?? null, i));
     this.root.dataset.items = String(this.rows.length);
@@ -100,6 +110,18 @@ export class ResultsPanel {
     row.audio.addEventListener("loadedmetadata", () => { row.seconds ??= row.audio.duration; this.render(row); });
     row.el.append(controls, row.canvas);
     this.root.append(row.el);
+    row.lines = this.lyrics[index] ?? null;
+    if (row.lines) {
+      row.lyric = document.createElement("div");
+      row.lyric.className = "acestep-lyric";
+      row.lyric.dataset.index = String(index);
+      row.lyric.dataset.line = "-1";
+      Object.assign(row.lyric.style, {
+        height: `${LYRIC_HEIGHT}px`, lineHeight: `${LYRIC_HEIGHT}px`, fontSize: "12px", textAlign: "center",
+        overflow: "hidden", whiteSpace: "nowrap", textOverflow: "ellipsis", opacity: "0.9",
+      });
+      this.root.append(row.lyric);
+    }
     return row;
   }
 
@@ -127,7 +149,9 @@ export class ResultsPanel {
     row.play.textContent = "■";
     row.el.dataset.playing = row.side;
     el.onended = () => this.stopAll();
-    el.play().catch(() => this.stopAll());
+    // A seek while playing starts again; the earlier play() then rejects (interrupted) and must not stop this one.
+    const token = (this.playToken = (this.playToken ?? 0) + 1);
+    el.play().catch(() => { if (this.playToken === token) this.stopAll(); });
     const tick = () => {
       if (this.playing !== row) return;
       row.at = row.side === "B" ? el.currentTime + (this.edit?.source_offset ?? 0) : el.currentTime;
@@ -167,7 +191,17 @@ export class ResultsPanel {
     for (const row of this.rows) this.render(row);
   }
 
+  /** The line being sung at the row's time (the playhead), under its waveform. */
+  showLine(row) {
+    if (!row.lyric) return;
+    const index = lineAt(row.lines, row.at);
+    if (row.lyric.dataset.line === String(index)) return;
+    row.lyric.dataset.line = String(index);
+    row.lyric.textContent = index >= 0 ? row.lines[index].text : "";
+  }
+
   render(row) {
+    this.showLine(row);
     const { ctx, width, height } = fitCanvas(row.canvas);
     drawBackground(ctx, width, height);
     if (row.seconds == null) return;
