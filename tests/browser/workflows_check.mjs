@@ -84,10 +84,15 @@ try {
     const node = app.graph._nodes.find((n) => n.type === "AceStep15_RepaintLatent");
     node.widgets.find((w) => w.name === "start").value = 400;
     node.widgets.find((w) => w.name === "end").value = -1;
+    const { api } = await import("/scripts/api.js");
+    window.acestepErrors = [];
+    api.addEventListener("execution_error", (e) => window.acestepErrors.push(e.detail));
     await app.queuePrompt(0, 1);
   }, { workflow: JSON.parse(readFileSync(repaint, "utf8")), sourceName });
   // The toast: 1.43 "1 ERROR" with the exception's type and message and "See Errors"; 1.58 "<node> failed" with
   // "View details". Read it, then open the details.
+  await page.waitForFunction(() => window.acestepErrors.length > 0, null, { timeout: 120000 });
+  out.errorEvent = await page.evaluate(() => window.acestepErrors[0]);
   const details = await page.waitForFunction(() => {
     const button = Array.from(document.querySelectorAll("button"))
       .find((b) => /^(See Errors|View details)$/.test(b.innerText.trim()));
@@ -96,7 +101,7 @@ try {
     while (toast.parentElement && !/ERROR|failed/.test(toast.innerText)) toast = toast.parentElement;
     button.dataset.acestepDetails = "1";
     return toast.innerText;
-  }, null, { timeout: 120000, polling: 250 });
+  }, null, { timeout: 30000, polling: 100 });
   out.toast = await details.jsonValue();
   await page.screenshot({ path: path.join(shotDir, `${tag}-error-toast.png`) });
   await page.click("button[data-acestep-details]");
