@@ -150,6 +150,9 @@ def test_saved_workflow_and_prompt_keep_their_format(flow):
     assert prompt["AceStep15_SaveAudio"].get("audioUI", "") == ""
     assert not [k for k in prompt["AceStep15_RepaintLatent"] if k.startswith("acestep")]
     assert prompt["AceStep15_RepaintLatent"]["start"] == e["start"]
+    # Collapsed advanced inputs are still saved and sent (hidden on the canvas only).
+    assert {"apg_momentum", "timesteps", "retake_variance"} <= set(prompt["AceStep15_Sampler"])
+    assert {"tile_frames", "fade_in", "fade_out"} <= set(prompt["AceStep15_VAEDecode"])
 
 
 def test_the_result_has_comfyuis_player_our_waveform_and_the_edited_region(flow):

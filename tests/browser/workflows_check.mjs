@@ -88,7 +88,7 @@ try {
     window.acestepErrors = [];
     api.addEventListener("execution_error", (e) => window.acestepErrors.push(e.detail));
     await app.queuePrompt(0, 1);
-  }, { workflow: JSON.parse(readFileSync(repaint, "utf8")), sourceName });
+  }, { workflow: { ...JSON.parse(readFileSync(repaint, "utf8")), id: "acestep15_repaint_error_check" }, sourceName });
   // The toast: 1.43 "1 ERROR" with the exception's type and message and "See Errors"; 1.58 "<node> failed" with
   // "View details". Read it, then open the details.
   await page.waitForFunction(() => window.acestepErrors.length > 0, null, { timeout: 120000 });
