@@ -105,10 +105,10 @@ try {
   out.toast = await details.jsonValue();
   await page.screenshot({ path: path.join(shotDir, `${tag}-error-toast.png`) });
   await page.click("button[data-acestep-details]");
-  await page.waitForTimeout(1500);
-  out.errorDetails = await page.evaluate(() => Array.from(document.querySelectorAll("body *"))
+  const message = await page.waitForFunction(() => Array.from(document.querySelectorAll("body *"))
     .filter((e) => e.children.length < 6 && /repaint window/.test(e.innerText ?? ""))
-    .map((e) => e.innerText).sort((a, b) => a.length - b.length)[0] ?? null); // the panel's message
+    .map((e) => e.innerText).sort((a, b) => a.length - b.length)[0] ?? null, null, { timeout: 30000, polling: 200 });
+  out.errorDetails = await message.jsonValue(); // the panel's message (1.58: the error report)
   await page.screenshot({ path: path.join(shotDir, `${tag}-error-details.png`) });
 } catch (err) {
   out.error = String(err?.stack ?? err);
