@@ -9,8 +9,8 @@ import {
 import { lineAt } from "./lyrics.js";
 import { mediaUrl, viewUrl } from "./media.js";
 
-const ROW_HEIGHT = 64;
-const LYRIC_HEIGHT = 18;
+const ROW_HEIGHT = 78; // the waveform plus its time label under it
+const LYRIC_HEIGHT = 18; // the line being sung, under the row
 
 function button(text, title) {
   const b = document.createElement("button");
@@ -94,7 +94,15 @@ export class ResultsPanel {
     }
     row.canvas = document.createElement("canvas");
     row.canvas.className = "acestep-result-wave";
-    Object.assign(row.canvas.style, { flex: "1", minWidth: "0", height: "100%", cursor: "pointer", borderRadius: "4px" });
+    Object.assign(row.canvas.style, { flex: "1", minHeight: "0", width: "100%", cursor: "pointer", borderRadius: "4px" });
+    // The time label sits under the waveform, never over it.
+    row.time = document.createElement("div");
+    row.time.className = "acestep-result-time";
+    Object.assign(row.time.style, { font: "10px sans-serif", lineHeight: "12px", height: "12px", opacity: "0.8",
+                                    whiteSpace: "nowrap", overflow: "hidden" });
+    const wave = document.createElement("div");
+    Object.assign(wave.style, { flex: "1", minWidth: "0", display: "flex", flexDirection: "column", gap: "2px" });
+    wave.append(row.canvas, row.time);
     row.canvas.dataset.filename = file.filename;
     if (this.edit) Object.assign(row.canvas.dataset, { regionStart: String(this.edit.start), regionEnd: String(this.edit.end) });
     row.canvas.addEventListener("pointerdown", (e) => {
@@ -108,7 +116,7 @@ export class ResultsPanel {
     row.audio = new Audio(mediaUrl(this.app, viewUrl(file)));
     row.audio.preload = "metadata";
     row.audio.addEventListener("loadedmetadata", () => { row.seconds ??= row.audio.duration; this.render(row); });
-    row.el.append(controls, row.canvas);
+    row.el.append(controls, wave);
     this.root.append(row.el);
     row.lines = this.lyrics[index] ?? null;
     if (row.lines) {
@@ -212,10 +220,7 @@ export class ResultsPanel {
     if (this.edit) drawRegion(ctx, view, this.edit.start, this.edit.end, top, h, COLORS.selection, COLORS.selectionEdge);
     if (row.peaks) drawPeaks(ctx, view, row.peaks, row.seconds, top, h, row.side === "B" ? COLORS.waveDim : COLORS.wave);
     if (row.at > 0 || this.playing === row) drawPlayhead(ctx, view, row.at, top, h);
-    ctx.fillStyle = COLORS.text;
-    ctx.font = "10px sans-serif";
-    ctx.textBaseline = "bottom";
     const side = this.edit ? (row.side === "A" ? " · A result" : " · B source") : "";
-    ctx.fillText(`${formatTime(row.at, true)} / ${formatTime(row.seconds, true)}${side}`, 4, height - 2);
+    row.time.textContent = `${formatTime(row.at, true)} / ${formatTime(row.seconds, true)}${side}`;
   }
 }
