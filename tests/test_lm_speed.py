@@ -1,0 +1,71 @@
+"""The planner's fast paths give the same tokens as the plain ones: the CPU sort, one decode thread for a small LM,
+the fixed-length codes loop; plus its speed report (tokens/s)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acestep_core.lm_planner.sampling import sample, sort_descending
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    yield "random", torch.randn(3, 64000, generator=g)
+    yield "bf16 ties", torch.randn(3, 64000, generator=g).bfloat16().float()
+    masked = torch.randn(2, 5000, generator=g)
+    masked[:, ::3] = float("-inf")
+    yield "masked", masked
+    small = torch.randint(-3, 3, (2, 1000), generator=g).float()
+    small[0, 5], small[0, 6] = -0.0, 0.0
+    yield "integers and signed zeros", small
+    yield "denormals", torch.randn(2, 3000, generator=g) * 1e-40
+    yield "all masked but one", torch.full((1, 100), float("-inf")).index_fill_(1, torch.tensor([7]), 1.0)
+
+
+@pytest.mark.parametrize("name,logits", list(_cases()), ids=[c[0] for c in _cases()])
+def test_cpu_sort_is_torchs_stable_descending_sort(name, logits):
+    values, order = sort_descending(logits)
+    expected_values, expected_order = logits.sort(dim=-1, descending=True, stable=True)
+    assert torch.equal(order, expected_order)
+    assert torch.equal(values, expected_values)
+
+
+def test_sampling_with_the_cpu_sort_draws_what_torchs_sort_draws(monkeypatch):
+    from acestep_core.lm_planner import sampling
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 4000, generator=g).bfloat16().float()  # ties, as bf16 logits have
+    uniforms = torch.rand(64, generator=g)
+    settings = [(0.85, 0, 0.9, 0.0), (1.0, 50, 1.0, 0.0), (0.7, 0, 1.0, 0.05), (1.2, 20, 0.8, 0.1)]
+    fast = [sample(logits, uniforms, *s) for s in settings]
+    monkeypatch.setattr(sampling, "sort_descending",
+                        lambda x: x.sort(dim=-1, descending=True, stable=True))
+    plain = [sample(logits, uniforms, *s) for s in settings]
+    for a, b in zip(fast, plain):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def planner(tmp_path_factory):
+    from acestep_core.loading.lm import load_lm, load_lm_tokenizer
+    from acestep_core.lm_planner import Planner
+    from devtools.lm_fixtures import LM_VOCAB, random_lm_state_dict, write_comfy_lm
+
+    path = write_comfy_lm(str(tmp_path_factory.mktemp("models")), random_lm_state_dict(seed=11))
+    return Planner(load_lm(path, dtype=torch.float32), load_lm_tokenizer(None, LM_VOCAB), max_duration=12)
+
+
+def test_a_small_lm_decodes_on_one_thread_and_gives_the_same_plan(planner, monkeypatch):
+    torch.set_num_threads(2)
+    seen = set()
+
+    def on_token(phase, done, total):
+        seen.add(torch.get_num_threads())
+
+    one_thread = planner.plan("rock", "[verse]\nla", seed=3, mode="codes", metas={"duration": 6}, on_token=on_token)
+    assert seen == {1} and torch.get_num_threads() == 2  # restored afterwards
+    monkeypatch.setattr(planner, "step_bytes", 2**40)  # as a large LM: the caller's threads
+    seen.clear()
+    two_threads = planner.plan("rock", "[verse]\nla", seed=3, mode="codes", metas={"duration": 6}, on_token=on_token)
+    assert seen == {2}
+    assert one_thread.codes == two_threads.codes and len(one_thread.codes) == 30
