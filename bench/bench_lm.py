@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from acestep_core.constants import LM_GEOMETRIES  # noqa: E402
 from acestep_core.loading.lm import load_lm_tokenizer  # noqa: E402
 from acestep_core.models.lm import LMConfig, QwenLM  # noqa: E402
+from acestep_core.models.lm_int8 import quantize_lm_int8  # noqa: E402
 from acestep_core.lm_planner import Planner  # noqa: E402
 from acestep_core.lm_planner.prompts import codes_prompt, format_cot, unconditional_codes_prompt  # noqa: E402
 from devtools.lm_fixtures import TINY_LM_CONFIG, hf_config, official_like_tokenizer  # noqa: E402
@@ -211,6 +212,37 @@ def run_original(model, tokenizer, n_codes: int, device: str, marks: list | None
     return (generated[0, ids.shape[1]:] - FIRST_CODE).tolist()
 
 
+@torch.inference_mode()
+def int8_errors(reference: Planner, int8: Planner, steps: int):
+    """The int8 LM's code logits against the reference's, both teacher-forced on the reference's greedy codes
+    (cond + uncond rows, as the codes phase runs them): the largest absolute error relative to the logits' spread,
+    how often the greedy code agrees, and how often the reference's top-1 margin exceeds the largest error (where
+    the greedy plan is then guaranteed equal)."""
+    metas = dict(METAS, duration=steps / 5)
+    codes = reference.plan(CAPTION, LYRICS, mode="codes", metas=metas, seed=0, temperature=0.0).codes
+    tokens = torch.tensor([c + FIRST_CODE for c in codes])
+    logits = []
+    for planner in (reference, int8):
+        lm = planner.lm
+        prompt = torch.tensor([planner.tokenizer.encode(codes_prompt(CAPTION, LYRICS, format_cot(metas)))])
+        lm.setup_cache(1, prompt.shape[1] + steps)
+        out = [lm.prefill(prompt, 0, planner.code_rows).float()]
+        for i, token in enumerate(tokens[:-1]):
+            out.append(lm.decode(token.view(1, 1), prompt.shape[1] + i, planner.code_rows).float())
+        lm.release_cache()
+        logits.append(torch.cat(out))
+    ref, q = logits
+    err = (q - ref).abs().amax(dim=-1)
+    spread = ref.std(dim=-1)
+    top2 = ref.topk(2, dim=-1).values
+    margin = top2[:, 0] - top2[:, 1]
+    agree = (q.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    safe = (margin > 2 * err).float().mean().item()
+    print(f"int8 logit error over {steps} steps (1 row): max |Δ| {err.max():.4f} (median {err.median():.4f}), "
+          f"relative to the logits' std {(err / spread).max():.4f}; greedy code equal in {agree:.1%} of steps; "
+          f"top-1 margin > 2·max|Δ| (greedy provably equal) in {safe:.1%}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -245,6 +277,8 @@ def main():
     ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of dtypes for both sides")
     ap.add_argument("--skip-original", default="", help="comma list of dtypes in which not to run the original")
     ap.add_argument("--compile", action="store_true", help="also time ours with the compiled decode step")
+    ap.add_argument("--int8", action="store_true",
+                    help="also time ours with int8 weight-only layers and head (CPU), and measure its logit error")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--max-contention", type=float, default=0.05, help="repeat runs contended above this")
     ap.add_argument("--retries", type=int, default=2)
@@ -270,6 +304,14 @@ def main():
             run_ours(planner, n if compiled else 5)  # warm-up (and compilation)
             measure(rows, "ours (compiled)" if compiled else "ours", dtype_name,
                     lambda marks: run_ours(planner, n, marks), n, device, n - 1, args.max_contention, args.retries)
+        if args.int8:
+            int8 = Planner(quantize_lm_int8(our_lm(weights, config), planner.code_rows), tokenizer, compile=False)
+            run_ours(int8, 5)
+            measure(rows, "ours (int8 weights)", dtype_name, lambda marks: run_ours(int8, n, marks), n, device, n - 1,
+                    args.max_contention, args.retries)
+            int8_errors(planner, int8, min(n, 64))
+            int8.release()
+            int8 = None
         planner.release()
         planner = None
         if dtype_name not in args.skip_original.split(","):

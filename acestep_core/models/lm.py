@@ -150,6 +150,13 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _sub_slice(outer: slice, inner: slice) -> slice | None:
+    """``inner`` (absolute, step 1) relative to ``outer``, or None when it is not inside."""
+    if outer.start <= inner.start and inner.stop <= outer.stop:
+        return slice(inner.start - outer.start, inner.stop - outer.start)
+    return None
+
+
 class QwenLM(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -160,6 +167,7 @@ class QwenLM(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.cache_batch = 0
         self.cache_length = 0
+        self.int8_head: tuple | None = None  # (rows, int8 weight, scales): models/lm_int8.py
         self._compiled_decode = None
         self._compiled_ran = False
 
@@ -243,6 +251,13 @@ class QwenLM(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, mask, input_pos, kv_len, rows)
         x = self.norm(x[:, -1] if last_only else x)
+        if self.int8_head is not None:
+            rows, q, scales = self.int8_head
+            inside = _sub_slice(rows, logit_rows or slice(0, self.config.vocab_size))
+            if inside is not None:
+                from .lm_int8 import int8_linear
+
+                return int8_linear(x, q[inside], scales[inside])
         weight = self.head_weight if logit_rows is None else self.head_weight[logit_rows]
         return F.linear(x, weight)
 
