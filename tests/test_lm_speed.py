@@ -69,3 +69,56 @@ def test_a_small_lm_decodes_on_one_thread_and_gives_the_same_plan(planner, monke
     two_threads = planner.plan("rock", "[verse]\nla", seed=3, mode="codes", metas={"duration": 6}, on_token=on_token)
     assert seen == {2}
     assert one_thread.codes == two_threads.codes and len(one_thread.codes) == 30
+
+
+def test_a_failed_cuda_graph_capture_warns_and_runs_eagerly(planner, monkeypatch):
+    from acestep_core.models import lm as lm_module
+
+    def no_capture(*args, **kwargs):
+        raise RuntimeError("no CUDA graphs here")
+
+    monkeypatch.setattr(lm_module, "_DecodeGraph", no_capture)
+    lm = planner.lm
+    with torch.inference_mode():
+        lm.setup_cache(2, 300)
+        lm.prefill(torch.tensor([[1, 2, 3]]), 0, rows=slice(0, 1))
+        lm.copy_cache_row(0, slice(1, 2))
+        tokens = torch.tensor([[151700], [151701]])
+        eager = lm.prefill(tokens, 3, planner.code_rows)
+        lm.enable_cuda_graph()
+        with pytest.warns(UserWarning, match="CUDA graph capture of the LM decode step failed"):
+            graphed = lm._decode_graphed(tokens, 3, planner.code_rows, None)
+        lm.release_cache()
+    assert torch.equal(graphed, eager) and lm.cuda_graphs is None
+    # On the CPU the planner never tries: its plan is the same with graphs enabled.
+    lm.enable_cuda_graph()
+    assert planner.plan("pop", "", seed=4, mode="codes", metas={"duration": 4}).codes == \
+        planner.plan("pop", "", seed=4, mode="codes", metas={"duration": 4}).codes
+    lm.disable_cuda_graph()
+
+
+def test_int8_weights_keep_greedy_plans_of_the_terse_lm(tmp_path):
+    """Int8 weight-only layers and head (models/lm_int8.py): on the terse LM (clear logit margins) the greedy
+    thinking equals the bf16 model's; on a random LM the code logits stay within 10 % of their spread."""
+    from acestep_core.loading.lm import load_planner
+    from acestep_core.models.lm_int8 import Int8Linear, quantize_lm_int8
+    from devtools.lm_fixtures import random_lm_state_dict, terse_lm_state_dict, write_comfy_lm
+
+    path = write_comfy_lm(str(tmp_path / "terse"), terse_lm_state_dict(seed=5))
+    plain, int8 = load_planner(path, torch.bfloat16), load_planner(path, torch.bfloat16)
+    quantize_lm_int8(int8.lm, int8.code_rows)
+    assert isinstance(int8.lm.layers[0].mlp.down_proj, Int8Linear)
+    assert int8.lm.layers[0].self_attn.q_proj.weight.dtype == torch.int8
+    plans = [p.plan("pop", "[verse]\nla", seed=1, temperature=0.0, metas={"duration": 20}) for p in (plain, int8)]
+    assert plans[0].metas_text == plans[1].metas_text and plans[0].cot == plans[1].cot
+    assert len(plans[1].codes) == 100
+    path = write_comfy_lm(str(tmp_path / "random"), random_lm_state_dict(seed=11))
+    plain, int8 = load_planner(path, torch.bfloat16), load_planner(path, torch.bfloat16)
+    quantize_lm_int8(int8.lm, int8.code_rows)
+    with torch.inference_mode():
+        logits = []
+        for p in (plain, int8):
+            p.lm.setup_cache(1, 64)
+            logits.append(p.lm.prefill(torch.tensor([[1, 2, 3, 151700]]), 0, p.code_rows).float())
+            p.lm.release_cache()
+    assert 0 < (logits[1] - logits[0]).abs().max() < 0.1 * logits[0].std()

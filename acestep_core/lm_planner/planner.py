@@ -153,10 +153,11 @@ class Planner:
 
     ``max_duration``: the longest duration the LM may choose (upstream: 600 s on large GPUs, less on small ones).
     ``compile``: compile the decode step (None = on CUDA when triton is installed; a failed compilation falls
-    back to eager with a warning)."""
+    back to eager with a warning). ``cuda_graph``: otherwise replay the decode step as a CUDA graph while the LM
+    is on a CUDA device (None = whenever not compiled; a failed capture falls back to eager with a warning)."""
 
     def __init__(self, lm: QwenLM, tokenizer: LMTokenizer, max_duration: int = DURATION_MAX,
-                 compile: bool | None = None):
+                 compile: bool | None = None, cuda_graph: bool | None = None):
         if len(tokenizer) > lm.config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LM only {lm.config.vocab_size}")
         self.lm = lm
@@ -170,7 +171,16 @@ class Planner:
         self.compiled = compile
         if self.compiled:
             lm.enable_compile()
+        if cuda_graph is None:
+            cuda_graph = not compile
+        if cuda_graph and hasattr(lm, "enable_cuda_graph"):
+            lm.enable_cuda_graph()  # used only while the LM is on a CUDA device (the host may move it)
         self.step_bytes = decode_step_bytes(lm.config, n_codes)
+
+    @property
+    def keeps_cache(self) -> bool:
+        """The KV cache stays between runs while a compiled or captured decode step refers to it."""
+        return self.compiled or (getattr(self.lm, "cuda_graphs", None) is not None and self.lm.device.type == "cuda")
 
     @contextlib.contextmanager
     def threads(self):
@@ -385,7 +395,7 @@ class Planner:
                 out.append(token)
                 feed = [token]
         finally:
-            if not self.compiled:
+            if not self.keeps_cache:
                 lm.release_cache()
 
     @_small_lm_threads
@@ -451,7 +461,7 @@ class Planner:
                 step = (token + AUDIO_CODE_FIRST_ID)[:, None]
                 logits = lm.decode(step.repeat(len(prompts), 1), width + i, head, positions[i: i + 1])
         finally:
-            if not self.compiled:
+            if not self.keeps_cache:
                 lm.release_cache()
         codes = codes[:, :length].cpu().tolist()
         if free_length:  # a song ends at its first EOS
