@@ -20,6 +20,8 @@ Usage (from the repository root)::
     PYTHONPATH=. python bench/bench_lm.py --dtypes bf16
     PYTHONPATH=. python bench/bench_lm.py --device cuda --compile --size 4B
     PYTHONPATH=. python bench/bench_lm.py --size tiny --codes 20  # checks the harness in seconds
+    PYTHONPATH=. python bench/bench_lm.py --cuda                 # GPU: 0.6B/1.7B/4B x batch 1/2/4, tokens/s, VRAM
+    PYTHONPATH=. python bench/bench_lm.py --int8 --dtypes bf16     # CPU: also int8 weights, and their logit error
 
 Each timed run is one call after a short warm-up (5 codes). ``contention`` is the share of the machine that
 other processes and the hypervisor took during the call (from /proc/stat); a run above ``--max-contention``
@@ -269,6 +271,67 @@ def measure(rows: list, name: str, dtype_name: str, run, n_codes: int, device: s
     rows.append(best)
 
 
+def cuda_table(args):
+    """Tokens/s per song of the codes phase (after the first code, so without the prefill) and peak VRAM, for
+    each LM size and batch of songs (each song: a cond and an uncond row), in bf16, per decode mode."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda: no CUDA device")
+    n = args.codes
+    print(f"# codes phase on {torch.cuda.get_device_name()}, {n} codes per song, CFG 2.0, bf16, torch "
+          f"{torch.__version__}", flush=True)
+    modes = ["eager", "CUDA graph"] + (["compiled"] if importlib.util.find_spec("triton") else [])
+    rows = []
+    for size in args.sizes.split(","):
+        config = SIZES[size]
+        weights = random_weights(config, torch.bfloat16, "cuda")
+        tokenizer = load_lm_tokenizer(None, config["vocab_size"])
+        lm = our_lm(weights, config)
+        for mode in modes:
+            planner = Planner(lm, tokenizer, compile=mode == "compiled", cuda_graph=mode == "CUDA graph")
+            if mode != "compiled":
+                lm.disable_compile()
+            if mode != "CUDA graph":
+                lm.disable_cuda_graph()
+            for batch in (int(b) for b in args.batches.split(",")):
+                seeds = list(range(batch))
+                metas = dict(METAS, duration=n / 5)
+                try:
+                    planner.plan_batch(CAPTION, LYRICS, seeds, mode="codes", metas=metas)  # warm-up, capture
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    marks = []
+
+                    def on_token(phase, done, total):
+                        if done == 1:
+                            torch.cuda.synchronize()
+                            marks.append(time.perf_counter())
+
+                    t0 = time.perf_counter()
+                    plans = planner.plan_batch(CAPTION, LYRICS, seeds, mode="codes", metas=metas, on_token=on_token)
+                    torch.cuda.synchronize()
+                    wall = time.perf_counter() - t0
+                except torch.cuda.OutOfMemoryError:
+                    print(f"{size} {mode} batch {batch}: out of memory", flush=True)
+                    planner.release()
+                    torch.cuda.empty_cache()
+                    continue
+                assert all(len(p.codes) == n for p in plans)
+                rate = (n - 1) / (wall - (marks[0] - t0))
+                peak = torch.cuda.max_memory_allocated() / 2**30
+                print(f"{size} {mode} batch {batch}: {wall:.2f} s, {rate:.0f} tokens/s per song, first code after "
+                      f"{marks[0] - t0:.3f} s, peak VRAM {peak:.2f} GiB", flush=True)
+                rows.append((size, mode, batch, wall, rate, marks[0] - t0, peak))
+            planner.release()
+        lm = weights = None
+        torch.cuda.empty_cache()
+    print(f"\n| LM | decode | songs (CFG rows) | {n} codes (s) | tokens/s per song | first code (s) | peak VRAM (GiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for size, mode, batch, wall, rate, first, peak in rows:
+        print(f"| {size} | {mode} | {batch} ({2 * batch}) | {wall:.2f} | {rate:.0f} | {first:.3f} | {peak:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=SIZES, default="1.7B")
@@ -282,8 +345,15 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--max-contention", type=float, default=0.05, help="repeat runs contended above this")
     ap.add_argument("--retries", type=int, default=2)
+    ap.add_argument("--cuda", action="store_true",
+                    help="GPU table: ours only (eager, CUDA graph, compiled when triton is there) for --sizes x "
+                         "--batches songs with CFG, tokens/s per song and peak VRAM")
+    ap.add_argument("--sizes", default="0.6B,1.7B,4B", help="--cuda: comma list of LM sizes")
+    ap.add_argument("--batches", default="1,2,4", help="--cuda: comma list of songs per batch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cuda:
+        return cuda_table(args)
     device, config, n = args.device, SIZES[args.size], args.codes
     print(f"# {args.size} LM, {n} codes, CFG batch 2 — {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}, device {device}"
