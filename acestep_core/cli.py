@@ -231,6 +231,10 @@ def _add_lm_path(group) -> None:
                             "file or an all-in-one file; default: the one next to the models (acestep-5Hz-lm-1.7B "
                             "beside acestep-v15-*, models/text_encoders/qwen_*_ace15, the all-in-one's own); "
                             "none = no LM")
+    group.add_argument("--lm-int8", action="store_true",
+                       help="CPU only: the LM's layers and head in int8 with per-channel scales (half the bytes "
+                            "per token of bf16, faster where memory bandwidth limits; close to, not equal to, "
+                            "bf16: see docs/benchmarks.md)")
 
 
 def _add_lm_sampling(group, top_p: float = 0.9) -> None:
@@ -597,9 +601,14 @@ def load_pipeline(path: str, model_folder: str | None, dtype, device, weight_dty
                                            weight_dtype=weight_dtype)
 
 
-def load_lm(pipe, path: str) -> None:
+def load_lm(pipe, path: str, int8: bool = False) -> None:
     """The 5 Hz LM onto the loaded pipeline (a seam for tests)."""
-    pipe.load_lm(path)
+    pipe.load_lm(path, int8=int8)
+
+
+def _check_lm_int8(args, device) -> None:
+    if getattr(args, "lm_int8", False) and device.type != "cpu":
+        raise UsageError(f"--lm-int8: the int8 LM runs on the CPU only (device here: {device.type}); leave it out")
 
 
 def resolve_lm(choice: str | None, info) -> str | None:
@@ -720,6 +729,8 @@ def generate(args) -> int:
         req = replace(req, lm=replace(req.lm, mode=mode))
         fields["lm_mode"] = mode
     uses_lm = mode != "off" or args.simple is not None
+    if uses_lm:
+        _check_lm_int8(args, device)
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
     weights = "" if memory.weight_dtype == "default" else f" · {memory.weight_dtype}"
@@ -739,7 +750,7 @@ def generate(args) -> int:
     where = load_device(info, dtype, device, memory, Workload.of(req, info.variant)) if placed else device
     pipe = load_pipeline(checkpoint, folder, dtype, where, memory.weight_dtype)
     if uses_lm:
-        load_lm(pipe, lm_path)
+        load_lm(pipe, lm_path, args.lm_int8)
     if placed:
         attach_memory(pipe, memory, device)
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -820,6 +831,7 @@ def understand(args) -> int:
     lm_path = resolve_lm(args.lm, info)
     if lm_path is None:
         raise UsageError(_no_lm_message("understand", checkpoint))
+    _check_lm_int8(args, device)
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
     print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · understand · "
@@ -828,7 +840,7 @@ def understand(args) -> int:
     # 3. Load, listen, print.
     t0 = time.monotonic()
     pipe = load_pipeline(checkpoint, args.model, dtype, device)
-    load_lm(pipe, lm_path)
+    load_lm(pipe, lm_path, args.lm_int8)
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     tokens = TokenProgress()
     try:

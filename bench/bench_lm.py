@@ -271,6 +271,24 @@ def measure(rows: list, name: str, dtype_name: str, run, n_codes: int, device: s
     rows.append(best)
 
 
+def profile_step(config: dict, dtype, device: str, n: int, int8: bool):
+    """Per-op time of ours over ``n`` codes (after a warm-up), per code, the largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lm = our_lm(random_weights(config, dtype, device), config)
+    planner = Planner(lm, load_lm_tokenizer(None, config["vocab_size"]), compile=False)
+    if int8:
+        quantize_lm_int8(lm, planner.code_rows)
+    run_ours(planner, 3)
+    t0 = time.perf_counter()
+    run_ours(planner, n)
+    wall = time.perf_counter() - t0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ours(planner, n)
+    print(f"{n} codes: {wall:.2f} s unprofiled, {wall / n * 1e3:.1f} ms per code (prefill included)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
 def cuda_table(args):
     """Tokens/s per song of the codes phase (after the first code, so without the prefill) and peak VRAM, for
     each LM size and batch of songs (each song: a cond and an uncond row), in bf16, per decode mode."""
@@ -348,6 +366,8 @@ def main():
     ap.add_argument("--cuda", action="store_true",
                     help="GPU table: ours only (eager, CUDA graph, compiled when triton is there) for --sizes x "
                          "--batches songs with CFG, tokens/s per song and peak VRAM")
+    ap.add_argument("--profile", type=int, default=0, metavar="CODES",
+                    help="only profile ours (torch.profiler) over this many codes and print where a step's time goes")
     ap.add_argument("--sizes", default="0.6B,1.7B,4B", help="--cuda: comma list of LM sizes")
     ap.add_argument("--batches", default="1,2,4", help="--cuda: comma list of songs per batch")
     args = ap.parse_args()
@@ -359,6 +379,8 @@ def main():
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), flush=True)
     dtypes = [d for d in args.dtypes.split(",") if d]
+    if args.profile:
+        return profile_step(config, DTYPES[dtypes[0]], device, args.profile, args.int8)
     t0 = time.perf_counter()
     base = random_weights(config, DTYPES[dtypes[0]], device)
     print(f"random weights: {time.perf_counter() - t0:.1f} s", flush=True)

@@ -2,6 +2,9 @@
 the fixed-length codes loop; plus its speed report (tokens/s)."""
 from __future__ import annotations
 
+import argparse
+import re
+
 import pytest
 import torch
 
@@ -122,3 +125,39 @@ def test_int8_weights_keep_greedy_plans_of_the_terse_lm(tmp_path):
             logits.append(p.lm.prefill(torch.tensor([[1, 2, 3, 151700]]), 0, p.code_rows).float())
             p.lm.release_cache()
     assert 0 < (logits[1] - logits[0]).abs().max() < 0.1 * logits[0].std()
+
+
+def test_cli_lm_int8_plans_and_shows_tokens_per_second(tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """``--lm-int8``: the CLI loads the LM with int8 layers, plans (greedy: the same metas as without it) and its
+    progress line ends with the codes' tokens/s; on a GPU the flag is refused before anything loads."""
+    import json
+
+    from acestep_core import cli
+    from acestep_core.audio import read_metadata
+    from acestep_core.models.lm_int8 import Int8Linear
+    from devtools.fixtures import tiny_models_folder
+    from devtools.lm_fixtures import terse_lm_state_dict, write_official_lm
+
+    root = tiny_models_folder(tmp_path_factory)
+    write_official_lm(root, terse_lm_state_dict(seed=5), name="acestep-5Hz-lm-1.7B")
+    loaded = []
+    original = cli.load_lm
+
+    def spy(pipe, path, int8=False):
+        original(pipe, path, int8)
+        loaded.append(pipe.planner.lm.layers[0].mlp.up_proj)
+
+    monkeypatch.setattr(cli, "load_lm", spy)
+    plans = []
+    for extra in ([], ["--lm-int8"]):
+        out = tmp_path / f"song{len(plans)}.flac"
+        code = cli.main(["generate", "--checkpoint", root, "--caption", "pop", "--seed", "3", "--out", str(out),
+                         "--device", "cpu", "--dtype", "fp32", "--lm-temperature", "0", *extra])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        plans.append(json.loads(read_metadata(str(out))["acestep"])["lm"])
+    assert isinstance(loaded[1], Int8Linear) and not isinstance(loaded[0], Int8Linear)
+    assert plans[0]["bpm"] == plans[1]["bpm"] == 111 and plans[0]["keyscale"] == plans[1]["keyscale"]
+    assert re.search(r"LM codes \[#+\] 55/55 +[\d.]+s \d+ tokens/s", err), err
+    with pytest.raises(cli.UsageError, match="--lm-int8: the int8 LM runs on the CPU only"):
+        cli._check_lm_int8(argparse.Namespace(lm_int8=True), torch.device("cuda"))  # checked before loading
