@@ -360,7 +360,7 @@ class Planner:
         )
 
     def release(self):
-        """Free the KV cache (kept between calls only when the decode step is compiled)."""
+        """Free the KV cache (kept between calls only while a compiled or captured decode step refers to it)."""
         self.lm.release_cache()
 
     # ------------------------------------------------------------------------------------------- decoding
