@@ -4,8 +4,8 @@ int8 weights with one scale per output channel read half the bytes of bf16.
 ``quantize_lm_int8(lm)`` replaces the seven projections of every layer with :class:`Int8Linear` and gives the LM
 an int8 copy of its head rows (the tied embedding stays as it is, for the token lookups). The matmul is torch's
 weight-only int8 kernel (``torch._weight_int8pack_mm``: the int8 weight and the per-channel scales go in as they
-are, activations in bf16); where that kernel is missing, the weight is dequantised in the matmul (no speed gain,
-the same numbers). Symmetric rounding: ``scale = max|w| / 127`` per output row, ``w ≈ q * scale``.
+are, activations in bf16) for the decode steps; a prompt's prefill, and devices without that kernel, dequantise
+the weight for one bf16 matmul instead (no bandwidth gain there, the same numbers up to rounding). Symmetric rounding: ``scale = max|w| / 127`` per output row, ``w ≈ q * scale``.
 
 Not lossless: greedy plans equal the bf16 model's where the top two logits are further apart than the
 quantisation error (``bench/lm_int8_error.py`` measures that error on the 1.7B geometry).
@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 COMPUTE_DTYPE = torch.bfloat16  # activations and scales; the int8 kernel's fast path on the CPU
+# Rows (tokens x batch) up to which the int8 kernel runs; a prompt's prefill has more, and there the kernel is
+# slower than dequantising the weight for one bf16 matmul (measured, 6144 x 2048: equal at ~32 rows, 4x slower
+# at 200).
+INT8_KERNEL_MAX_ROWS = 16
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +36,7 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> 
     """``x @ (weight * scales[:, None]).T`` in COMPUTE_DTYPE, returned in x's dtype."""
     shape = x.shape
     flat = x.reshape(-1, shape[-1]).to(scales.dtype)
-    if _HAS_INT8_KERNEL and x.device.type == "cpu":
+    if _HAS_INT8_KERNEL and x.device.type == "cpu" and flat.shape[0] <= INT8_KERNEL_MAX_ROWS:
         out = torch._weight_int8pack_mm(flat, weight, scales)
     else:
         out = F.linear(flat, weight.to(scales.dtype)) * scales
