@@ -259,7 +259,7 @@ WORKFLOWS = {
 # decode and save. Nodes of a column stack top to bottom in the specs' order; the note sits over columns 0-1.
 COLUMNS = {"loader": 0, "lm": 0, "lora1": 0, "lora2": 0, "ref": 0, "src": 0,
            "text": 1, "simple": 1, "understand": 1, "latent": 1,
-           "timbre": 2, "plan": 2, "sampler": 2, "decode": 3, "save": 3}
+           "timbre": 2, "plan": 2, "sampler": 2, "decode": 3, "lyrics": 3, "save": 3}
 COLUMN_OVERRIDES = {"acestep15_understand_cover": {"text": 2}}  # Understand Audio feeds Caption & Lyrics
 COLUMN_WIDTHS = (440, 420, 400, 380)  # wide enough for the loaders' file names and the lyrics box
 # Each node's height as the frontends draw it with the advanced inputs collapsed (LGraphNode.computeSize,
@@ -270,7 +270,7 @@ NODE_HEIGHTS = {
     "ModelLoader": 180, "LMLoader": 90, "LoraLoader": 90, "LoadAudio": 140, "TextEncode": 330, "SimpleMode": 300,
     "UnderstandAudio": 260, "EmptyLatent": 90, "CoverLatent": 270, "RepaintLatent": 320, "ExtendLatent": 320,
     "StemLatent": 290, "TimbreReference": 60, "LMPlanner": 280, "Sampler": 250, "VAEDecode": 110,
-    "SaveAudio": 170,
+    "SaveAudio": 170, "LyricTimestamps": 120,
 }
 # Nodes that show a text after a run (web/acestep.js's info box: the loaded files, the plan, the seeds): room for
 # it, so the node does not grow into the one below.

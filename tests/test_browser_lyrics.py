@@ -42,8 +42,6 @@ def _workflow(url: str, path: str) -> None:
 
     with urllib.request.urlopen(url + "/object_info", timeout=30) as r:
         infos = json.load(r)
-    b.COLUMNS.setdefault("lyrics", 3)
-    b.ROWS.setdefault("lyrics", 1)
     specs = [
         b.loader("acestep/acestep-v15-turbo"),
         b.text(caption="synth pop", lyrics=LYRICS),
