@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constants import INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings
+from .constants import APG_MOMENTUM, APG_NORM_THRESHOLD, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings
 
 # The turbo checkpoints are distilled on these fixed 8-step schedules (t = s·u/(1+(s−1)u), u = 1 − i/8, the final
 # t = 0 left out: the last step jumps straight to x0). Values are the original's Python floats.
@@ -37,10 +37,7 @@ TURBO_TABLES: dict[float, list[float]] = {
 TURBO_VALID_TIMESTEPS: list[float] = sorted({t for table in TURBO_TABLES.values() for t in table}, reverse=True)
 MAX_TURBO_STEPS = TURBO_MAX_STEPS
 
-APG_MOMENTUM = -0.75
-APG_NORM_THRESHOLD = 2.5
 ADG_ANGLE_CLIP = 3.14 / 6  # the original's "pi/6"
-
 
 
 class GenerationCancelled(Exception):
