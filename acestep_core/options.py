@@ -147,6 +147,9 @@ SAMPLER_OPTIONS: tuple[Option, ...] = (
            flag="--apg-momentum", hint=f" (the original uses {APG_MOMENTUM})", step=0.01, advanced=True, sample_arg="apg_momentum"),
     Option("apg_norm_threshold", "float", APG_NORM_THRESHOLD, "APG norm clamp (0 = no clamp).", lo=0.0,
            hi=APG_NORM_THRESHOLD_MAX, flag="--apg-norm-threshold", hint=" (0 = no clamp)", step=0.1, advanced=True, sample_arg="apg_norm_threshold"),
+    Option("apg_eta", "float", 0.0, "APG: the share of the guidance along the conditional velocity that is kept "
+           "(0 = only the orthogonal part, as the original; upstream apg_forward's eta).", lo=0.0, hi=1.0,
+           flag="--apg-eta", step=0.01, advanced=True, sample_arg="apg_eta"),
     Option("cfg_interval_start", "float", 0.0, "Guidance only for timesteps t ≥ this (t runs from 1 down to 0).",
            lo=0.0, hi=1.0, flag="--cfg-interval", step=0.01, advanced=True, metavar="START", sample_arg="cfg_interval_start"),
     Option("cfg_interval_end", "float", 1.0, "Guidance only for timesteps t ≤ this.", lo=0.0, hi=1.0,

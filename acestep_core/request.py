@@ -613,6 +613,7 @@ class SamplerSettings:
     guidance_method: str = default("sampler", "guidance_method")
     apg_momentum: float = default("sampler", "apg_momentum")
     apg_norm_threshold: float = default("sampler", "apg_norm_threshold")
+    apg_eta: float = default("sampler", "apg_eta")
     cfg_interval_start: float = default("sampler", "cfg_interval_start")
     cfg_interval_end: float = default("sampler", "cfg_interval_end")
     velocity_norm_threshold: float = default("sampler", "velocity_norm_threshold")

@@ -124,3 +124,34 @@ def test_the_request_docstring_lists_every_option():
     for o in options.BY_KEY.values():
         assert f" {o.key}," in request.__doc__ or f" {o.key};" in request.__doc__ or f" {o.key}." in request.__doc__, \
             o.key
+
+
+def test_apg_eta_keeps_that_share_of_the_parallel_part():
+    """The option added through the table alone (options.py, SamplerSettings, sampling.py): upstream apg_forward's
+    eta, update = d_orthogonal + eta · d_parallel, with d_parallel the projection on v_cond over time."""
+    from acestep_core import sampling
+
+    g = torch.Generator().manual_seed(0)
+    v_cond, v_uncond = torch.randn(2, 40, 3, generator=g), torch.randn(2, 40, 3, generator=g)
+    d = (v_cond - v_uncond).double()
+    u = v_cond.double() / v_cond.double().norm(dim=1, keepdim=True)
+    par = (d * u).sum(dim=1, keepdim=True) * u
+    for eta in (0.0, 0.5, 1.0):
+        out = sampling.APG(4.0, norm_threshold=0.0, eta=eta)(v_cond, v_uncond)
+        expected = v_cond.double() + 3.0 * (d - par + eta * par)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert request(apg_eta=0.25).sampler.apg_eta == 0.25
+
+
+def test_the_pipeline_hands_every_sample_option_to_the_sampler(monkeypatch):
+    """Options with a ``sample_arg`` reach sampling.sample by that keyword without the pipeline naming them."""
+    import inspect
+
+    from acestep_core import sampling
+
+    params = inspect.signature(sampling.sample).parameters
+    flow = inspect.signature(sampling.flow_edit).parameters
+    for o in options.SAMPLER_OPTIONS:
+        if o.sample_arg:
+            assert o.sample_arg in params and o.sample_arg in flow, o.name
+            assert params[o.sample_arg].default == o.default, o.name
