@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .audio import MODEL_CHANNELS, check_save_options, load_audio, save_audio
-from .constants import DTYPES, DURATION_MAX, LM_DECIDE_FIELDS, LM_UNDERSTAND_TOP_P, WEIGHT_DTYPES
+from .constants import DTYPES, DURATION_MAX, LM_DECIDE_FIELDS, LM_UNDERSTAND_TOP_P, VARIANTS, WEIGHT_DTYPES
 from .errors import InputError, Interrupted, shown
 from .options import BY_KEY, FLOW_EDIT_OPTIONS, PLAN_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SWITCH, TASK_OPTIONS
 from .options import Option, option
@@ -786,7 +786,7 @@ def generate(args) -> int:
     lm_part = f" · LM {lm_name(lm_path)} ({'simple, ' if args.simple is not None else ''}{mode})" if uses_lm else ""
     print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)}{weights} · {device} · {req.task.kind}"
           + lm_part + describe_loras(loras), file=sys.stderr)
-    if req.task.rule.base_only and not info.variant.endswith("base"):
+    if req.task.rule.base_only and VARIANTS[info.variant].kind != "base":
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
               "(add --model base)", file=sys.stderr)
 

@@ -214,6 +214,25 @@ DCW_DEFAULTS = {
     "sft": DcwSettings(enabled=False),
     "xl_sft": DcwSettings(enabled=False),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model variant as every rule sees it: its kind (turbo, base or sft), whether it is the XL size, its
+    sampling defaults and the official app's DCW switch (asked instead of reading suffixes of the name)."""
+    name: str
+    kind: str
+    xl: bool
+    defaults: SamplingDefaults
+    dcw: DcwSettings
+
+    @property
+    def turbo(self) -> bool:
+        return self.kind == "turbo"
+
+
+VARIANTS = {name: Variant(name, name.removeprefix("xl_"), name.startswith("xl_"), VARIANT_DEFAULTS[name],
+                          DCW_DEFAULTS[name]) for name in VARIANT_DEFAULTS}
 # With the LM's "thinking" on, the app switches mode/scalers to these (dcw_defaults.py THINK_DCW_DEFAULTS,
 # b3a4561); the on/off switch stays the variant's.
 DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER = "double", 0.02, 0.06

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .constants import (
-    APG_MOMENTUM, APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD, APG_NORM_THRESHOLD_MAX, DCW_DEFAULTS,
+    APG_MOMENTUM, APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD, APG_NORM_THRESHOLD_MAX,
     DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER, DEFAULT_TILE_FRAMES, DURATION_MAX,
     FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, LM_CFG_SCALE, LM_CFG_SCALE_MAX,
     LM_CFG_SCALE_MIN, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TOP_K,
     LM_TOP_K_MAX, LM_TOP_P, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX,
     STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TURBO_APP_MAX_STEPS, TURBO_MAX_STEPS, VAE_ENCODE_MODES,
-    VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX,
+    VARIANTS, VELOCITY_NORM_THRESHOLD_MAX,
 )
 
 KINDS = ("int", "float", "choice", "bool", "switch", "text", "seed", "timesteps")
@@ -121,8 +121,8 @@ class Option:
         return repr(self.default) if isinstance(self.default, str) and not self.choices else str(self.default)
 
 
-_DEF = {name: VARIANT_DEFAULTS[name] for name in ("turbo", "base", "sft")}
-_DCW = DCW_DEFAULTS["turbo"]
+_DEF = {name: VARIANTS[name].defaults for name in ("turbo", "base", "sft")}
+_DCW = VARIANTS["turbo"].dcw
 _VARIANT_STEPS = (f"the variant's: turbo {_DEF['turbo'].steps}, base {_DEF['base'].steps}, "
                   f"SFT {_DEF['sft'].steps}")
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from .constants import (
-    BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND, DCW_DEFAULTS, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
+    BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
     DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, KEYSCALES, LATENT_RATE,
     LM_DECIDE_FIELDS, LM_NO_USER_INPUT, MAX_AUDIO_CODES, MIN_WINDOW_SECONDS, SEED_MAX, TIME_SIGNATURES,
-    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VALID_LANGUAGES, VARIANT_DEFAULTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
+    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VALID_LANGUAGES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
     DCW_THINK_SCALER, DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
@@ -750,8 +750,8 @@ def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False
     turbo timesteps, and guidance on turbo (guidance-distilled: always 1, so a guidance given would do nothing).
     DCW: on/off, mode and scalers default to the official app's for the variant (``think``: the app's values when
     the LM thought)."""
-    defaults = VARIANT_DEFAULTS[variant]
-    turbo = variant.endswith("turbo")
+    kind = VARIANTS[variant]
+    defaults, turbo = kind.defaults, kind.turbo
     timesteps = settings.timesteps
     if turbo and settings.steps is not None and settings.steps > MAX_TURBO_STEPS:
         raise InputError("steps", settings.steps, f"1 to {MAX_TURBO_STEPS} on turbo models")
@@ -759,7 +759,7 @@ def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False
         raise InputError("guidance", settings.guidance, "none on turbo models: they are guidance-distilled (leave it "
                                                         "out or set 1; base and SFT models take guidance)")
     if timesteps is not None:
-        if variant.endswith("base"):
+        if kind.kind == "base":
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
                              "custom timesteps only on turbo and SFT models (the base model has no such option)")
         nonzero = [t for t in timesteps if t > 0]
@@ -783,7 +783,7 @@ def resolve_dcw(settings: SamplerSettings, variant: str, think: bool = False) ->
     """The DCW correction a run uses: each setting as given, else the official app's default for the variant;
     with ``think`` (the LM planned the song in think mode) the app's think mode, scalers instead (the switch stays
     the variant's)."""
-    default = DCW_DEFAULTS[variant]
+    default = VARIANTS[variant].dcw
     if think:
         default = DcwSettings(default.enabled, DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER)
     return DcwSettings(enabled=default.enabled if settings.dcw is None else settings.dcw,

@@ -22,7 +22,7 @@ from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_
 from ..acestep_core.constants import (
     BPM_MAX, BPM_MIN, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN,
     KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES,
-    VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
+    VARIANTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
 )
 from ..acestep_core.errors import Described, InputError
 from ..acestep_core.options import FLOW_EDIT_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, Option, option
@@ -491,7 +491,7 @@ class Sampler(io.ComfyNode):
             lines.append(f"retake {meta['retake_variance']:g} · seeds {', '.join(map(str, meta['retake_seeds']))}")
         if result.request is not None and result.request.plans:
             lines.append(planning.summary(result.request))
-        if task.rule.base_only and not meta["variant"].endswith("base"):
+        if task.rule.base_only and VARIANTS[meta["variant"]].kind != "base":
             lines.append(f"note: the official app offers {task.kind} only on the base model")
         if meta.get("memory"):
             lines.append(meta["memory"])
