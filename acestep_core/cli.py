@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="flac: 16|24, wav: 16|24|float, mp3: V0|128k|320k..., opus: 64k|128k...")
     io.add_argument("--save-latents", default=None, metavar="FILE.safetensors",
                     help="also write the final latents [B, T, 64] and the seeds")
+    io.add_argument("--lrc", default=None, metavar="FILE.lrc",
+                    help="also write when each sung line starts, as LRC ([mm:ss.xx]line; one extra DiT pass; batch: "
+                         "FILE_1.lrc, ...)")
+    io.add_argument("--vtt", default=None, metavar="FILE.vtt",
+                    help="also write the sung lines as WebVTT subtitles (start and end of each line)")
     add_options(io, RENDER_OPTIONS)
 
     text = g.add_argument_group("what to generate")
@@ -552,22 +557,31 @@ def _commit(staged: list[tuple[str, str]]) -> None:
 
 def _write_error(path: str, error: Exception, tmp: str | None = None) -> UsageError:
     """A write that failed at the end (full disk, folder gone, …) as one line naming the flag and the file the user
-    gave, never a temporary name (--out takes audio extensions only, so a .safetensors file is --save-latents)."""
-    flag = "--save-latents" if path.lower().endswith(".safetensors") else "--out"
+    gave, never a temporary name (--out takes audio extensions only: a .safetensors file is --save-latents, .lrc
+    and .vtt files are --lrc and --vtt)."""
+    flag = {".safetensors": "--save-latents", ".lrc": "--lrc", ".vtt": "--vtt"}.get(
+        os.path.splitext(path)[1].lower(), "--out")
     reason = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
     return UsageError(f"{flag} {path}: writing it failed ({reason.replace(tmp, path) if tmp else reason}); "
                       "nothing was written")
 
 
 def write_outputs(result, paths: list[str], fields: dict, model: str, quality: str | None,
-                  latents_path: str | None) -> None:
-    """Encode every item (and the latents) under temporary names, then rename them all: all or nothing."""
+                  latents_path: str | None, texts: Sequence[tuple[str, str]] = ()) -> None:
+    """Encode every item (and the latents, and ``texts``: (path, UTF-8 text) such as LRC files) under temporary
+    names, then rename them all: all or nothing."""
     from safetensors import SafetensorError
 
     staged: list[tuple[str, str]] = []
-    for path in paths + ([latents_path] if latents_path is not None else []):
+    for path in paths + [p for p, _ in texts] + ([latents_path] if latents_path is not None else []):
         remove_stale_temporaries(path)
     try:
+        for path, text in texts:
+            tmp = _temp_sibling(path, "partial")
+            staged.append((tmp, path))
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
         for i, path in enumerate(paths):
             tmp = _temp_sibling(path, "partial")
             staged.append((tmp, path))
@@ -597,6 +611,32 @@ def write_outputs(result, paths: list[str], fields: dict, model: str, quality: s
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def check_timestamp_outputs(args, lyrics: str | None) -> list[tuple[str, str]]:
+    """The (flag, path) of --lrc / --vtt, checked before any work: the file name's ending, and sung lines to time
+    (the lyrics as given; simple mode writes its own unless --instrumental)."""
+    from .timestamps import has_sung_lines
+
+    timed = [(flag, path) for flag, path in (("--lrc", args.lrc), ("--vtt", args.vtt)) if path is not None]
+    for flag, path in timed:
+        if not path.lower().endswith(flag.replace("--", ".")):
+            raise UsageError(f"{flag} {path!r}: the file name must end in {flag.replace('--', '.')}")
+    if timed and (args.simple is None or args.instrumental) and not has_sung_lines(lyrics or ""):
+        flag, path = timed[0]
+        what = "simple mode with --instrumental writes none" if args.simple is not None else \
+            "the lyrics have none (blank or section tags only); give --lyrics or --lyrics-file"
+        raise UsageError(f"{flag} {path!r}: there are no sung lines to time: {what}")
+    return timed
+
+
+def timing_texts(result, timing_paths: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(path, LRC or WebVTT text) of each song, from ``result.lyrics_timing``."""
+    from .timestamps import to_lrc, to_vtt
+
+    write = {"--lrc": to_lrc, "--vtt": to_vtt}
+    return [(path, write[flag](result.lyrics_timing[i])) for flag, paths in timing_paths.items()
+            for i, path in enumerate(paths)]
 
 
 def _check_device(device: str | None):
@@ -735,6 +775,7 @@ def generate(args) -> int:
     if args.save_latents is not None and not args.save_latents.lower().endswith(".safetensors"):
         raise UsageError(f"--save-latents {args.save_latents!r}: the file name must end in .safetensors")
     lyrics = _read_text(args.lyrics_file, "--lyrics-file") if args.lyrics_file is not None else args.lyrics
+    timed = check_timestamp_outputs(args, lyrics)
     device = _check_device(args.device)
     from .memory.manager import MemorySettings
 
@@ -753,6 +794,8 @@ def generate(args) -> int:
     paths = output_paths(args.out, req.task.batch_size)
     check_output_paths([("--out", p) for p in paths] + ([("--save-latents", args.save_latents)]
                                                         if args.save_latents else []), _input_files(args))
+    timing_paths = {flag: output_paths(path, req.task.batch_size) for flag, path in timed}
+    check_output_paths([(flag, p) for flag, ps in timing_paths.items() for p in ps], _input_files(args))
 
     # 2. Which model and LM, and can they take these settings (read from configs/headers, nothing loaded yet).
     from dataclasses import replace
@@ -831,6 +874,8 @@ def generate(args) -> int:
         bar(i, total)
 
     extra = {"on_token": tokens} if uses_lm else {}
+    if timed:
+        extra["timestamps"] = True
     try:
         result = pipe(req, on_step=step, should_cancel=None, on_warning=warn, adapters=loras, **extra)
     except BaseException:
@@ -838,7 +883,7 @@ def generate(args) -> int:
         bar.close(complete=False)
         raise
     bar.close()
-    write_outputs(result, paths, fields, name, args.quality, args.save_latents)
+    write_outputs(result, paths, fields, name, args.quality, args.save_latents, timing_texts(result, timing_paths))
     if result.metadata.get("lm"):
         from .planning import summary
 
@@ -849,7 +894,8 @@ def generate(args) -> int:
     if result.metadata.get("memory"):
         vae = getattr(pipe, "last_vae_run", None)
         print(f"memory: {result.metadata['memory']}" + (f" · {vae.describe()}" if vae else ""), file=sys.stderr)
-    for path in paths + ([args.save_latents] if args.save_latents else []):
+    for path in paths + ([args.save_latents] if args.save_latents else []) + \
+            [p for ps in timing_paths.values() for p in ps]:
         print(path)
     return 0
 

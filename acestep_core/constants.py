@@ -423,3 +423,13 @@ LM_TOP_K_MAX = 100  # 0 = off
 LM_FOLDER_PREFIX = "acestep-5Hz-lm-"
 LM_FOLDER_ORDER = ("acestep-5Hz-lm-1.7B", "acestep-5Hz-lm-4B", "acestep-5Hz-lm-0.6B")
 LM_COMFY_FILES = ("qwen_1.7b_ace15.safetensors", "qwen_4b_ace15.safetensors")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lyric timestamps (timestamps.py), as the official app computes them (lyric_timestamp.py / dit_alignment.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+# DiT cross-attention heads that follow the sung lyrics, {layer: heads}: the 2B default; a config.json may name its
+# own (lyric_alignment_layers_config, the XL configs do).
+LYRIC_ALIGNMENT_HEADS = {2: (6,), 3: (10, 11), 4: (3,), 5: (8, 9), 6: (8,)}
+LYRIC_ALIGNMENT_SEED = 42  # the noise of the extra DiT pass (the app's fixed seed)
+LYRIC_ALIGNMENT_SUPPRESSION = 2.0  # how many row/column medians are taken off the attention ("violence_level")

@@ -5,13 +5,23 @@ from __future__ import annotations
 import math
 import signal
 
+# The module name our errors report. Hosts name an error by its class's module and name: ComfyUI heads its error
+# toast and panel with them, and a custom node pack's modules are named by the pack folder's absolute path
+# ("/home/…/custom_nodes/ComfyUI-ACE-Step-1_x_5.acestep_core.errors.InputError: …"). "ACE-Step.InputError: …"
+# reads as the pack and leaves the toast's room for the message.
+SHOWN_MODULE = "ACE-Step"
+
 
 class CheckpointError(ValueError):
     """A checkpoint file or folder cannot be used; the message names the file and what is wrong."""
 
+    __module__ = SHOWN_MODULE
+
 
 class InputError(ValueError):
     """An input of the request is not allowed; the message names the input, the value and what is allowed."""
+
+    __module__ = SHOWN_MODULE
 
     def __init__(self, name: str, value, allowed: str):
         self.name, self.value, self.allowed = name, value, allowed

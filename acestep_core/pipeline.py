@@ -23,7 +23,7 @@ import dataclasses
 import random
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -56,6 +56,21 @@ class PreparedSource:
     window: Window | None
 
 
+@dataclass(frozen=True, eq=False)
+class AlignmentInputs:
+    """What lyric timestamps need of a generation besides its latents: the packed condition [B, S, D] and DiT
+    context [B, T, 2C] the songs were made with, the number of sampling steps, the lyrics and their language."""
+
+    condition: torch.Tensor
+    context: torch.Tensor
+    steps: int
+    lyrics: str
+    language: str
+
+    def to(self, device) -> "AlignmentInputs":
+        return replace(self, condition=self.condition.to(device), context=self.context.to(device))
+
+
 @dataclass
 class GenerationResult:
     audio: torch.Tensor | None  # [B, 2, T·hop] float32 at ``sample_rate`` (None when the request has no render)
@@ -66,6 +81,9 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)  # e.g. lyrics cut at the text encoder's token limit
     source: PreparedSource | None = None  # the prepared source of audio tasks, for render()
     request: Request | None = None  # the request as run: with the LM's plans applied when it planned
+    # pipe(request, timestamps=True): the sung lines of each song (timestamps.LyricLine: text, start, end, words)
+    lyrics_timing: list[list] | None = None
+    alignment: AlignmentInputs | None = None  # for timing the lyrics later: pipe.time_lyrics(result.alignment, …)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,9 +168,11 @@ class AceStepPipeline:
         on_warning: Callable[[str], None] | None = None,
         adapters: Sequence[tuple] = (),
         on_token: Callable[[str, int, int], None] | None = None,
+        timestamps: bool = False,
     ) -> GenerationResult:
         """``on_step(step, total)``: DiT steps; ``on_token(phase, done, total)``: LM tokens ("metas", "codes");
-        ``should_cancel()``: True (or raising) stops between steps and tokens."""
+        ``should_cancel()``: True (or raising) stops between steps and tokens; ``timestamps``: also time the sung
+        lines of each song (one extra DiT pass, ``result.lyrics_timing``)."""
         if not _is_a(req, Request):
             example = "pipe(request(**fields))" if isinstance(req, dict) else "pipe(request(caption='calm piano'))"
             raise InputError("req", req, f"a Request, built by acestep_core.request.request(), e.g. {example}")
@@ -187,6 +207,8 @@ class AceStepPipeline:
             conditions, instruction, metas = self._conditions(req, inputs, seeds, warn)
             self._use("model")
             latents, sampled = self._sample(req, schedule, inputs, conditions, seeds, on_step, should_cancel)
+            alignment = self._alignment(req, conditions, sampled["steps"])
+            timing = self._lyrics_timing(alignment, latents) if timestamps else None
         metadata = {"task": req.task.kind, "variant": self.ckpt.variant, "shift": schedule.shift,
                     "guidance": schedule.guidance, "seeds": seeds, "instruction": instruction, "metas": metas,
                     "frames": latents.shape[1], **sampled}
@@ -196,7 +218,7 @@ class AceStepPipeline:
         if self.memory is not None:
             metadata["memory"] = self.memory.report()
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source,
-                                req)
+                                req, timing, alignment)
 
     def _lm_seconds(self, req: Request, work: str) -> float:
         """Seconds of codes the plan may write (for the memory plan): none for metas only; the request's length when
@@ -474,6 +496,51 @@ class AceStepPipeline:
             sde_generators=generators, **common)
         used["steps"] = num_steps
         return latents, used
+
+    @staticmethod
+    def _alignment(req: Request, conditions: dict, steps: int) -> AlignmentInputs:
+        (condition, _), context = conditions["cover"]
+        return AlignmentInputs(condition, context, steps, req.text.lyrics, req.text.language)
+
+    def _lyrics_timing(self, alignment: AlignmentInputs, latents: torch.Tensor) -> list[list]:
+        """The sung lines of each song, from one extra DiT pass over its final latents with the condition it was
+        made with (``timestamps.time_lyrics``)."""
+        from .timestamps import time_lyrics
+
+        a = alignment
+        if a.condition.shape[0] != latents.shape[0] or a.context.shape[1] != latents.shape[1]:
+            raise InputError("latents", latents, f"the {a.condition.shape[0]} songs of {a.context.shape[1]} frames "
+                                                 "the alignment inputs were made for")
+        ids = self.ckpt.tokenizer.encode(format_lyrics_prompt(a.lyrics, a.language), LYRIC_MAX_TOKENS)
+        seconds = latents.shape[1] * self.hop / self.sample_rate
+        return time_lyrics(self.model, self.ckpt.tokenizer, ids, a.language, a.condition, a.context, latents,
+                           a.steps, seconds)
+
+    @torch.no_grad()
+    def time_lyrics(self, alignment: AlignmentInputs, latents: torch.Tensor, adapters: Sequence[tuple] = ()
+                    ) -> list[list]:
+        """The sung lines of each song of finished ``latents`` [B, T, 64] (``timestamps.LyricLine``), from the
+        ``alignment`` inputs of their generation (``result.alignment``, or :meth:`alignment_inputs`)."""
+        self._use("model")
+        device, dtype = self.model.device, self.model.dtype
+        with self._adapted(adapters):
+            return self._lyrics_timing(alignment.to(device), latents.to(device=device, dtype=dtype))
+
+    @torch.no_grad()
+    def alignment_inputs(self, req: Request, adapters: Sequence[tuple] = ()) -> AlignmentInputs:
+        """The alignment inputs of ``req`` built again without sampling (condition, context, the variant's step
+        count): for latents made elsewhere. The same as the generation's own when the request is the same (its seed
+        matters only for a timbre reference or a source's VAE draw)."""
+        schedule = resolve_sampler(req.sampler, self.ckpt.variant)
+        seeds = self._seeds(req)
+        if self.memory is not None:
+            self.memory.prepare_request(req, self.ckpt.variant)
+        self._use(*(("vae", "model") if req.task.source is not None else ("model",)))
+        with self._adapted(adapters):
+            inputs = self._inputs(req.task, seeds)
+            self._use("text_encoder", *(("vae",) if req.text.timbre is not None else ()), "model")
+            conditions, _, _ = self._conditions(req, inputs, seeds, lambda message: None)
+        return self._alignment(req, conditions, schedule.steps)
 
     # ------------------------------------------------------------------ 5. render
 

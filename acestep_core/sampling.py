@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .constants import APG_MOMENTUM, APG_NORM_THRESHOLD, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings
+from .errors import SHOWN_MODULE
 
 # The turbo checkpoints are distilled on these fixed 8-step schedules (t = s·u/(1+(s−1)u), u = 1 − i/8, the final
 # t = 0 left out: the last step jumps straight to x0). Values are the original's Python floats.
@@ -42,6 +43,8 @@ ADG_ANGLE_CLIP = 3.14 / 6  # the original's "pi/6"
 
 class GenerationCancelled(Exception):
     """Raised by :func:`sample` when ``should_cancel()`` returns True before a step."""
+
+    __module__ = SHOWN_MODULE  # named as the pack's other errors (see errors.SHOWN_MODULE)
 
 
 # ----------------------------------------------------------------------------------------------------------------

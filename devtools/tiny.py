@@ -51,6 +51,8 @@ def tiny_config_json(xl: bool = False, variant: str = "turbo") -> dict:
         "timestep_sigma": 1.0,
         "is_turbo": variant.endswith("turbo"),
         "model_version": variant,
+        # The heads lyric timestamps read (the 2B default names heads this geometry does not have).
+        "lyric_alignment_layers_config": {"1": [0, 3], "2": [1], "3": [2]},
     }
     if xl:
         cfg.update(hidden_size=48, intermediate_size=96, num_attention_heads=6, encoder_hidden_size=32,

@@ -39,6 +39,7 @@ PREFIX = "AceStep15_"
 LATENT_TASK_KEY = "acestep_task"  # the Task, carried inside a LATENT dict from a latent node to the sampler/decoder
 LATENT_SOURCE_KEY = "acestep_source"  # the source as the sampler prepared it, reused by VAE Decode
 LATENT_PLAN_KEY = "acestep_plan"  # (PlanSettings, plans) from the LM Planner: the sampler runs the planned song
+LATENT_ALIGNMENT_KEY = "acestep_alignment"  # the Sampler's pipeline.AlignmentInputs (CPU), for Lyric Timestamps
 LATENT_CHANNELS = 64  # ACE-Step 1.5 VAE latent channels (canvas of the init-latent nodes)
 AUTO = "auto"
 KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
@@ -48,6 +49,7 @@ SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "1
 
 AceStepModel = io.Custom("ACESTEP_MODEL")
 AceStepText = io.Custom("ACESTEP_TEXT")
+AceStepLyricTiming = io.Custom("ACESTEP_LYRIC_TIMING")  # per song: its sung lines (timestamps.LyricLine)
 
 _MODEL_TIP = "The ACE-Step 1.5 model from the ACE-Step 1.5 Model Loader."
 
@@ -496,7 +498,8 @@ class Sampler(io.ComfyNode):
         if meta.get("memory"):
             lines.append(meta["memory"])
         lines += [f"warning: {w}" for w in result.warnings]
-        out = _latent(result.latents, **{LATENT_TASK_KEY: task, LATENT_SOURCE_KEY: result.source})
+        out = _latent(result.latents, **{LATENT_TASK_KEY: task, LATENT_SOURCE_KEY: result.source,
+                                         LATENT_ALIGNMENT_KEY: result.alignment.to("cpu")})
         return io.NodeOutput(out, ui={"text": ["\n".join(lines)]})
 
 
@@ -632,6 +635,8 @@ class SaveAudio(io.ComfyNode):
                 io.Combo.Input("quality", options=list(SAVE_QUALITIES), default="default",
                                tooltip="default: flac/wav 16-bit, mp3 V0, opus 128k. flac: 16/24; wav: 16/24/float; "
                                        "mp3: V0 or a bit rate; opus: a bit rate."),
+                _lyric_timing_input("also write each song's lines as .lrc and .vtt next to its file, and show "
+                                    "the current line while playing"),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
@@ -651,9 +656,13 @@ class SaveAudio(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, audio, filename_prefix="audio/ACE-Step", format="flac", quality="default") -> io.NodeOutput:
+    def execute(cls, audio, filename_prefix="audio/ACE-Step", format="flac", quality="default",
+                lyric_timing=None) -> io.NodeOutput:
+        _check_lyric_timing(lyric_timing, audio)
         files = _write_audio(cls, audio, filename_prefix, host.output_directory(), "output", format, quality)
-        return io.NodeOutput(ui=node_ui.results_ui(audio, files))
+        if lyric_timing is not None:
+            node_ui.write_lyric_files(host.output_directory(), files, lyric_timing)
+        return io.NodeOutput(ui=node_ui.results_ui(audio, files, lyric_timing))
 
 
 class PreviewAudio(io.ComfyNode):
@@ -664,16 +673,34 @@ class PreviewAudio(io.ComfyNode):
             display_name="ACE-Step 1.5 Preview Audio",
             category=CATEGORY,
             description="Plays the audio on the node without keeping a file in output/ (a temporary FLAC).",
-            inputs=[io.Audio.Input("audio", tooltip="Audio to play.")],
+            inputs=[io.Audio.Input("audio", tooltip="Audio to play."),
+                    _lyric_timing_input("show the current line while playing")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, audio) -> io.NodeOutput:
+    def execute(cls, audio, lyric_timing=None) -> io.NodeOutput:
+        _check_lyric_timing(lyric_timing, audio)
         prefix = "ACE-Step_temp_" + os.urandom(3).hex()
         files = _write_audio(cls, audio, prefix, host.temp_directory(), "temp", "flac", "default")
-        return io.NodeOutput(ui=node_ui.results_ui(audio, files))
+        return io.NodeOutput(ui=node_ui.results_ui(audio, files, lyric_timing))
+
+
+def _lyric_timing_input(what: str) -> io.Input:
+    return AceStepLyricTiming.Input("lyric_timing", optional=True,
+                                    tooltip=f"From ACE-Step 1.5 Lyric Timestamps (optional): {what}.")
+
+
+def _check_lyric_timing(timing, audio: dict) -> None:
+    """One list of lines per song of the AUDIO batch, checked before any file is written."""
+    if timing is None:
+        return
+    songs = audio["waveform"].shape[0] if audio["waveform"].dim() == 3 else 1
+    if not isinstance(timing, list) or len(timing) != songs:
+        count = len(timing) if isinstance(timing, list) else timing
+        raise InputError("lyric_timing", count, f"the lines of {songs} song(s), one per audio item (connect the "
+                                                "Lyric Timestamps of the latents this audio was decoded from)")
 
 
 NODES = [ModelLoader, TextEncode, TimbreReference, EmptyLatent, CoverLatent, RepaintLatent, ExtendLatent, StemLatent,

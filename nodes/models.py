@@ -93,6 +93,24 @@ def _component_path(kind: str, choice: str, preferred: str) -> str | None:
     return host.full_path(kind, preferred)
 
 
+SHOWN_FOLDERS = (host.HF_FOLDER, "diffusion_models", "checkpoints", "text_encoders", "vae", host.LORA_FOLDER)
+
+
+def shown_path(path: str | None) -> str:
+    """A model file or folder as a node shows it: ``<folder kind>/<path inside it>`` (the dropdown's spelling),
+    never the absolute path (long, private, and cut mid-path in a node's text); a path outside the model folders
+    shows its last two parts."""
+    if not path:
+        return "none"
+    path = os.path.abspath(path)
+    for kind in SHOWN_FOLDERS:
+        for root in host.folder_paths_for(kind):
+            root = os.path.abspath(root)
+            if os.path.commonpath([root, path]) == root and path != root:
+                return f"{kind}/" + os.path.relpath(path, root).replace(os.sep, "/")
+    return "/".join(path.replace(os.sep, "/").split("/")[-2:])
+
+
 @dataclass
 class LoadedModel:
     """What the ACESTEP_MODEL socket carries: the core pipeline plus its host-managed modules, and the adapters
@@ -112,8 +130,8 @@ class LoadedModel:
 
     def describe(self) -> str:
         p = self.paths
-        text = (f"variant: {self.variant} · dtype: {self.dtype}\nDiT: {p['dit']}\nVAE: {p['vae']}\n"
-                f"text encoder: {p['text_encoder']}")
+        text = (f"variant: {self.variant} · dtype: {self.dtype}\nDiT: {shown_path(p['dit'])}\n"
+                f"VAE: {shown_path(p['vae'])}\ntext encoder: {shown_path(p['text_encoder'])}")
         return text + (f"\n{self.memory}" if self.memory else "")
 
     @property
@@ -304,7 +322,7 @@ class LoadedLM:
         cfg = self.lm.config
         size = sum(p.numel() for p in self.lm.parameters()) / 1e9
         return (f"LM: {self.name} · {size:.2f}B parameters · {cfg.num_layers} layers · dtype: {self.dtype}\n"
-                f"{self.path}")
+                f"{shown_path(self.path)}")
 
     def place(self, codes: int = 0, batch: int = 1, text_tokens: int = 0) -> None:
         """Put the LM on the compute device for a run writing ``codes`` codes for ``batch`` songs (or

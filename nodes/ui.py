@@ -7,6 +7,10 @@
 - Save/Preview return ``acestep_peaks`` (one summary per batch item) and, for a tagged result,
   ``acestep_edit``: the edited region on the result's time axis and the source as a temporary FLAC for A/B.
 
+- Save/Preview with Lyric Timestamps connected return ``acestep_lyrics``: each song's sung lines
+  ({text, start, end}), which the results panel shows in time with its player; Save also writes them as .lrc and
+  .vtt next to each file.
+
 Everything here is JSON (lists of dicts), as ComfyUI's history and websocket messages need.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ from . import comfy_adapter as host
 UI_SOURCE = "acestep_source"
 UI_PEAKS = "acestep_peaks"
 UI_EDIT = "acestep_edit"
+UI_LYRICS = "acestep_lyrics"
 EDIT_KEY = "acestep_edit"  # extra key of an AUDIO dict from VAE Decode: {start, end, source_offset, source, source_rate}
 
 
@@ -59,9 +64,36 @@ def _write_source(edit: dict) -> dict:
     return {"filename": name, "subfolder": target.subfolder, "type": "temp"}
 
 
-def results_ui(audio: dict, files: list[dict]) -> dict:
-    """``ui`` of Save/Preview: the files (ComfyUI's player), each item's peaks and, for an edit, the region and
-    the source to compare with."""
+def write_lyric_files(directory: str, files: list[dict], timing: list) -> None:
+    """Each song's lines as ``<file stem>.lrc`` and ``.vtt`` next to its audio file (``files``: the Save entries,
+    ``subfolder`` relative to ``directory``); written under temporary names first, renamed when all are written."""
+    from ..acestep_core.timestamps import to_lrc, to_vtt
+
+    staged = []
+    try:
+        for entry, lines in zip(files, timing):
+            stem = os.path.splitext(os.path.join(directory, entry["subfolder"], entry["filename"]))[0]
+            for ext, text in ((".lrc", to_lrc(lines)), (".vtt", to_vtt(lines))):
+                tmp = f"{stem}.partial{ext}"
+                staged.append((tmp, stem + ext))
+                with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+                    f.write(text)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def lyrics_ui(timing: list) -> list[list[dict]]:
+    """Each song's lines as JSON for the results panel."""
+    return [[{"text": line.text, "start": line.start, "end": line.end} for line in lines] for lines in timing]
+
+
+def results_ui(audio: dict, files: list[dict], timing: list | None = None) -> dict:
+    """``ui`` of Save/Preview: the files (ComfyUI's player), each item's peaks, for an edit the region and the
+    source to compare with, and with ``timing`` (Lyric Timestamps) each song's sung lines."""
     waveform = audio["waveform"]
     if waveform.dim() == 2:
         waveform = waveform[None]
@@ -71,4 +103,6 @@ def results_ui(audio: dict, files: list[dict]) -> dict:
     if isinstance(edit, dict) and isinstance(edit.get("source"), torch.Tensor):
         region = {k: edit[k] for k in ("start", "end", "source_offset")}
         ui[UI_EDIT] = [{**region, "source": _write_source(edit)}]
+    if timing is not None:
+        ui[UI_LYRICS] = lyrics_ui(timing)
     return ui

@@ -30,6 +30,26 @@ REFERENCE = REFERENCE_FILE
 CAPTION = "energetic synth-pop, bright analog synths, punchy drums, female vocals, catchy chorus, 120 bpm"
 LYRICS = ("[Verse]\nNeon lights are calling out my name\nEvery heartbeat running through the rain\n\n"
           "[Chorus]\nWe are the echo in the night\nDancing till the morning light\n")
+# Each workflow's own example text, so a user sees what fits the task (a cover's lyrics, a repaint's new part…).
+BALLAD = ("cinematic piano ballad, lush strings, soft male vocals, slow build to a big final chorus",
+          "[Verse]\nThe harbour lamps go out one by one\nI count the boats that never came home\n\n"
+          "[Chorus]\nHold on, hold on, the tide will turn\nThere is a fire we have yet to burn\n")
+SOUL = ("vintage soul, warm brass section, hammond organ, groovy bass, powerful female vocals",
+        "[Verse]\nSunday morning, coffee on the stove\nYour old records playing soft and slow\n\n"
+        "[Chorus]\nOh, you keep me warm\nThrough every winter storm\n")
+FOLK = ("acoustic folk cover, fingerpicked guitar, warm male vocals, soft percussion",
+        "[Verse]\nDown the gravel road where the willows grow\nI left a letter that you'll never know\n\n"
+        "[Chorus]\nSing it low, sing it slow\nAll the way back home\n")
+REPAINT_PART = ("energetic synth-pop, bright analog synths, punchy drums, female vocals",
+                "[Bridge]\nClose your eyes and let the city glow\nEvery light a story we both know\n")
+OUTRO = ("energetic synth-pop outro, fading synth arpeggios, soft drums, female vocals",
+         "[Outro]\nWe are the echo, we are the light\nFading slowly into the night\n")
+INDIE = ("warm indie rock band arrangement, jangly guitars, driving bass, live drums, organ",
+         "[Verse]\nPainted windows on a northern street\nWe found a rhythm in the summer heat\n\n"
+         "[Chorus]\nAnd we run, we run\nChasing down the sun\n")
+DREAM_POP = ("dreamy indie pop, shimmering guitars, airy female vocals, gentle drum machine",
+             "[Verse]\nPaper planes across a silver sky\nWe wrote our names and watched them fly\n\n"
+             "[Chorus]\nFloating, floating far away\nInto a brand new day\n")
 MODELS_NOTE = (
     "Models: put the Comfy-Org files in ComfyUI/models/diffusion_models (acestep_v1.5_turbo.safetensors), "
     "models/text_encoders (qwen_0.6b_ace15.safetensors) and models/vae (ace_1.5_vae.safetensors), or the official "
@@ -139,13 +159,13 @@ WORKFLOWS = {
         "keeps high guidance from over-saturating; adg is the alternative. The cfg interval limits guidance to "
         "part of the schedule. Slower than turbo (two passes per step), usually more faithful to the caption. "
         "Works the same with acestep-v15-base or the XL base/SFT files.\n\n" + MODELS_NOTE,
-        [loader(SFT), text(), ("latent", P + "EmptyLatent", {"duration": 120.0, "batch_size": 1}, {}),
+        [loader(SFT), text(*BALLAD, bpm=72, keyscale="C major"), ("latent", P + "EmptyLatent", {"duration": 120.0, "batch_size": 1}, {}),
          sampler(guidance=7.0, steps=50), decode(), save("audio/ACE-Step_sft")]),
     "acestep15_timbre_reference": (
         "Text to music that follows the timbre (voice, instruments, mix) of a reference recording.\n\n"
         f"Load your reference in Load Audio ({REFERENCE} is a placeholder: upload your own). Three 10-second "
         "pieces are taken from its beginning, middle and end; the choice follows the seed.\n\n" + MODELS_NOTE,
-        [loader(TURBO), text(), load_audio("ref", REFERENCE),
+        [loader(TURBO), text(*SOUL, bpm=96, keyscale="D minor"), load_audio("ref", REFERENCE),
          ("timbre", P + "TimbreReference", {}, {"conditioning": ("text", 0), "audio": ("ref", 0)}),
          ("latent", P + "EmptyLatent", {"duration": 60.0, "batch_size": 1}, {}),
          sampler(cond=("timbre", 0)), decode(), save("audio/ACE-Step_timbre")]),
@@ -154,7 +174,7 @@ WORKFLOWS = {
         f"Load the song to cover ({SOURCE} is a placeholder: upload your own). cover_strength 1.0 follows the "
         "source all the way; lower values let the caption take over for the last steps. noise_strength > 0 starts "
         "from the source sound itself (closer to the original).\n\n" + MODELS_NOTE,
-        [loader(TURBO), text(caption="acoustic folk cover, fingerpicked guitar, warm male vocals, soft percussion"),
+        [loader(TURBO), text(*FOLK, bpm=0, keyscale="auto", ts="auto"),
          load_audio("src", SOURCE),
          ("latent", P + "CoverLatent", {"cover_strength": 1.0, "noise_strength": 0.0, "batch_size": 1},
           {"audio": ("src", 0)}),
@@ -164,7 +184,7 @@ WORKFLOWS = {
         f"Load the song ({SOURCE} is a placeholder). Set start/end in seconds (end -1 = to the end). Write the "
         "caption and the lyrics the new part should have. balanced blends the edges; conservative keeps more of "
         "the original near them; aggressive regenerates the whole output.\n\n" + MODELS_NOTE,
-        [loader(TURBO), text(), load_audio("src", SOURCE),
+        [loader(TURBO), text(*REPAINT_PART, bpm=0, keyscale="auto", ts="auto"), load_audio("src", SOURCE),
          ("latent", P + "RepaintLatent", {"start": 10.0, "end": 20.0, "mode": "balanced", "strength": 0.5,
                                           "batch_size": 1}, {"audio": ("src", 0)}),
          sampler(), decode(), save("audio/ACE-Step_repaint")]),
@@ -173,16 +193,17 @@ WORKFLOWS = {
         f"Load the song ({SOURCE} is a placeholder). seconds = how much new music; overlap lets the model "
         "regenerate a little of the existing song next to the join for a smoother transition. Describe the new "
         "part in the caption/lyrics.\n\n" + MODELS_NOTE,
-        [loader(TURBO), text(), load_audio("src", SOURCE),
+        [loader(TURBO), text(*OUTRO, bpm=0, keyscale="auto", ts="auto"), load_audio("src", SOURCE),
          ("latent", P + "ExtendLatent", {"direction": "after the end", "seconds": 30.0, "overlap": 2.0,
                                          "mode": "balanced", "batch_size": 1}, {"audio": ("src", 0)}),
          sampler(), decode(), save("audio/ACE-Step_extend")]),
     "acestep15_extract": (
         "Extract: isolate one track (here the vocals) from a mixed song. Use the base model (acestep-v15-base): "
         "the stem tasks were trained there.\n\n"
-        f"Load the song ({SOURCE} is a placeholder) and pick the track. The caption can describe the track.\n\n"
+        f"Load the song ({SOURCE} is a placeholder) and pick the track. The caption describes the track; the lyrics can be "
+        "the source's lyrics if you know them (empty is fine).\n\n"
         + MODELS_NOTE,
-        [loader(BASE), text(caption="clean lead vocals", lyrics=LYRICS), load_audio("src", SOURCE),
+        [loader(BASE), text(caption="clean lead vocals, dry, no instruments", lyrics="", bpm=0, keyscale="auto", ts="auto"), load_audio("src", SOURCE),
          stems("extract", "vocals"),
          sampler(), decode(), save("audio/ACE-Step_extract")]),
     "acestep15_lego": (
@@ -190,7 +211,7 @@ WORKFLOWS = {
         "(acestep-v15-base) recommended.\n\n"
         f"Load the song ({SOURCE} is a placeholder), pick the track to add and describe it in the caption.\n\n"
         + MODELS_NOTE,
-        [loader(BASE), text(caption="tight funk drums, crisp snare, groovy hi-hats", lyrics="[Instrumental]"),
+        [loader(BASE), text(caption="tight funk drums, crisp snare, groovy hi-hats", lyrics="[Instrumental]", bpm=0, keyscale="auto", ts="auto"),
          load_audio("src", SOURCE),
          stems("lego", "drums"),
          sampler(), decode(), save("audio/ACE-Step_lego")]),
@@ -200,7 +221,7 @@ WORKFLOWS = {
         f"Load the source ({SOURCE} is a placeholder). track + more_tracks list what to add (comma-separated "
         "names: woodwinds, brass, fx, synth, strings, percussion, keyboard, guitar, bass, drums, backing_vocals, "
         "vocals).\n\n" + MODELS_NOTE,
-        [loader(BASE), text(caption="warm indie rock band arrangement"), load_audio("src", SOURCE),
+        [loader(BASE), text(*INDIE, bpm=0, keyscale="auto", ts="auto"), load_audio("src", SOURCE),
          stems("complete", "drums", "bass, guitar, keyboard"),
          sampler(), decode(), save("audio/ACE-Step_complete")]),
     "acestep15_lora_stack": (
@@ -214,24 +235,80 @@ WORKFLOWS = {
         "XL). The loaded model itself is never changed: other branches from the loader run without the LoRAs.\n\n"
         + MODELS_NOTE,
         [loader(TURBO), lora("lora1", EXAMPLE_LORA_FILE, 0.8), lora("lora2", EXAMPLE_LOKR_FOLDER, 0.5, "lora1"),
-         text(), ("latent", P + "EmptyLatent", {"duration": 60.0, "batch_size": 1}, {}),
+         text(*DREAM_POP, bpm=100, keyscale="G major"), ("latent", P + "EmptyLatent", {"duration": 60.0, "batch_size": 1}, {}),
          sampler(model="lora2"), decode(), save("audio/ACE-Step_lora")]),
     "acestep15_native_audio_chain": (
         "Chaining with ComfyUI's own audio nodes: native Load Audio → ACE-Step 1.5 Cover → native Save Audio.\n\n"
         "Our AUDIO is the standard {waveform [B, 2, T] float32, sample_rate 48000}, and latents are the standard "
         "audio LATENT, so any audio node (trim, concat, volume, preview, save) fits before or after. "
         f"{SOURCE} is a placeholder: upload your own.\n\n" + MODELS_NOTE,
-        [loader(TURBO), text(caption="lo-fi hip hop, dusty drums, mellow rhodes"), load_audio("src", SOURCE),
+        [loader(TURBO), text(caption="lo-fi hip hop, dusty drums, mellow rhodes, vinyl crackle", lyrics="[Instrumental]", bpm=0, keyscale="auto", ts="auto"), load_audio("src", SOURCE),
          ("latent", P + "CoverLatent", {"cover_strength": 0.8, "noise_strength": 0.0, "batch_size": 1},
           {"audio": ("src", 0)}),
          sampler(), decode(), ("save", "SaveAudio", {"filename_prefix": "audio/ACE-Step_native"},
                                {"audio": ("decode", 0)})]),
 }
 
-COLUMNS = {"loader": 0, "text": 1, "ref": 0, "src": 0, "timbre": 2, "latent": 1, "sampler": 2, "decode": 3, "save": 4,
-           "lora1": 0, "lora2": 0, "lm": 0, "plan": 2, "simple": 1, "understand": 1}
-ROWS = {"loader": 0, "text": 0, "timbre": 0, "ref": 1, "src": 1, "latent": 1, "sampler": 0, "decode": 0, "save": 0,
-        "lora1": 1, "lora2": 2, "lm": 2, "plan": 1, "simple": 0, "understand": 2}
+# ------------------------------------------------------------------------------------------------ layout
+# Columns left to right, following the links: loaders and sources | text and latent | planner and sampler |
+# decode and save. Nodes of a column stack top to bottom in the specs' order; the note sits over columns 0-1.
+COLUMNS = {"loader": 0, "lm": 0, "lora1": 0, "lora2": 0, "ref": 0, "src": 0,
+           "text": 1, "simple": 1, "understand": 1, "latent": 1,
+           "timbre": 2, "plan": 2, "sampler": 2, "decode": 3, "save": 3}
+COLUMN_OVERRIDES = {"acestep15_understand_cover": {"text": 2}}  # Understand Audio feeds Caption & Lyrics
+COLUMN_WIDTHS = (440, 420, 400, 380)  # wide enough for the loaders' file names and the lyrics box
+# Each node's height as the frontends draw it with the advanced inputs collapsed (LGraphNode.computeSize,
+# measured by tests/browser/workflows_check.mjs on ComfyUI frontends 1.43.18 and 1.58.1, the larger of the two,
+# plus a little room; Caption & Lyrics gets more, for the lyrics). The browser test fails when a frontend needs
+# more than saved here, so a changed node shows up there.
+NODE_HEIGHTS = {
+    "ModelLoader": 180, "LMLoader": 90, "LoraLoader": 90, "LoadAudio": 140, "TextEncode": 330, "SimpleMode": 300,
+    "UnderstandAudio": 260, "EmptyLatent": 90, "CoverLatent": 270, "RepaintLatent": 320, "ExtendLatent": 320,
+    "StemLatent": 290, "TimbreReference": 60, "LMPlanner": 280, "Sampler": 250, "VAEDecode": 110,
+    "SaveAudio": 170,
+}
+# Nodes that show a text after a run (web/acestep.js's info box: the loaded files, the plan, the seeds): room for
+# it, so the node does not grow into the one below.
+INFO_ROOM = 80
+SHOWS_INFO = {"ModelLoader", "LMLoader", "LoraLoader", "SimpleMode", "UnderstandAudio", "LMPlanner", "Sampler"}
+TITLE = 30  # LiteGraph's title bar, drawn above a node's pos
+GAP_X, GAP_Y = 50, 40
+NOTE_LINE, NOTE_CHARS_PER_PX = 14, 1 / 6.0  # the Markdown note's line height and characters per pixel of width
+# The saved view shows the whole graph in a 1600 x 1000 browser window: right of the frontend's side bar (64 px),
+# below its top bar and menu (94 px), and clear of its minimap (bottom right: x from 1339, y from 738).
+VIEW_LEFT, VIEW_TOP, VIEW_WIDTH, VIEW_HEIGHT = 80, 110, 1500, 860
+MINIMAP_LEFT, MINIMAP_TOP = 1330, 730
+
+
+def _note_height(note: str, width: int) -> int:
+    per_line = int((width - 24) * NOTE_CHARS_PER_PX)
+    paragraphs = note.split("\n\n")
+    lines = sum(max(1, -(-len(p) // per_line)) for p in paragraphs) + 0.6 * (len(paragraphs) - 1)
+    return int(30 + NOTE_LINE * lines)
+
+
+def layout(name: str, note: str, specs: list) -> tuple[dict, list, list, dict]:
+    """Positions and sizes (graph units) of the note and of every spec's node, and the saved view."""
+    columns = {**COLUMNS, **COLUMN_OVERRIDES.get(name, {})}
+    xs = [sum(COLUMN_WIDTHS[:c]) + c * GAP_X for c in range(len(COLUMN_WIDTHS))]
+    note_width = xs[1] + COLUMN_WIDTHS[1]
+    note_size = [note_width, _note_height(note, note_width)]
+    below_note = TITLE + note_size[1] + GAP_Y
+    tops = [below_note, below_note, 0, 0]  # the next free y (title included) in each column
+    boxes = {}
+    for key, node_type, *_ in specs:
+        c = columns[key]
+        short = node_type.removeprefix(P)  # (ComfyUI's own SaveAudio: sized as ours)
+        size = [COLUMN_WIDTHS[c], NODE_HEIGHTS[short] + (INFO_ROOM if short in SHOWS_INFO else 0)]
+        boxes[key] = ([xs[c], tops[c] + TITLE], size)
+        tops[c] += TITLE + size[1] + GAP_Y
+    width, height = xs[-1] + COLUMN_WIDTHS[-1], max(tops) - GAP_Y
+    scale = int(min(1.0, VIEW_WIDTH / width, VIEW_HEIGHT / height) * 100) / 100
+    while any(VIEW_LEFT + (x + w) * scale > MINIMAP_LEFT and VIEW_TOP + (bottom - GAP_Y) * scale > MINIMAP_TOP
+              for x, w, bottom in zip(xs, COLUMN_WIDTHS, tops)):
+        scale = round(scale - 0.01, 2)
+    view = {"scale": scale, "offset": [round(VIEW_LEFT / scale, 1), round(VIEW_TOP / scale, 1)]}
+    return {"pos": [0, TITLE], "size": note_size}, boxes, [width, height], view
 
 
 def _default(info: dict, name: str):
@@ -249,7 +326,8 @@ def _default(info: dict, name: str):
 
 def build(name: str, note: str, specs: list, infos: dict) -> dict:
     ids = {key: i + 2 for i, (key, *_) in enumerate(specs)}
-    nodes = [{"id": 1, "type": "MarkdownNote", "pos": [0, -420], "size": [760, 360], "flags": {}, "order": 0,
+    note_box, boxes, _, view = layout(name, note, specs)
+    nodes = [{"id": 1, "type": "MarkdownNote", **note_box, "flags": {}, "order": 0,
               "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note],
               "title": "About this workflow"}]
     links, link_id = [], 0
@@ -285,12 +363,12 @@ def build(name: str, note: str, specs: list, infos: dict) -> dict:
                 socket["widget"] = {"name": inp}
             node_inputs.append(socket)
         outputs[key] = [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(out_types)]
-        col, row = COLUMNS[key], ROWS[key]
-        nodes.append({"id": ids[key], "type": node_type, "pos": [col * 420, row * 420], "size": [380, 300 if row == 0 else 200],
+        pos, size = boxes[key]
+        nodes.append({"id": ids[key], "type": node_type, "pos": pos, "size": size,
                       "flags": {}, "order": order, "mode": 0, "inputs": node_inputs, "outputs": outputs[key],
                       "properties": {"Node name for S&R": node_type}, "widgets_values": values})
     return {"id": name, "revision": 0, "last_node_id": max(ids.values()), "last_link_id": link_id, "nodes": nodes,
-            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [100, 500]}},
+            "links": links, "groups": [], "config": {}, "extra": {"ds": view},
             "version": 0.4}
 
 

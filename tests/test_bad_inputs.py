@@ -1044,7 +1044,6 @@ def test_h17c_nodes_name_their_own_inputs_and_save_all_or_nothing(comfy):
 
 # ---- issue 17 (h17b): adapters, damaged LM, signals, dropdowns
 
-import signal  # noqa: E402
 import time  # noqa: E402
 
 from acestep_core.adapters import load_adapter  # noqa: E402

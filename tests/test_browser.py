@@ -14,9 +14,11 @@ by git).
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 
@@ -148,6 +150,9 @@ def test_saved_workflow_and_prompt_keep_their_format(flow):
     assert prompt["AceStep15_SaveAudio"].get("audioUI", "") == ""
     assert not [k for k in prompt["AceStep15_RepaintLatent"] if k.startswith("acestep")]
     assert prompt["AceStep15_RepaintLatent"]["start"] == e["start"]
+    # Collapsed advanced inputs are still saved and sent (hidden on the canvas only).
+    assert {"apg_momentum", "timesteps", "retake_variance"} <= set(prompt["AceStep15_Sampler"])
+    assert {"tile_frames", "fade_in", "fade_out"} <= set(prompt["AceStep15_VAEDecode"])
 
 
 def test_the_result_has_comfyuis_player_our_waveform_and_the_edited_region(flow):
@@ -163,6 +168,20 @@ def test_the_result_has_comfyuis_player_our_waveform_and_the_edited_region(flow)
     assert abs(outside[0] - outside[2]) < 30, outside  # the plain background outside it
 
 
+def test_after_a_run_nodes_do_not_overlap_and_texts_name_no_absolute_path(flow):
+    """The info texts and players a run adds fit the room the layout left for them; the loader names its files
+    inside the models folder; the results' time label sits under the waveform, not on it."""
+    boxes = flow["afterRun"]["boxes"]
+    overlaps = [(a["title"], b["title"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                if _intersect(a["bounds"], b["bounds"])]
+    assert not overlaps, overlaps
+    texts = flow["afterRun"]["texts"]
+    assert any("DiT: diffusion_models/" in t for t in texts), texts
+    assert not [t for t in texts if "custom_nodes" in t or "/models/" in t or os.path.isabs(t.split(": ")[-1])], texts
+    label = flow["afterRun"]["timeLabel"]
+    assert label["labelTop"] >= label["canvasBottom"] - 0.5 and " / 0:30.00" in label["text"], label
+
+
 def test_ab_plays_the_source_at_the_same_moment(flow):
     ab = flow["ab"]
     assert ab["side"] == "B" and not ab["sourcePaused"] and ab["resultPaused"]
@@ -175,3 +194,110 @@ def test_no_internal_module_warning_and_no_error_from_the_extension(flow):
     assert not bad, bad
     external = [u for u in flow["requests"] if PACK_FOLDER in u and not u.startswith("http://127.0.0.1")]
     assert not external, external
+
+
+# ------------------------------------------------------------------------------ every workflow as a user opens it
+
+WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+COMMON_INPUTS = {  # what a user sets on every run: on screen without opening anything
+    "AceStep15_TextEncode": ("caption", "lyrics"), "AceStep15_EmptyLatent": ("duration",),
+    "AceStep15_Sampler": ("seed", "steps"), "AceStep15_LMPlanner": ("seed", "mode"),
+}
+FILE_PATH = re.compile(r"(?<![\w.])/(?:tmp|home|root|usr|work|var|mnt|opt|srv|Users)/|\b[A-Za-z]:\\")
+COMBO_ROOM = 70  # px a combo row needs besides its label and value (margins, arrows, the gap between them)
+
+
+@pytest.fixture(scope="module")
+def opened(server):
+    url, tag, log_path = server
+    os.makedirs(SHOTS, exist_ok=True)
+    env = dict(os.environ, PLAYWRIGHT_NODE_MODULES=NODE_MODULES, CHROMIUM=CHROMIUM)
+    done = subprocess.run([NODE, os.path.join(ROOT, "tests", "browser", "workflows_check.mjs"), url, SHOTS, tag,
+                           SONG, *WORKFLOWS], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nfrontend {out.get('frontend')} ({tag}); screenshots: {SHOTS}/{tag}-acestep15_*.png")
+    assert "error" not in out, out["error"] + "\n" + "\n".join(out["console"][-30:]) + "\n" + \
+        open(log_path).read()[-3000:]
+    assert sorted(out["workflows"]) == sorted(os.path.basename(p)[:-5] for p in WORKFLOWS)
+    out["base"] = os.path.dirname(log_path)
+    return out
+
+
+def _intersect(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(inner, outer) -> bool:
+    return (inner[0] >= outer[0] and inner[1] >= outer[1] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+def test_no_two_nodes_overlap(opened):
+    overlaps = []
+    for name, w in opened["workflows"].items():
+        nodes = w["nodes"]
+        for i, a in enumerate(nodes):
+            overlaps += [(name, a["title"], b["title"]) for b in nodes[i + 1:] if _intersect(a["bounds"], b["bounds"])]
+    assert not overlaps, overlaps
+
+
+def test_saved_sizes_are_what_the_frontend_draws(opened):
+    """A node the frontend has to grow on load is one the layout did not plan for (the overlaps of old)."""
+    grown = [(name, n["title"], n["size"], [round(v) for v in n["needs"]])
+             for name, w in opened["workflows"].items() for n in w["nodes"]
+             if n["needs"][0] > n["size"][0] + 0.5 or n["needs"][1] > n["size"][1] + 0.5]
+    assert not grown, grown
+
+
+def test_the_whole_graph_is_on_screen_at_the_saved_view(opened):
+    """In a 1600 x 1000 window every node lies inside the canvas panel and clear of the frontend's minimap."""
+    off = []
+    for name, w in opened["workflows"].items():
+        assert w["panel"] is not None, name
+        for n in w["nodes"]:
+            if not _inside(n["screen"], w["panel"]) or (w["minimap"] and _intersect(n["screen"], w["minimap"])):
+                off.append((name, n["title"], [round(v) for v in n["screen"]]))
+    assert not off, (off, opened["workflows"][off[0][0]]["panel"], opened["workflows"][off[0][0]]["minimap"])
+
+
+def test_advanced_inputs_start_collapsed_and_the_common_ones_show(opened):
+    shown, missing = [], []
+    for name, w in opened["workflows"].items():
+        for n in w["nodes"]:
+            if not n["type"].startswith("AceStep15_"):
+                continue
+            shown += [(name, n["type"], x["name"]) for x in n["widgets"] if x["advanced"] and x["visible"]]
+            visible = {x["name"] for x in n["widgets"] if x["visible"]}
+            linked = {x["name"] for x in n["widgets"] if x["linked"]}  # fed by a link: shown as the input
+            missing += [(name, n["type"], c) for c in COMMON_INPUTS.get(n["type"], ())
+                        if c not in visible and c not in linked]
+            if any(x["advanced"] for x in n["widgets"]):
+                assert n["showAdvanced"] is False, (name, n["type"], n["showAdvanced"])
+    assert not shown, shown
+    assert not missing, missing
+
+
+def test_no_absolute_path_and_no_cut_file_name_on_any_node(opened):
+    base = opened["base"]
+    texts = [(name, n["title"], x["name"], v) for name, w in opened["workflows"].items() for n in w["nodes"]
+             for x in n["widgets"] for v in (x["value"], x["text"]) if isinstance(v, str)]
+    texts += [("dom", "", "", t) for w in opened["workflows"].values() for t in w["nodeTexts"]]
+    assert texts
+    absolute = [t for t in texts if base in t[3] or "custom_nodes" in t[3] or FILE_PATH.search(t[3])]
+    assert not absolute, absolute
+    cut = [(name, n["title"], x["name"], x["value"]) for name, w in opened["workflows"].items() for n in w["nodes"]
+           for x in n["widgets"] if x["type"] == "combo" and x["visible"]
+           and x["labelPx"] + x["valuePx"] + COMBO_ROOM > n["size"][0]]
+    assert not cut, cut
+
+
+def test_an_error_reads_as_the_pack_and_its_message(opened):
+    toast, details = opened["toast"], opened["errorDetails"]
+    assert "custom_nodes" not in toast and opened["base"] not in toast, toast
+    # 1.43 heads the toast with the exception's type and message; 1.58 names the node and keeps both for details.
+    assert "ACE-Step.InputError: repaint window=(400.0" in toast or "Repaint (from audio) failed" in toast, toast
+    assert "repaint window=(400.0, " in details and "is not allowed" in details, details
+    # Wherever the details name the error (its heading, "Exception Type", the traceback's last line), they name it
+    # by the pack, not by the pack folder's path (the traceback's file lines are ComfyUI's report and stay).
+    assert set(re.findall(r"(\S*InputError)(?=:|\s*$)", details, re.M)) == {"ACE-Step.InputError"}, details

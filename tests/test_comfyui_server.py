@@ -289,6 +289,22 @@ def test_encode_decode_and_preview_run_on_the_server(server, tmp_path):
     _download_and_check(server, audio[0], tmp_path)
 
 
+def test_an_execution_error_is_named_by_the_pack_not_its_folder(server):
+    """ComfyUI heads its error toast and panel with the exception's module and class; a pack's modules are named
+    by its folder's absolute path, so our errors report the module "ACE-Step" instead."""
+    prompt, workflow = _prompt(server, os.path.join(ROOT, "workflows", "acestep15_repaint.json"))
+    (repaint,) = [v for v in prompt.values() if v["class_type"] == PREFIX + "RepaintLatent"]
+    repaint["inputs"].update(start=400.0, end=-1.0)  # past the end of the 40-s source: fails when it runs
+    status, reply = _queue(server, prompt, workflow)
+    assert status == 200 and not reply.get("node_errors"), f"HTTP {status}: {json.dumps(reply, indent=1)[:4000]}"
+    entry = _wait(server, reply["prompt_id"])
+    (error,) = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert error["node_type"] == PREFIX + "RepaintLatent", error
+    assert error["exception_type"] == "ACE-Step.InputError", error["exception_type"]
+    assert error["exception_message"].startswith("repaint window=(400.0, "), error["exception_message"]
+    assert "custom_nodes" not in error["exception_type"] + error["exception_message"]
+
+
 def _rejected(server, node_type: str, name: str, value) -> tuple[str, list[dict]]:
     """Queue the text2music workflow with one widget of one node changed; it must fail validation (HTTP 400).
     Returns the node's id and its errors."""

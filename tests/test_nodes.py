@@ -15,7 +15,7 @@ from devtools.comfy_harness import ROOT, TEST_AUDIO_RATE, run_node, song_signal
 P = "AceStep15_"
 EXPECTED = {P + n for n in ("ModelLoader", "TextEncode", "TimbreReference", "EmptyLatent", "CoverLatent",
                             "RepaintLatent", "ExtendLatent", "StemLatent", "Sampler", "VAEDecode", "VAEEncode",
-                            "SaveAudio", "PreviewAudio", "LoraLoader", "LMLoader", "LMPlanner", "SimpleMode",
+                            "SaveAudio", "PreviewAudio", "LoraLoader", "LMLoader", "LMPlanner", "SimpleMode", "LyricTimestamps",
                             "UnderstandAudio")}
 
 

@@ -180,3 +180,23 @@ def test_edit_region_for_each_task(comfy):
     assert edit_region(task("extract", tracks="vocals")) is None and edit_region(task("cover")) is None
     assert edit_region(task("extend", -3.0, 0.5)) == {"start": 0.0, "end": 3.5, "source_offset": 3.0}
     assert edit_region(request.Task("text2music")) is None
+
+
+@pytest.mark.parametrize("node, inputs, names", [
+    ("ModelLoader", {"model": "diffusion_models/acestep_v1.5_turbo.safetensors"},
+     ["DiT: diffusion_models/acestep_v1.5_turbo.safetensors", "VAE: vae/ace_1.5_vae.safetensors",
+      "text encoder: text_encoders/qwen_0.6b_ace15.safetensors"]),
+    ("ModelLoader", {"model": "acestep/acestep-v15-base"}, ["DiT: acestep/acestep-v15-base"]),
+    ("LMLoader", {"lm": "text_encoders/qwen_1.7b_ace15.safetensors"}, ["text_encoders/qwen_1.7b_ace15.safetensors"]),
+])
+def test_loader_texts_name_models_inside_the_models_folder(comfy, node, inputs, names):
+    """The loaders' text on the node names each file as the dropdown does, never by its absolute path (long,
+    private, and cut mid-path in the node's text box)."""
+    from devtools.comfy_harness import run_node
+
+    nodes, dirs, _ = comfy
+    widgets = {"ModelLoader": {"text_encoder": "auto", "vae": "auto", "dtype": "fp32"}, "LMLoader": {"dtype": "auto"}}
+    text = run_node(nodes[P + node], **widgets[node], **inputs).ui["text"][0]
+    for name in names:
+        assert name in text, text
+    assert dirs["models"] not in text and not re.search(r"(^|\s)/\w", text), text

@@ -109,3 +109,37 @@ def test_workflow_is_valid_and_runs(comfy, path):
     for file in written:
         wav, rate = load_audio(file)
         assert wav.shape[0] == 2 and wav.shape[1] > rate * 5 and torch.isfinite(wav).all()
+
+
+TITLE = 30  # LiteGraph draws a node's title bar above its pos
+
+
+def _boxes(workflow: dict) -> list[tuple[str, list[float]]]:
+    return [(n.get("title") or n["type"], [n["pos"][0], n["pos"][1] - TITLE, n["size"][0], n["size"][1] + TITLE])
+            for n in workflow["nodes"]]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
+def test_saved_layout_has_no_overlapping_nodes(path):
+    """The saved boxes (title bar included) are apart; tests/test_browser.py checks them against what the
+    frontends actually draw."""
+    with open(path, encoding="utf-8") as f:
+        boxes = _boxes(json.load(f))
+    overlaps = [(a, b) for i, (a, p) in enumerate(boxes) for b, q in boxes[i + 1:]
+                if p[0] < q[0] + q[2] and q[0] < p[0] + p[2] and p[1] < q[1] + q[3] and q[1] < p[1] + p[3]]
+    assert not overlaps, overlaps
+
+
+def test_each_workflow_has_its_own_example_lyrics():
+    """Sung lyrics are never copied from one workflow to another (a cover, a repaint and an extension each get
+    text that fits their task); instrumental and empty lyrics may repeat."""
+    seen = {}
+    for path in WORKFLOWS:
+        with open(path, encoding="utf-8") as f:
+            for node in json.load(f)["nodes"]:
+                linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+                if node["type"] == "AceStep15_TextEncode" and "lyrics" not in linked:
+                    lyrics = node["widgets_values"][1]
+                    if lyrics.strip() and lyrics.strip() != "[Instrumental]":
+                        seen.setdefault(lyrics, []).append(os.path.basename(path))
+    assert seen and all(len(names) == 1 for names in seen.values()), {k[:40]: v for k, v in seen.items()}

@@ -4,6 +4,7 @@
 // any host but the ComfyUI server. Every widget added here is display only (never serialised), so workflows
 // and prompts keep exactly the values they had.
 import { app } from "../../scripts/app.js";
+import { collapseAdvanced, syncAdvanced } from "./acestep/advanced.js";
 import { ResultsPanel } from "./acestep/results.js";
 import { SourceEditor } from "./acestep/source.js";
 
@@ -66,6 +67,15 @@ app.registerExtension({
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.name?.startsWith(PREFIX)) return;
     const proto = nodeType.prototype;
+    chain(proto, "onNodeCreated", function () {
+      collapseAdvanced(this); // first: before the display widgets the task and output nodes add
+    });
+    chain(proto, "onConfigure", function () {
+      syncAdvanced(this); // a workflow may have saved showAdvanced
+    });
+    chain(proto, "onDrawForeground", function () {
+      syncAdvanced(this); // the frontend's own "Show Advanced" menu entry toggles showAdvanced
+    });
     if (OUTPUT_NODES.includes(nodeData.name)) {
       // ComfyUI's own audio player, as on its SaveAudio/PreviewAudio: the frontend builds an AUDIO_UI widget
       // for this input and fills it from the node's `audio` output after a run. Not a server input: the widget

@@ -29,10 +29,14 @@ def _checked(name: str, kind: str, value, source: str):
         "str": lambda v: isinstance(v, str),
         "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
         "list[int]": lambda v: isinstance(v, list) and v and all(isinstance(x, int) and x > 0 for x in v),
+        "dict": lambda v: isinstance(v, dict) and all(
+            str(k).isdigit() and isinstance(h, list)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h) for k, h in v.items()),
     }[kind]
     if not ok(value):
         what = {"int": "a positive integer", "float": "a number", "bool": "true or false", "str": "a string",
-                "list[str]": "a list of strings", "list[int]": "a list of positive integers"}[kind]
+                "list[str]": "a list of strings", "list[int]": "a list of positive integers",
+                "dict": 'a {"layer": [heads]} mapping'}[kind]
         raise CheckpointError(f"{source}: {name} is {value!r}; expected {what}")
     return value
 
@@ -70,6 +74,8 @@ class AceStepConfig:
     timbre_fix_frame: int = 750
     is_turbo: bool | None = None
     model_version: str | None = None
+    # {"layer": [heads]} of the cross-attention that follows the lyrics (lyric timestamps); None = the 2B default.
+    lyric_alignment_layers_config: dict | None = None
 
     def __post_init__(self):
         needed = max(self.num_hidden_layers, self.num_lyric_encoder_hidden_layers,

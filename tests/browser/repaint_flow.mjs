@@ -122,6 +122,21 @@ try {
              sourceSrc: panel.source.src, rect: { x: r.x, y: r.y, width: r.width, height: r.height },
              seconds: panel.rows[0].seconds, peaks: panel.rows[0].peaks?.bins ?? 0 };
   });
+  // After the run: every node's box on the graph (the texts and players a run adds must not make nodes overlap)
+  // and every text the nodes show (the loader's files, the sampler's summary).
+  out.afterRun = await page.evaluate(() => {
+    const title = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    return {
+      boxes: app.graph._nodes.map((n) => ({ title: n.title, bounds: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title] })),
+      texts: Array.from(document.querySelectorAll(".acestep-info, .acestep-result-time")).map((e) => e.value ?? e.textContent),
+      timeLabel: (() => {
+        const save = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio");
+        const row = save.acestepResults.rows[0];
+        const c = row.canvas.getBoundingClientRect(), t = row.time.getBoundingClientRect();
+        return { canvasBottom: c.bottom, labelTop: t.top, text: row.time.textContent };
+      })(),
+    };
+  });
   // The highlighted region, as pixels: the canvas column in the middle of the region is highlighted (orange),
   // one well outside it is not.
   out.pixels = await page.evaluate(() => {

@@ -1,13 +1,16 @@
 // The results on Save/Preview: one row per batch item with its waveform, a play button and, for a repaint or
 // extend result, the edited region highlighted and an A/B switch that plays the source at the same moment.
-// ComfyUI's own player (the AUDIO_UI widget) stays above it; only one of them plays at a time.
+// ComfyUI's own player (the AUDIO_UI widget) stays above it; only one of them plays at a time. With Lyric
+// Timestamps connected, the line being sung shows under each waveform while it plays (or where it was clicked).
 import { formatTime, makeView, pxToSeconds } from "./timeline.js";
 import {
   COLORS, RULER_HEIGHT, drawBackground, drawPeaks, drawPlayhead, drawRegion, drawRuler, fitCanvas,
 } from "./draw.js";
+import { lineAt } from "./lyrics.js";
 import { mediaUrl, viewUrl } from "./media.js";
 
-const ROW_HEIGHT = 64;
+const ROW_HEIGHT = 78; // the waveform plus its time label under it
+const LYRIC_HEIGHT = 18; // the line being sung, under the row
 
 function button(text, title) {
   const b = document.createElement("button");
@@ -32,11 +35,17 @@ export class ResultsPanel {
     this.widget = node.addDOMWidget("acestep_results", "acestep_results", this.root, {
       serialize: false,
       hideOnZoom: false,
-      getMinHeight: () => (this.rows.length ? this.rows.length * (ROW_HEIGHT + 4) + 8 : 0),
-      getMaxHeight: () => (this.rows.length ? this.rows.length * (ROW_HEIGHT + 4) + 8 : 0),
+      getMinHeight: () => this.height(),
+      getMaxHeight: () => this.height(),
     });
     this.widget.serialize = false;
     new ResizeObserver(() => this.renderAll()).observe(this.root);
+  }
+
+  height() {
+    if (!this.rows.length) return 0;
+    const lyricRows = this.rows.filter((r) => r.lyric).length;
+    return this.rows.length * (ROW_HEIGHT + 4) + lyricRows * (LYRIC_HEIGHT + 4) + 8;
   }
 
   nativePlayer() {
@@ -49,6 +58,7 @@ export class ResultsPanel {
     this.stopAll();
     this.edit = message?.acestep_edit?.[0] ?? null;
     this.source.src = this.edit ? mediaUrl(this.app, viewUrl(this.edit.source)) : "";
+    this.lyrics = message?.acestep_lyrics ?? [];
     this.root.replaceChildren();
     this.rows = files.map((file, i) => this.makeRow(file, peaks[i] ?? null, i));
     this.root.dataset.items = String(this.rows.length);
@@ -84,7 +94,15 @@ export class ResultsPanel {
     }
     row.canvas = document.createElement("canvas");
     row.canvas.className = "acestep-result-wave";
-    Object.assign(row.canvas.style, { flex: "1", minWidth: "0", height: "100%", cursor: "pointer", borderRadius: "4px" });
+    Object.assign(row.canvas.style, { flex: "1", minHeight: "0", width: "100%", cursor: "pointer", borderRadius: "4px" });
+    // The time label sits under the waveform, never over it.
+    row.time = document.createElement("div");
+    row.time.className = "acestep-result-time";
+    Object.assign(row.time.style, { font: "10px sans-serif", lineHeight: "12px", height: "12px", opacity: "0.8",
+                                    whiteSpace: "nowrap", overflow: "hidden" });
+    const wave = document.createElement("div");
+    Object.assign(wave.style, { flex: "1", minWidth: "0", display: "flex", flexDirection: "column", gap: "2px" });
+    wave.append(row.canvas, row.time);
     row.canvas.dataset.filename = file.filename;
     if (this.edit) Object.assign(row.canvas.dataset, { regionStart: String(this.edit.start), regionEnd: String(this.edit.end) });
     row.canvas.addEventListener("pointerdown", (e) => {
@@ -98,8 +116,20 @@ export class ResultsPanel {
     row.audio = new Audio(mediaUrl(this.app, viewUrl(file)));
     row.audio.preload = "metadata";
     row.audio.addEventListener("loadedmetadata", () => { row.seconds ??= row.audio.duration; this.render(row); });
-    row.el.append(controls, row.canvas);
+    row.el.append(controls, wave);
     this.root.append(row.el);
+    row.lines = this.lyrics[index] ?? null;
+    if (row.lines) {
+      row.lyric = document.createElement("div");
+      row.lyric.className = "acestep-lyric";
+      row.lyric.dataset.index = String(index);
+      row.lyric.dataset.line = "-1";
+      Object.assign(row.lyric.style, {
+        height: `${LYRIC_HEIGHT}px`, lineHeight: `${LYRIC_HEIGHT}px`, fontSize: "12px", textAlign: "center",
+        overflow: "hidden", whiteSpace: "nowrap", textOverflow: "ellipsis", opacity: "0.9",
+      });
+      this.root.append(row.lyric);
+    }
     return row;
   }
 
@@ -127,7 +157,9 @@ export class ResultsPanel {
     row.play.textContent = "■";
     row.el.dataset.playing = row.side;
     el.onended = () => this.stopAll();
-    el.play().catch(() => this.stopAll());
+    // A seek while playing starts again; the earlier play() then rejects (interrupted) and must not stop this one.
+    const token = (this.playToken = (this.playToken ?? 0) + 1);
+    el.play().catch(() => { if (this.playToken === token) this.stopAll(); });
     const tick = () => {
       if (this.playing !== row) return;
       row.at = row.side === "B" ? el.currentTime + (this.edit?.source_offset ?? 0) : el.currentTime;
@@ -167,7 +199,17 @@ export class ResultsPanel {
     for (const row of this.rows) this.render(row);
   }
 
+  /** The line being sung at the row's time (the playhead), under its waveform. */
+  showLine(row) {
+    if (!row.lyric) return;
+    const index = lineAt(row.lines, row.at);
+    if (row.lyric.dataset.line === String(index)) return;
+    row.lyric.dataset.line = String(index);
+    row.lyric.textContent = index >= 0 ? row.lines[index].text : "";
+  }
+
   render(row) {
+    this.showLine(row);
     const { ctx, width, height } = fitCanvas(row.canvas);
     drawBackground(ctx, width, height);
     if (row.seconds == null) return;
@@ -178,10 +220,7 @@ export class ResultsPanel {
     if (this.edit) drawRegion(ctx, view, this.edit.start, this.edit.end, top, h, COLORS.selection, COLORS.selectionEdge);
     if (row.peaks) drawPeaks(ctx, view, row.peaks, row.seconds, top, h, row.side === "B" ? COLORS.waveDim : COLORS.wave);
     if (row.at > 0 || this.playing === row) drawPlayhead(ctx, view, row.at, top, h);
-    ctx.fillStyle = COLORS.text;
-    ctx.font = "10px sans-serif";
-    ctx.textBaseline = "bottom";
     const side = this.edit ? (row.side === "A" ? " · A result" : " · B source") : "";
-    ctx.fillText(`${formatTime(row.at, true)} / ${formatTime(row.seconds, true)}${side}`, 4, height - 2);
+    row.time.textContent = `${formatTime(row.at, true)} / ${formatTime(row.seconds, true)}${side}`;
   }
 }
