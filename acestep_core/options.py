@@ -144,14 +144,17 @@ SAMPLER_OPTIONS: tuple[Option, ...] = (
     Option("guidance_method", "choice", GUIDANCE_METHODS[0], "apg: adaptive projected guidance (the official "
            "default); adg: angle-based guidance.", choices=GUIDANCE_METHODS, flag="--guidance-method"),
     Option("apg_momentum", "float", APG_MOMENTUM, "APG momentum.", lo=APG_MOMENTUM_MIN, hi=APG_MOMENTUM_MAX,
-           flag="--apg-momentum", hint=f" (the original uses {APG_MOMENTUM})", step=0.01, advanced=True, sample_arg="apg_momentum"),
+           flag="--apg-momentum", hint=f" (the original uses {APG_MOMENTUM})", step=0.01, advanced=True,
+           sample_arg="apg_momentum"),
     Option("apg_norm_threshold", "float", APG_NORM_THRESHOLD, "APG norm clamp (0 = no clamp).", lo=0.0,
-           hi=APG_NORM_THRESHOLD_MAX, flag="--apg-norm-threshold", hint=" (0 = no clamp)", step=0.1, advanced=True, sample_arg="apg_norm_threshold"),
+           hi=APG_NORM_THRESHOLD_MAX, flag="--apg-norm-threshold", hint=" (0 = no clamp)", step=0.1, advanced=True,
+           sample_arg="apg_norm_threshold"),
     Option("apg_eta", "float", 0.0, "APG: the share of the guidance along the conditional velocity that is kept "
            "(0 = only the orthogonal part, as the original; upstream apg_forward's eta).", lo=0.0, hi=1.0,
            flag="--apg-eta", step=0.01, advanced=True, sample_arg="apg_eta"),
     Option("cfg_interval_start", "float", 0.0, "Guidance only for timesteps t ≥ this (t runs from 1 down to 0).",
-           lo=0.0, hi=1.0, flag="--cfg-interval", step=0.01, advanced=True, metavar="START", sample_arg="cfg_interval_start"),
+           lo=0.0, hi=1.0, flag="--cfg-interval", step=0.01, advanced=True, metavar="START",
+           sample_arg="cfg_interval_start"),
     Option("cfg_interval_end", "float", 1.0, "Guidance only for timesteps t ≤ this.", lo=0.0, hi=1.0,
            flag="--cfg-interval", step=0.01, advanced=True, metavar="END", sample_arg="cfg_interval_end"),
     Option("velocity_norm_threshold", "float", 0.0, "Clamp the velocity's norm (0 = off).", lo=0.0,
@@ -166,7 +169,8 @@ SAMPLER_OPTIONS: tuple[Option, ...] = (
            "clean estimate (fresh noise from the seed).", choices=INFER_METHODS, flag="--infer-method",
            advanced=True),
     Option("velocity_ema", "float", 0.0, "Smooth the velocity with the previous step's (0 = off; upstream "
-           "suggests 0.1).", lo=0.0, hi=1.0, flag="--velocity-ema", hint=" (0 = off)", step=0.01, advanced=True, sample_arg="velocity_ema_factor"),
+           "suggests 0.1).", lo=0.0, hi=1.0, flag="--velocity-ema", hint=" (0 = off)", step=0.01, advanced=True,
+           sample_arg="velocity_ema_factor"),
     Option("dcw", "switch", None, "DCW, the wavelet-domain correction after each step.", flag="--dcw",
            auto_help="the official app's: on for turbo, off for base/SFT", advanced=True),
     Option("dcw_mode", "choice", None, "low / high: correct one wavelet band; double: both; pix: in latent space.",
@@ -324,7 +328,8 @@ def names(part: str) -> str:
 
 def markdown(part: str) -> str:
     """A part's option table for the README: request name, CLI flag, node input, default, range, what it does."""
-    rows = ["| `request()` | command line | node input | default | allowed | what it does |", "|---|---|---|---|---|---|"]
+    rows = ["| `request()` | command line | node input | default | allowed | what it does |",
+            "|---|---|---|---|---|---|"]
     for o in TABLES[part]:
         allowed = o.allowed().replace("|", "\\|")
         rows.append(f"| `{o.key}` | {f'`{o.flag}`' if o.flag else ''} | `{o.widget}` | {o.default_text()} | "

@@ -847,8 +847,9 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
                    PlanSettings(**parts["lm"]))
 
 
-request.__doc__ = request.__doc__.format(names=(
-    "caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task, duration, "
-    f"src_audio + src_sample_rate, repaint_start, repaint_end, tracks, audio_codes, {option_names('task')}; "
-    f"{option_names('sampler')}; flow_edit=True with {option_names('flow_edit')}; {option_names('render')}; the 5 Hz LM "
-    f"(:class:`PlanSettings`): {option_names('lm')}, lm_decide"))
+if request.__doc__:  # None under python -OO
+    request.__doc__ = request.__doc__.format(names=(
+        "caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task, "
+        f"duration, src_audio + src_sample_rate, repaint_start, repaint_end, tracks, audio_codes, "
+        f"{option_names('task')}; {option_names('sampler')}; flow_edit=True with {option_names('flow_edit')}; "
+        f"{option_names('render')}; the 5 Hz LM (:class:`PlanSettings`): {option_names('lm')}, lm_decide"))

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constants import APG_MOMENTUM, APG_NORM_THRESHOLD, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings
+from .constants import (
+    APG_MOMENTUM, APG_NORM_THRESHOLD, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings,
+)
 from .errors import SHOWN_MODULE
 
 # The turbo checkpoints are distilled on these fixed 8-step schedules (t = s·u/(1+(s−1)u), u = 1 − i/8, the final

@@ -82,7 +82,8 @@ def test_every_node_widget_of_an_option_matches_the_table(comfy):
     for part, nodes in NODES.items():
         for node in nodes:
             info = comfy[0][P + node].GET_NODE_INFO_V1()
-            specs = {k: v for section in ("required", "optional") for k, v in (info["input"].get(section) or {}).items()}
+            specs = {k: v for section in ("required", "optional")
+                     for k, v in (info["input"].get(section) or {}).items()}
             for opt in options.TABLES[part]:
                 if opt.widget not in specs or (P + node, opt.widget) in NODE_OWN:
                     continue
