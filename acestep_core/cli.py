@@ -178,6 +178,10 @@ def _add_lm_path(group) -> None:
                             "file or an all-in-one file; default: the one next to the models (acestep-5Hz-lm-1.7B "
                             "beside acestep-v15-*, models/text_encoders/qwen_*_ace15, the all-in-one's own); "
                             "none = no LM")
+    group.add_argument("--lm-int8", action="store_true",
+                       help="CPU only: the LM's layers and head in int8 with per-channel scales (half the bytes "
+                            "per token of bf16, faster where memory bandwidth limits; close to, not equal to, "
+                            "bf16: see docs/benchmarks.md)")
 
 
 def option_help(opt: Option) -> str:
@@ -365,16 +369,21 @@ def resolve_checkpoint(path: str | None, allow_download: bool) -> str:
 
 class TokenProgress:
     """The LM's progress on stderr: a bar for the audio codes (their count is known), a token counter for the
-    thinking and the text modes (they stop when the LM is done, well before their budget)."""
+    thinking and the text modes (they stop when the LM is done, well before their budget); both with the phase's
+    tokens per second (``planning.TokenClock``)."""
 
     LABELS = {"metas": "LM thinking", "codes": "LM codes", "text": "LM writing"}
     EVERY = 0.1  # seconds between redraws (a token takes milliseconds)
 
     def __init__(self, stream=None):
+        from .planning import TokenClock
+
         self.stream = stream if stream is not None else sys.stderr
+        self.clock = TokenClock(clock=time.monotonic)
         self.phase, self.bar, self.start, self.drawn = None, None, time.monotonic(), 0.0
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        self.clock(phase, done, total)
         now = time.monotonic()
         if phase != self.phase:
             self.close()
@@ -384,10 +393,12 @@ class TokenProgress:
         elif now - self.drawn < self.EVERY and done < total:
             return
         self.drawn = now
+        rate = self.clock.rate(phase)
+        speed = f" {rate:.0f} tokens/s" if rate else ""
         if self.bar is not None:
-            self.bar(done, total)
+            self.bar(done, total, speed)
         else:
-            self.stream.write(f"\r{self.LABELS.get(phase, phase)}: {done} tokens {now - self.start:6.1f}s")
+            self.stream.write(f"\r{self.LABELS.get(phase, phase)}: {done} tokens {now - self.start:6.1f}s{speed}")
             self.stream.flush()
 
     def close(self) -> None:
@@ -408,21 +419,22 @@ class ProgressBar:
         self.start = time.monotonic()
         self.drawn = False
         self.total = 0
+        self.suffix = ""
 
-    def __call__(self, step: int, total: int) -> None:
+    def __call__(self, step: int, total: int, suffix: str = "") -> None:
         total = max(int(total), 1)
         step = max(0, min(int(step), total))
-        self.total = total
+        self.total, self.suffix = total, suffix
         filled = round(self.width * step / total)
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {step}/{total} {time.monotonic() - self.start:6.1f}s")
+        self.stream.write(f"\r{self.label} [{bar}] {step}/{total} {time.monotonic() - self.start:6.1f}s{suffix}")
         self.stream.flush()
         self.drawn = True
 
     def close(self, complete: bool = True) -> None:
         if self.drawn:
             if complete:
-                self(self.total, self.total)
+                self(self.total, self.total, self.suffix)
             self.stream.write("\n")
             self.stream.flush()
             self.drawn = False
@@ -690,9 +702,14 @@ def load_pipeline(path: str, model_folder: str | None, dtype, device, weight_dty
                                            weight_dtype=weight_dtype)
 
 
-def load_lm(pipe, path: str) -> None:
+def load_lm(pipe, path: str, int8: bool = False) -> None:
     """The 5 Hz LM onto the loaded pipeline (a seam for tests)."""
-    pipe.load_lm(path)
+    pipe.load_lm(path, int8=int8)
+
+
+def _check_lm_int8(args, device) -> None:
+    if getattr(args, "lm_int8", False) and device.type != "cpu":
+        raise UsageError(f"--lm-int8: the int8 LM runs on the CPU only (device here: {device.type}); leave it out")
 
 
 def resolve_lm(choice: str | None, info) -> str | None:
@@ -823,6 +840,8 @@ def generate(args) -> int:
         req = replace(req, lm=replace(req.lm, mode=mode))
         fields["lm_mode"] = mode
     uses_lm = mode != "off" or args.simple is not None
+    if uses_lm:
+        _check_lm_int8(args, device)
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
     weights = "" if memory.weight_dtype == "default" else f" · {memory.weight_dtype}"
@@ -842,7 +861,7 @@ def generate(args) -> int:
     where = load_device(info, dtype, device, memory, Workload.of(req, info.variant)) if placed else device
     pipe = load_pipeline(checkpoint, folder, dtype, where, memory.weight_dtype)
     if uses_lm:
-        load_lm(pipe, lm_path)
+        load_lm(pipe, lm_path, args.lm_int8)
     if placed:
         attach_memory(pipe, memory, device)
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -926,6 +945,7 @@ def understand(args) -> int:
     lm_path = resolve_lm(args.lm, info)
     if lm_path is None:
         raise UsageError(_no_lm_message("understand", checkpoint))
+    _check_lm_int8(args, device)
     dtype = resolve_dtype(args.dtype, device)
     name = os.path.basename(os.path.normpath(info.paths.dit))
     print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)} · {device} · understand · "
@@ -934,7 +954,7 @@ def understand(args) -> int:
     # 3. Load, listen, print.
     t0 = time.monotonic()
     pipe = load_pipeline(checkpoint, args.model, dtype, device)
-    load_lm(pipe, lm_path)
+    load_lm(pipe, lm_path, args.lm_int8)
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     tokens = TokenProgress()
     try:

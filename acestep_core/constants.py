@@ -402,6 +402,9 @@ LM_TOP_P = 0.9
 LM_TOP_K = 0
 LM_MIN_P = 0.0
 LM_UNDERSTAND_TOP_P = 1.0  # understanding runs without nucleus filtering (understand_music and the app)
+# Weights one decode step reads, at 4 bytes each, below which the planner decodes on one CPU thread (a step of
+# such an LM is a few hundred small ops: threads add a barrier to each). The test LMs read ~8 MB, the 0.6B ~2 GB.
+LM_ONE_THREAD_MAX_BYTES = 64 * 2**20
 LM_SKIPPED_TASKS = ("cover", "repaint", "extract")  # tasks upstream runs without the LM
 
 # ---------------------------------------------------------------------------------------------------------------

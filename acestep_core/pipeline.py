@@ -136,13 +136,17 @@ class AceStepPipeline:
             pipe.load_lm(found)
         return pipe
 
-    def load_lm(self, path: str, max_duration: int | None = None) -> None:
+    def load_lm(self, path: str, max_duration: int | None = None, int8: bool = False) -> None:
         """Load the 5 Hz LM at ``path`` in the models' dtype and device (``max_duration``: the longest song it may
-        choose, default 600 s)."""
+        choose, default 600 s; ``int8``: int8 weight-only layers and head, for the CPU, models/lm_int8.py)."""
         from .constants import DURATION_MAX
         from .loading.lm import load_planner
 
         self.planner = load_planner(path, self.model.dtype, self.model.device, max_duration or DURATION_MAX)
+        if int8:
+            from .models.lm_int8 import quantize_lm_int8
+
+            quantize_lm_int8(self.planner.lm, self.planner.code_rows)
 
     @property
     def model(self):

@@ -16,6 +16,7 @@ As upstream, the LM's language is never applied to the DiT (the user's stays).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,6 +28,52 @@ from .errors import InputError
 from .request import PlanSettings, Request, SongText, check_bool, check_one_seed, check_query
 
 TokenCallback = Callable[[str, int, int], None]  # (phase, done, total): phase "metas", "codes" or "text"
+PHASE_LABELS = {"metas": "thinking", "codes": "codes", "text": "writing"}
+
+
+class TokenClock:
+    """Wraps a token callback and times each phase: its tokens and its tokens per second after the first token
+    (the prompt's prefill excluded), for the progress text of the CLI and the nodes.
+
+    ``report(text)`` (optional) gets a progress line ("LM codes 300/600 · 285 tokens/s") at most every
+    ``every`` seconds and at each phase's last token."""
+
+    def __init__(self, on_token: TokenCallback | None = None, report: Callable[[str], None] | None = None,
+                 every: float = 0.25, clock: Callable[[], float] = time.perf_counter):
+        self.on_token, self.report, self.every, self.clock = on_token, report, every, clock
+        self.phases: dict[str, list] = {}  # phase -> [first done, first time, last done, last time, total]
+        self.reported = float("-inf")
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = self.clock()
+        entry = self.phases.setdefault(phase, [done, now, done, now, total])
+        entry[2:] = [done, now, total]
+        if self.on_token is not None:
+            self.on_token(phase, done, total)
+        if self.report is not None and (now - self.reported >= self.every or done >= total):
+            self.reported = now
+            self.report(self.line(phase))
+
+    def rate(self, phase: str) -> float | None:
+        """Tokens per second of ``phase`` after its first token (None before two tokens)."""
+        first, t0, done, t1, _ = self.phases.get(phase, (0, 0.0, 0, 0.0, 0))
+        return (done - first) / (t1 - t0) if done > first and t1 > t0 else None
+
+    def line(self, phase: str) -> str:
+        """e.g. "LM codes 300/600 · 285 tokens/s" (codes, whose count is known) or "LM thinking 41 tokens"."""
+        _, _, done, _, total = self.phases[phase]
+        count = f"{done}/{total}" if phase == "codes" else f"{done} tokens"
+        rate = self.rate(phase)
+        return f"LM {PHASE_LABELS.get(phase, phase)} {count}" + (f" · {rate:.0f} tokens/s" if rate else "")
+
+    def summary(self) -> str:
+        """Every phase's tokens and speed: "LM speed: thinking 41 tokens · 390 tokens/s; codes 600 · …"."""
+        parts = []
+        for phase, (_, _, done, _, _) in self.phases.items():
+            rate = self.rate(phase)
+            speed = f" · {rate:.0f} tokens/s" if rate else ""
+            parts.append(f"{PHASE_LABELS.get(phase, phase)} {done} tokens{speed}")
+        return "LM speed: " + "; ".join(parts) if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------------- what to do

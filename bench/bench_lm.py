@@ -20,6 +20,8 @@ Usage (from the repository root)::
     PYTHONPATH=. python bench/bench_lm.py --dtypes bf16
     PYTHONPATH=. python bench/bench_lm.py --device cuda --compile --size 4B
     PYTHONPATH=. python bench/bench_lm.py --size tiny --codes 20  # checks the harness in seconds
+    PYTHONPATH=. python bench/bench_lm.py --cuda                 # GPU: 0.6B/1.7B/4B x batch 1/2/4, tokens/s, VRAM
+    PYTHONPATH=. python bench/bench_lm.py --int8 --dtypes bf16     # CPU: also int8 weights, and their logit error
 
 Each timed run is one call after a short warm-up (5 codes). ``contention`` is the share of the machine that
 other processes and the hypervisor took during the call (from /proc/stat); a run above ``--max-contention``
@@ -43,6 +45,7 @@ import torch  # noqa: E402
 from acestep_core.constants import LM_GEOMETRIES  # noqa: E402
 from acestep_core.loading.lm import load_lm_tokenizer  # noqa: E402
 from acestep_core.models.lm import LMConfig, QwenLM  # noqa: E402
+from acestep_core.models.lm_int8 import quantize_lm_int8  # noqa: E402
 from acestep_core.lm_planner import Planner  # noqa: E402
 from acestep_core.lm_planner.prompts import codes_prompt, format_cot, unconditional_codes_prompt  # noqa: E402
 from devtools.lm_fixtures import TINY_LM_CONFIG, hf_config, official_like_tokenizer  # noqa: E402
@@ -211,6 +214,37 @@ def run_original(model, tokenizer, n_codes: int, device: str, marks: list | None
     return (generated[0, ids.shape[1]:] - FIRST_CODE).tolist()
 
 
+@torch.inference_mode()
+def int8_errors(reference: Planner, int8: Planner, steps: int):
+    """The int8 LM's code logits against the reference's, both teacher-forced on the reference's greedy codes
+    (cond + uncond rows, as the codes phase runs them): the largest absolute error relative to the logits' spread,
+    how often the greedy code agrees, and how often the reference's top-1 margin exceeds the largest error (where
+    the greedy plan is then guaranteed equal)."""
+    metas = dict(METAS, duration=steps / 5)
+    codes = reference.plan(CAPTION, LYRICS, mode="codes", metas=metas, seed=0, temperature=0.0).codes
+    tokens = torch.tensor([c + FIRST_CODE for c in codes])
+    logits = []
+    for planner in (reference, int8):
+        lm = planner.lm
+        prompt = torch.tensor([planner.tokenizer.encode(codes_prompt(CAPTION, LYRICS, format_cot(metas)))])
+        lm.setup_cache(1, prompt.shape[1] + steps)
+        out = [lm.prefill(prompt, 0, planner.code_rows).float()]
+        for i, token in enumerate(tokens[:-1]):
+            out.append(lm.decode(token.view(1, 1), prompt.shape[1] + i, planner.code_rows).float())
+        lm.release_cache()
+        logits.append(torch.cat(out))
+    ref, q = logits
+    err = (q - ref).abs().amax(dim=-1)
+    spread = ref.std(dim=-1)
+    top2 = ref.topk(2, dim=-1).values
+    margin = top2[:, 0] - top2[:, 1]
+    agree = (q.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    safe = (margin > 2 * err).float().mean().item()
+    print(f"int8 logit error over {steps} steps (1 row): max |Δ| {err.max():.4f} (median {err.median():.4f}), "
+          f"relative to the logits' std {(err / spread).max():.4f}; greedy code equal in {agree:.1%} of steps; "
+          f"top-1 margin > 2·max|Δ| (greedy provably equal) in {safe:.1%}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -237,6 +271,85 @@ def measure(rows: list, name: str, dtype_name: str, run, n_codes: int, device: s
     rows.append(best)
 
 
+def profile_step(config: dict, dtype, device: str, n: int, int8: bool):
+    """Per-op time of ours over ``n`` codes (after a warm-up), per code, the largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lm = our_lm(random_weights(config, dtype, device), config)
+    planner = Planner(lm, load_lm_tokenizer(None, config["vocab_size"]), compile=False)
+    if int8:
+        quantize_lm_int8(lm, planner.code_rows)
+    run_ours(planner, 3)
+    t0 = time.perf_counter()
+    run_ours(planner, n)
+    wall = time.perf_counter() - t0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ours(planner, n)
+    print(f"{n} codes: {wall:.2f} s unprofiled, {wall / n * 1e3:.1f} ms per code (prefill included)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def cuda_table(args):
+    """Tokens/s per song of the codes phase (after the first code, so without the prefill) and peak VRAM, for
+    each LM size and batch of songs (each song: a cond and an uncond row), in bf16, per decode mode."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda: no CUDA device")
+    n = args.codes
+    print(f"# codes phase on {torch.cuda.get_device_name()}, {n} codes per song, CFG 2.0, bf16, torch "
+          f"{torch.__version__}", flush=True)
+    modes = ["eager", "CUDA graph"] + (["compiled"] if importlib.util.find_spec("triton") else [])
+    rows = []
+    for size in args.sizes.split(","):
+        config = SIZES[size]
+        weights = random_weights(config, torch.bfloat16, "cuda")
+        tokenizer = load_lm_tokenizer(None, config["vocab_size"])
+        lm = our_lm(weights, config)
+        for mode in modes:
+            planner = Planner(lm, tokenizer, compile=mode == "compiled", cuda_graph=mode == "CUDA graph")
+            if mode != "compiled":
+                lm.disable_compile()
+            if mode != "CUDA graph":
+                lm.disable_cuda_graph()
+            for batch in (int(b) for b in args.batches.split(",")):
+                seeds = list(range(batch))
+                metas = dict(METAS, duration=n / 5)
+                try:
+                    planner.plan_batch(CAPTION, LYRICS, seeds, mode="codes", metas=metas)  # warm-up, capture
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    marks = []
+
+                    def on_token(phase, done, total):
+                        if done == 1:
+                            torch.cuda.synchronize()
+                            marks.append(time.perf_counter())
+
+                    t0 = time.perf_counter()
+                    plans = planner.plan_batch(CAPTION, LYRICS, seeds, mode="codes", metas=metas, on_token=on_token)
+                    torch.cuda.synchronize()
+                    wall = time.perf_counter() - t0
+                except torch.cuda.OutOfMemoryError:
+                    print(f"{size} {mode} batch {batch}: out of memory", flush=True)
+                    planner.release()
+                    torch.cuda.empty_cache()
+                    continue
+                assert all(len(p.codes) == n for p in plans)
+                rate = (n - 1) / (wall - (marks[0] - t0))
+                peak = torch.cuda.max_memory_allocated() / 2**30
+                print(f"{size} {mode} batch {batch}: {wall:.2f} s, {rate:.0f} tokens/s per song, first code after "
+                      f"{marks[0] - t0:.3f} s, peak VRAM {peak:.2f} GiB", flush=True)
+                rows.append((size, mode, batch, wall, rate, marks[0] - t0, peak))
+            planner.release()
+        lm = weights = None
+        torch.cuda.empty_cache()
+    print(f"\n| LM | decode | songs (CFG rows) | {n} codes (s) | tokens/s per song | first code (s) | peak VRAM (GiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for size, mode, batch, wall, rate, first, peak in rows:
+        print(f"| {size} | {mode} | {batch} ({2 * batch}) | {wall:.2f} | {rate:.0f} | {first:.3f} | {peak:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=SIZES, default="1.7B")
@@ -245,16 +358,29 @@ def main():
     ap.add_argument("--dtypes", default="bf16,fp32", help="comma list of dtypes for both sides")
     ap.add_argument("--skip-original", default="", help="comma list of dtypes in which not to run the original")
     ap.add_argument("--compile", action="store_true", help="also time ours with the compiled decode step")
+    ap.add_argument("--int8", action="store_true",
+                    help="also time ours with int8 weight-only layers and head (CPU), and measure its logit error")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--max-contention", type=float, default=0.05, help="repeat runs contended above this")
     ap.add_argument("--retries", type=int, default=2)
+    ap.add_argument("--cuda", action="store_true",
+                    help="GPU table: ours only (eager, CUDA graph, compiled when triton is there) for --sizes x "
+                         "--batches songs with CFG, tokens/s per song and peak VRAM")
+    ap.add_argument("--profile", type=int, default=0, metavar="CODES",
+                    help="only profile ours (torch.profiler) over this many codes and print where a step's time goes")
+    ap.add_argument("--sizes", default="0.6B,1.7B,4B", help="--cuda: comma list of LM sizes")
+    ap.add_argument("--batches", default="1,2,4", help="--cuda: comma list of songs per batch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cuda:
+        return cuda_table(args)
     device, config, n = args.device, SIZES[args.size], args.codes
     print(f"# {args.size} LM, {n} codes, CFG batch 2 — {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {args.threads}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), flush=True)
     dtypes = [d for d in args.dtypes.split(",") if d]
+    if args.profile:
+        return profile_step(config, DTYPES[dtypes[0]], device, args.profile, args.int8)
     t0 = time.perf_counter()
     base = random_weights(config, DTYPES[dtypes[0]], device)
     print(f"random weights: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -270,6 +396,14 @@ def main():
             run_ours(planner, n if compiled else 5)  # warm-up (and compilation)
             measure(rows, "ours (compiled)" if compiled else "ours", dtype_name,
                     lambda marks: run_ours(planner, n, marks), n, device, n - 1, args.max_contention, args.retries)
+        if args.int8:
+            int8 = Planner(quantize_lm_int8(our_lm(weights, config), planner.code_rows), tokenizer, compile=False)
+            run_ours(int8, 5)
+            measure(rows, "ours (int8 weights)", dtype_name, lambda marks: run_ours(int8, n, marks), n, device, n - 1,
+                    args.max_contention, args.retries)
+            int8_errors(planner, int8, min(n, 64))
+            int8.release()
+            int8 = None
         planner.release()
         planner = None
         if dtype_name not in args.skip_original.split(","):

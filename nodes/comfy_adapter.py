@@ -233,6 +233,20 @@ class Progress:
         self.bar.update_absolute(done, total)
 
 
+def progress_text(text: str, node_id: str | None) -> None:
+    """A line of text under the node while it runs (ComfyUI's progress text, e.g. the LM's tokens/s); nothing
+    outside ComfyUI or in a ComfyUI without it."""
+    if not in_comfyui() or node_id is None:
+        return
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, node_id)
+
+
 def check_interrupted() -> bool:
     """Raises ComfyUI's interrupt exception after the user pressed Cancel (ComfyUI then reports the run as
     interrupted); outside ComfyUI returns whether ``cancel_event`` is set."""

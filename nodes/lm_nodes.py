@@ -9,6 +9,7 @@ for the think-mode DCW values and its text.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from comfy_api.latest import io
@@ -32,12 +33,27 @@ AceStepLM = io.Custom("ACESTEP_LM")
 PLANNER_MODES = ("think", "codes", "off")
 _LM_TIP = "The 5 Hz LM from the ACE-Step 1.5 LM Loader."
 _DECIDE = ("bpm", "keyscale", "timesignature", "language")
+BAR_EVERY = 0.1  # seconds between redraws of the progress bar (a token takes milliseconds)
 
 
-def _progress(node_id):
-    """Per-token progress on the node (ComfyUI's bar follows each phase's total)."""
+def _progress(node_id) -> planning.TokenClock:
+    """Progress on the node: ComfyUI's bar follows each phase's total (redrawn at most every 0.1 s: each redraw is
+    a message to every browser), the progress text shows the phase's tokens/s."""
     bar = host.Progress(node_id)
-    return lambda phase, done, total: bar(done, total)
+    drawn = [float("-inf")]
+
+    def on_token(phase, done, total):
+        now = time.monotonic()
+        if done >= total or now - drawn[0] >= BAR_EVERY:
+            drawn[0] = now
+            bar(done, total)
+
+    return planning.TokenClock(on_token, lambda text: host.progress_text(text, node_id))
+
+
+def _with_speed(text: str, clock: planning.TokenClock) -> str:
+    speed = clock.summary()
+    return f"{text}\n{speed}" if speed and text else text or speed
 
 
 def _seed_input(tooltip: str) -> io.Int.Input:
@@ -141,13 +157,13 @@ class LMPlanner(io.ComfyNode):
         length = planning.given_metas(req, work)["duration"]
         codes = 0 if work == "metas" else int((length or lm.planner.max_duration) * 5)
         lm.place(codes=codes, batch=task.batch_size)
+        clock = _progress(cls.hidden.unique_id)
         try:
-            planned = planning.plan_request(lm.planner, req, [seed] * task.batch_size, _progress(cls.hidden.unique_id),
-                                            host.check_interrupted)
+            planned = planning.plan_request(lm.planner, req, [seed] * task.batch_size, clock, host.check_interrupted)
         finally:
             lm.done()
         out = task_canvas(planned.task, **{LATENT_PLAN_KEY: (planned.lm, planned.plans)})
-        return io.NodeOutput(planned.text, out, ui={"text": [planning.summary(planned)]})
+        return io.NodeOutput(planned.text, out, ui={"text": [_with_speed(planning.summary(planned), clock)]})
 
 
 class SimpleMode(io.ComfyNode):
@@ -193,14 +209,15 @@ class SimpleMode(io.ComfyNode):
         check_query(query)  # before the LM is placed
         settings = PlanSettings(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
         lm.place(text_tokens=LM_TEXT_MAX_NEW_TOKENS)
+        clock = _progress(cls.hidden.unique_id)
         try:
-            desc = planning.simple_song(lm.planner, query, instrumental, language, seed, settings,
-                                        _progress(cls.hidden.unique_id), host.check_interrupted)
+            desc = planning.simple_song(lm.planner, query, instrumental, language, seed, settings, clock,
+                                        host.check_interrupted)
         finally:
             lm.done()
         duration = desc.duration or DEFAULT_DURATION
         return io.NodeOutput(desc.text, desc.caption, desc.lyrics, duration,
-                             ui={"text": [_describe(desc, duration)]})
+                             ui={"text": [_with_speed(_describe(desc, duration), clock)]})
 
 
 class UnderstandAudio(io.ComfyNode):
@@ -240,15 +257,16 @@ class UnderstandAudio(io.ComfyNode):
         clip = _audio_clip(audio)
         codes = model.pipeline.audio_codes(clip, seed)
         lm.place(text_tokens=len(codes) + LM_TEXT_MAX_NEW_TOKENS)
+        clock = _progress(cls.hidden.unique_id)
         try:
-            desc = planning.understand_codes(lm.planner, codes, seed, settings, _progress(cls.hidden.unique_id),
-                                             host.check_interrupted)
+            desc = planning.understand_codes(lm.planner, codes, seed, settings, clock, host.check_interrupted)
         finally:
             lm.done()
         text = desc.text
         duration = desc.duration or round(clip.seconds, 2)
+        shown = _with_speed(_describe(desc, duration), clock)
         return io.NodeOutput(desc.caption, desc.lyrics, text.bpm or 0, text.keyscale or "", text.timesignature or "",
-                             duration, desc.language or "", ui={"text": [_describe(desc, duration)]})
+                             duration, desc.language or "", ui={"text": [shown]})
 
 
 def _describe(desc, duration: float) -> str:

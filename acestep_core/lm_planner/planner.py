@@ -8,6 +8,8 @@ prompt, prefill the static KV cache, then one step per token (forced tokens go i
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -23,6 +25,7 @@ from ..constants import (
     LM_COT_MAX_NEW_TOKENS,
     LM_EOS_ID,
     LM_MIN_P,
+    LM_ONE_THREAD_MAX_BYTES,
     LM_NO_LYRICS,
     LM_NO_USER_INPUT,
     LM_TEMPERATURE,
@@ -128,15 +131,33 @@ def _int_or_none(value) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def decode_step_bytes(config, head_rows: int, element_size: int = 4) -> int:
+    """Bytes of weights one decode step reads (every layer, the final norm and ``head_rows`` rows of the head),
+    at ``element_size`` bytes per weight."""
+    h, q, kv = config.hidden_size, config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    layer = h * (2 * q + 2 * kv) + 3 * h * config.intermediate_size + 2 * h + 2 * config.head_dim
+    return (config.num_layers * layer + h + head_rows * h) * element_size
+
+
+def _small_lm_threads(generate):
+    """Runs a generation loop under ``Planner.threads``."""
+    @functools.wraps(generate)
+    def run(self, *args, **kwargs):
+        with self.threads():
+            return generate(self, *args, **kwargs)
+    return run
+
+
 class Planner:
     """Runs the LM for plans, simple mode, understanding and format.
 
     ``max_duration``: the longest duration the LM may choose (upstream: 600 s on large GPUs, less on small ones).
     ``compile``: compile the decode step (None = on CUDA when triton is installed; a failed compilation falls
-    back to eager with a warning)."""
+    back to eager with a warning). ``cuda_graph``: otherwise replay the decode step as a CUDA graph while the LM
+    is on a CUDA device (None = whenever not compiled; a failed capture falls back to eager with a warning)."""
 
     def __init__(self, lm: QwenLM, tokenizer: LMTokenizer, max_duration: int = DURATION_MAX,
-                 compile: bool | None = None):
+                 compile: bool | None = None, cuda_graph: bool | None = None):
         if len(tokenizer) > lm.config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LM only {lm.config.vocab_size}")
         self.lm = lm
@@ -150,6 +171,31 @@ class Planner:
         self.compiled = compile
         if self.compiled:
             lm.enable_compile()
+        if cuda_graph is None:
+            cuda_graph = not compile
+        if cuda_graph and hasattr(lm, "enable_cuda_graph"):
+            lm.enable_cuda_graph()  # used only while the LM is on a CUDA device (the host may move it)
+        self.step_bytes = decode_step_bytes(lm.config, n_codes)
+
+    @property
+    def keeps_cache(self) -> bool:
+        """The KV cache stays between runs while a compiled or captured decode step refers to it."""
+        return self.compiled or (getattr(self.lm, "cuda_graphs", None) is not None and self.lm.device.type == "cuda")
+
+    @contextlib.contextmanager
+    def threads(self):
+        """One CPU thread for the decode loop of a small LM (see ``LM_ONE_THREAD_MAX_BYTES``): its per-token ops
+        are too small to share between threads, and each shared op waits for every thread; on a busy machine a
+        descheduled thread stalls every op (measured: 2 threads 124-233 ms per code where 1 thread took 15-23)."""
+        before = torch.get_num_threads()
+        if self.lm.device.type != "cpu" or self.step_bytes > LM_ONE_THREAD_MAX_BYTES or before == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def vocab(self) -> MetasVocab:
         """The state machine's token tables on the LM's current device (the host may move the LM)."""
@@ -314,11 +360,12 @@ class Planner:
         )
 
     def release(self):
-        """Free the KV cache (kept between calls only when the decode step is compiled)."""
+        """Free the KV cache (kept between calls only while a compiled or captured decode step refers to it)."""
         self.lm.release_cache()
 
     # ------------------------------------------------------------------------------------------- decoding
 
+    @_small_lm_threads
     def _generate_text(self, prompt: str, machine: MetasMachine, sampling: Sampling, seed: int, max_new: int,
                        phase: str, on_token, should_cancel) -> list[int]:
         """Constrained generation without CFG (batch 1) until the machine is done, EOS, or ``max_new`` tokens."""
@@ -348,9 +395,10 @@ class Planner:
                 out.append(token)
                 feed = [token]
         finally:
-            if not self.compiled:
+            if not self.keeps_cache:
                 lm.release_cache()
 
+    @_small_lm_threads
     def _generate_codes(self, cond_prompt: str, uncond_prompt: str | None, n_codes: int | None, seeds: list[int],
                         cfg_scale: float, sampling: Sampling, on_token, should_cancel,
                         max_codes: int = MAX_AUDIO_CODES) -> list[list[int]]:
@@ -413,7 +461,7 @@ class Planner:
                 step = (token + AUDIO_CODE_FIRST_ID)[:, None]
                 logits = lm.decode(step.repeat(len(prompts), 1), width + i, head, positions[i: i + 1])
         finally:
-            if not self.compiled:
+            if not self.keeps_cache:
                 lm.release_cache()
         codes = codes[:, :length].cpu().tolist()
         if free_length:  # a song ends at its first EOS

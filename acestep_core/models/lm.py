@@ -150,6 +150,13 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _sub_slice(outer: slice, inner: slice) -> slice | None:
+    """``inner`` (absolute, step 1) relative to ``outer``, or None when it is not inside."""
+    if outer.start <= inner.start and inner.stop <= outer.stop:
+        return slice(inner.start - outer.start, inner.stop - outer.start)
+    return None
+
+
 class QwenLM(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -160,8 +167,10 @@ class QwenLM(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.cache_batch = 0
         self.cache_length = 0
+        self.int8_head: tuple | None = None  # (rows, int8 weight, scales): models/lm_int8.py
         self._compiled_decode = None
         self._compiled_ran = False
+        self.cuda_graphs: dict | None = None  # (batch, cache length, head rows) -> _DecodeGraph; None = off
 
     @property
     def device(self) -> torch.device:
@@ -199,6 +208,8 @@ class QwenLM(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
             self.cache_batch, self.cache_length = batch, length
+            if self.cuda_graphs:
+                self.cuda_graphs.clear()  # they point at the old cache
         self.key_valid.fill_(True)
         if key_valid is not None:
             self.key_valid[:, : key_valid.shape[1]] = key_valid.to(self.device, torch.bool)
@@ -219,6 +230,8 @@ class QwenLM(nn.Module):
         for name in ("key_valid", "rope_cos", "rope_sin"):
             self._buffers.pop(name, None)
         self.cache_batch = self.cache_length = 0
+        if self.cuda_graphs:
+            self.cuda_graphs.clear()
 
     # ------------------------------------------------------------------------------------------------- forward
 
@@ -243,6 +256,13 @@ class QwenLM(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, mask, input_pos, kv_len, rows)
         x = self.norm(x[:, -1] if last_only else x)
+        if self.int8_head is not None:
+            rows, q, scales = self.int8_head
+            inside = _sub_slice(rows, logit_rows or slice(0, self.config.vocab_size))
+            if inside is not None:
+                from .lm_int8 import int8_linear
+
+                return int8_linear(x, q[inside], scales[inside])
         weight = self.head_weight if logit_rows is None else self.head_weight[logit_rows]
         return F.linear(x, weight)
 
@@ -269,6 +289,8 @@ class QwenLM(nn.Module):
         """One token per row [B, 1] at position ``pos``: the compiled step when enabled, else eager.
         ``pos_tensor`` ([1] on the model's device, = pos) spares the compiled step a host-to-device copy, which
         would wait for the GPU every step."""
+        if self.cuda_graphs is not None and self._compiled_decode is None and self.device.type == "cuda":
+            return self._decode_graphed(tokens, pos, logit_rows, pos_tensor)
         if self._compiled_decode is None:
             return self.prefill(tokens, pos, logit_rows)
         if pos_tensor is None:
@@ -289,6 +311,33 @@ class QwenLM(nn.Module):
         # cache (the mask hides positions past ``pos``).
         return self(tokens, pos, self.cache_length, logit_rows)
 
+    def enable_cuda_graph(self):
+        """Replay the one-token decode step as a CUDA graph: one graph per (batch, cache length, head rows),
+        captured at its first step over the static KV cache (attention spans the whole cache, the position is a
+        device tensor), so a step costs one launch instead of a few hundred. Only on CUDA; a capture that fails
+        warns once and the step runs eagerly from then on."""
+        self.cuda_graphs = {}
+
+    def disable_cuda_graph(self):
+        self.cuda_graphs = None
+
+    def _decode_graphed(self, tokens, pos: int, logit_rows, pos_tensor):
+        """The decode step through a CUDA graph. The logits returned are the graph's output buffer: valid until
+        the next step (the planner samples from them before it)."""
+        key = (self.cache_batch, self.cache_length, None if logit_rows is None else (logit_rows.start,
+                                                                                      logit_rows.stop))
+        graph = self.cuda_graphs.get(key)
+        if graph is None:
+            try:
+                graph = _DecodeGraph(self, tokens, pos, logit_rows)
+            except Exception as e:  # no graph support, an op that cannot be captured, out of memory, ...
+                warnings.warn(f"CUDA graph capture of the LM decode step failed, running it eagerly: {e}",
+                              stacklevel=3)
+                self.cuda_graphs = None
+                return self.prefill(tokens, pos, logit_rows)
+            self.cuda_graphs[key] = graph
+        return graph(tokens, pos, pos_tensor)
+
     def enable_compile(self, backend="inductor", mode: str | None = "reduce-overhead"):
         """Compile the one-token decode step (``torch.compile``; CUDA graphs with inductor's "reduce-overhead").
         Only worth it on CUDA; the first request pays the compilation."""
@@ -298,3 +347,35 @@ class QwenLM(nn.Module):
 
     def disable_compile(self):
         self._compiled_decode = None
+
+
+class _DecodeGraph:
+    """One captured decode step: static token and position inputs, a static logits output. Capturing runs the
+    step a few times on a side stream first (cuDNN/cuBLAS choose their kernels); each run writes the same keys
+    and values at the same position as the real step, so the cache is unchanged by it."""
+
+    WARMUP = 2
+
+    def __init__(self, lm: QwenLM, tokens: torch.Tensor, pos: int, logit_rows: slice | None):
+        device = lm.device
+        self.tokens = tokens.to(device).clone()
+        self.pos = torch.tensor([pos], device=device)
+        step = lambda: lm(self.tokens, self.pos, lm.cache_length, logit_rows)  # noqa: E731
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step()
+
+    def __call__(self, tokens: torch.Tensor, pos: int, pos_tensor: torch.Tensor | None) -> torch.Tensor:
+        self.tokens.copy_(tokens, non_blocking=True)
+        if pos_tensor is not None:
+            self.pos.copy_(pos_tensor)
+        else:
+            self.pos.fill_(pos)
+        self.graph.replay()
+        return self.logits
