@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import os
 import re
 import sys
@@ -21,11 +22,10 @@ from collections.abc import Sequence
 
 from . import __version__
 from .audio import MODEL_CHANNELS, check_save_options, load_audio, save_audio
-from .constants import (
-    DCW_MODES, DTYPES, DURATION_MAX, GUIDANCE_METHODS, INFER_METHODS, LM_DECIDE_FIELDS, LM_MODES, LM_UNDERSTAND_TOP_P,
-    REPAINT_MODES, SAMPLER_MODES, WEIGHT_DTYPES,
-)
+from .constants import DTYPES, DURATION_MAX, LM_DECIDE_FIELDS, LM_UNDERSTAND_TOP_P, VARIANTS, WEIGHT_DTYPES
 from .errors import InputError, Interrupted, shown
+from .options import BY_KEY, FLOW_EDIT_OPTIONS, PLAN_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SWITCH, TASK_OPTIONS
+from .options import Option, option
 from .request import SOURCE_TASKS, TASKS, check_query, request
 
 HF_REPO = "ACE-Step/Ace-Step1.5"
@@ -33,29 +33,18 @@ DEFAULT_CHECKPOINT = os.path.join(".", "models", "acestep")  # ComfyUI's models/
 HF_ALLOW_PATTERNS = ["acestep-v15-turbo/*", "vae/*", "Qwen3-Embedding-0.6B/*", "acestep-5Hz-lm-1.7B/*"]
 HF_COMMAND = f'hf download {HF_REPO} --local-dir {{path}}'
 HF_LM_COMMAND = f'hf download {HF_REPO} --include "acestep-5Hz-lm-1.7B/*" --local-dir {{path}}'
-# The command line's name for each request field, so that a message names the flag the user typed.
+# The command line's name for each request field (and each name an error may give), so that a message names the flag
+# the user typed; the options' flags come from their table.
 FLAGS = {
     "caption": "--caption", "lyrics": "--lyrics", "language": "--language", "bpm": "--bpm", "keyscale": "--key",
     "timesignature": "--timesig", "task": "--task", "duration": "--duration", "start": "--start", "end": "--end",
-    "repaint_mode": "--repaint-mode", "repaint_strength": "--repaint-strength", "tracks": "--track",
-    "cover_strength": "--cover-strength", "cover_noise": "--cover-noise", "audio_codes": "--audio-codes",
-    "batch_size": "--batch", "seed": "--seed", "steps": "--steps", "shift": "--shift", "guidance": "--guidance",
-    "guidance_method": "--guidance-method", "apg_momentum": "--apg-momentum",
-    "apg_norm_threshold": "--apg-norm-threshold", "cfg_interval_start": "--cfg-interval",
-    "cfg_interval_end": "--cfg-interval", "velocity_norm_threshold": "--velocity-norm-threshold",
-    "timesteps": "--timesteps", "tile_frames": "--tile-frames", "fade_in": "--fade-in", "fade_out": "--fade-out",
-    "src_audio": "--src-audio", "ref_audio": "--ref-audio", "sampler_mode": "--sampler",
-    "infer_method": "--infer-method", "velocity_ema": "--velocity-ema", "dcw": "--dcw", "dcw_mode": "--dcw-mode",
+    "tracks": "--track", "audio_codes": "--audio-codes", "src_audio": "--src-audio", "ref_audio": "--ref-audio",
     "vram_budget": "--vram-budget", "resident_layers": "--resident-layers", "weight_dtype": "--weight-dtype",
-    "dcw_scaler": "--dcw-scaler", "dcw_high_scaler": "--dcw-high-scaler", "retake_seed": "--retake-seed",
-    "retake_variance": "--retake-variance", "vae_encode": "--vae-encode",
-    "flow_edit_source_caption": "--source-caption", "flow_edit_source_lyrics": "--source-lyrics",
-    "flow_edit_n_min": "--edit-n-min", "flow_edit_n_max": "--edit-n-max", "flow_edit_n_avg": "--edit-n-avg",
-    "lm_mode": "--lm-mode", "lm_cfg_scale": "--lm-cfg", "lm_temperature": "--lm-temperature", "lm_top_p": "--lm-top-p",
-    "lm_top_k": "--lm-top-k", "lm_min_p": "--lm-min-p", "lm_seed": "--lm-seed",
-    "lm_negative_prompt": "--lm-negative-prompt", "lm_rewrite_caption": "--no-rewrite-caption",
     "lm_decide": "--lm-decide", "query": "--simple", "flow_edit": "--flow-edit",
+    **{name: o.flag for o in BY_KEY.values() if o.flag for name in (o.key, o.label)},
 }
+# What a flag's default is where the command line decides it differently from the request.
+CLI_DEFAULTS = {"lm_mode": "think when an LM is found, else off"}
 
 
 class UsageError(Exception):
@@ -116,11 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "FILE_1.lrc, ...)")
     io.add_argument("--vtt", default=None, metavar="FILE.vtt",
                     help="also write the sung lines as WebVTT subtitles (start and end of each line)")
-    io.add_argument("--no-normalize", action="store_true", help="skip the -1 dBFS peak normalisation")
-    io.add_argument("--fade-in", type=float, default=None, metavar="SECONDS", help="linear fade-in")
-    io.add_argument("--fade-out", type=float, default=None, metavar="SECONDS", help="linear fade-out")
-    io.add_argument("--tile-frames", type=int, default=None, help="latent frames per VAE decode tile (default 512; "
-                                                                   "lower = less VRAM)")
+    add_options(io, RENDER_OPTIONS)
 
     text = g.add_argument_group("what to generate")
     text.add_argument("--caption", default=None, help="style / description of the music")
@@ -145,69 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="window end, seconds (repaint default: end of the source; extend default: start + 30)")
     task.add_argument("--track", action="append", default=None,
                       help="track name for extract / lego / complete (repeatable)")
-    task.add_argument("--repaint-mode", default=None, help=", ".join(REPAINT_MODES) + " (default balanced)")
-    task.add_argument("--repaint-strength", type=float, default=None, help="0-1, for balanced mode (default 0.5)")
-    task.add_argument("--cover-strength", type=float, default=None,
-                      help="fraction of the steps that follow the source (audio_cover_strength, default 1.0)")
-    task.add_argument("--cover-noise", type=float, default=None,
-                      help="start cover from the source instead of pure noise, 0-1 (default 0)")
     task.add_argument("--audio-codes", default=None,
                       help="5 Hz audio codes ('<|audio_code_N|>...' or integers); @FILE reads them from a file")
-    task.add_argument("--vae-encode", default=None,
-                      help="source audio → latents: sample (a posterior draw, the original; default) or mean")
+    add_options(task, [o for o in TASK_OPTIONS if o.name != "batch_size"])
     task.add_argument("--flow-edit", action="store_true",
                       help="cover / cover-nofsq: morph the source from --source-caption/--source-lyrics towards "
                            "--caption/--lyrics")
-    task.add_argument("--source-caption", default=None, help="flow-edit: what the source is")
-    task.add_argument("--source-lyrics", default=None, help="flow-edit: the source's lyrics")
-    task.add_argument("--edit-n-min", type=float, default=None, help="flow-edit: start of the edited part, 0-1")
-    task.add_argument("--edit-n-max", type=float, default=None, help="flow-edit: end of the edited part, 0-1")
-    task.add_argument("--edit-n-avg", type=int, default=None, help="flow-edit: noise draws per step (default 1)")
+    add_options(task, FLOW_EDIT_OPTIONS)
 
     s = g.add_argument_group("sampling")
-    s.add_argument("--steps", type=int, default=None,
-                   help="diffusion steps (variant default: turbo 8, base 32, sft 50; turbo takes 1-20)")
-    s.add_argument("--shift", type=float, default=None, help="timestep shift (default 3.0)")
-    s.add_argument("--guidance", type=float, default=None, help="guidance scale for base/sft models (turbo: none)")
-    s.add_argument("--guidance-method", default=None, help=", ".join(GUIDANCE_METHODS) + " (default apg)")
-    s.add_argument("--apg-momentum", type=float, default=None, help="APG momentum (default -0.75)")
-    s.add_argument("--apg-norm-threshold", type=float, default=None, help="APG norm clamp (default 2.5; 0 = off)")
-    s.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("START", "END"),
-                   help="guidance only for timesteps START <= t <= END (default 0 1)")
-    s.add_argument("--velocity-norm-threshold", type=float, default=None, help="velocity norm clamp (default 0 = off)")
-    s.add_argument("--timesteps", default=None, help="custom schedule, e.g. '1,0.9,0.75,0.5,0.3' (turbo and sft)")
-    s.add_argument("--sampler", default=None, help=", ".join(SAMPLER_MODES) + " (default euler)")
-    s.add_argument("--infer-method", default=None, help=", ".join(INFER_METHODS) + " (default ode)")
-    s.add_argument("--velocity-ema", type=float, default=None, help="velocity smoothing, 0-1 (default 0 = off)")
-    s.add_argument("--dcw", default=None, choices=("auto", "on", "off"),
-                   help="wavelet correction after each step (auto: on for turbo, off for base/sft, as the app)")
-    s.add_argument("--dcw-mode", default=None, help=", ".join(DCW_MODES) + " (default double)")
-    s.add_argument("--dcw-scaler", type=float, default=None, help="DCW strength (default 0.05)")
-    s.add_argument("--dcw-high-scaler", type=float, default=None, help="DCW high-band strength, double mode (0.02)")
-    s.add_argument("--retake-seed", default=None, help="retake: seed of the noise mixed in (default random)")
-    s.add_argument("--retake-variance", type=float, default=None, help="retake: 0 (off) to 1")
-    s.add_argument("--seed", default=None,
-                   help="integer, or comma-separated seeds, one per batch item (default random)")
-    s.add_argument("--batch", type=int, default=None, help="number of songs, 1-8 (default 1)")
+    add_options(s, SAMPLER_OPTIONS + (option("task", "batch_size"),))
 
     lm = g.add_argument_group("5 Hz LM planner (see the README's LM section)")
     _add_lm_path(lm)
-    lm.add_argument("--lm-mode", default=None, choices=LM_MODES,
-                    help="think: the LM writes the metas you left out and a caption, then the audio codes the DiT "
-                         "follows; codes: only the codes, your metas as given; off: no LM (default: think when an "
-                         "LM is found, else off)")
+    add_options(lm, [option("lm", "mode")])
     lm.add_argument("--lm-decide", default=None, metavar="FIELDS",
                     help=f"what the LM may decide when you leave it out, comma-separated from "
                          f"{','.join(LM_DECIDE_FIELDS)}, or none (default all; what you give is always kept)")
-    lm.add_argument("--no-rewrite-caption", action="store_true",
-                    help="think: keep your caption for the DiT (default: the LM's rewritten caption)")
-    lm.add_argument("--lm-cfg", type=float, default=None, help="the LM's CFG scale for the codes, 1-3 (default 2; "
-                                                               "1 = off)")
-    _add_lm_sampling(lm)
-    lm.add_argument("--lm-negative-prompt", default=None,
-                    help="the LM's unconditional branch (default 'NO USER INPUT')")
-    lm.add_argument("--lm-seed", default=None,
-                    help="the LM's seed (default: the --seed of each song); comma-separated for one per song")
+    add_options(lm, [o for o in PLAN_OPTIONS if o.name not in ("mode",)])
     lm.add_argument("--simple", default=None, metavar="QUERY",
                     help="simple mode: the LM turns a short description into caption, lyrics and metas (your "
                          "--bpm/--key/--timesig/--duration/--language win), then the song is generated")
@@ -226,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 on a capable GPU, else fp32")
     u.add_argument("--device", default=None, help="cuda, cpu, mps ... (default: cuda if available)")
     u.add_argument("--seed", default=None, help="integer (default random)")
-    _add_lm_sampling(u, top_p=LM_UNDERSTAND_TOP_P)
+    add_options(u, [replace(option("lm", name), default=LM_UNDERSTAND_TOP_P) if name == "top_p" else option("lm", name)
+                    for name in ("temperature", "top_p", "top_k", "min_p")])
     u.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
 
@@ -243,11 +184,64 @@ def _add_lm_path(group) -> None:
                             "bf16: see docs/benchmarks.md)")
 
 
-def _add_lm_sampling(group, top_p: float = 0.9) -> None:
-    group.add_argument("--lm-temperature", type=float, default=None, help="0-2 (default 0.85; 0 = greedy)")
-    group.add_argument("--lm-top-p", type=float, default=None, help=f"0-1 (default {top_p:g}; 1 = off)")
-    group.add_argument("--lm-top-k", type=int, default=None, help="0-100 (default 0 = off)")
-    group.add_argument("--lm-min-p", type=float, default=None, help="0-1 (default 0 = off)")
+def option_help(opt: Option) -> str:
+    """An option's help on the command line: what it does, its range or choices and its default."""
+    allowed = opt.allowed()
+    default = CLI_DEFAULTS.get(opt.key) or opt.default_text()
+    if opt.kind == "seed":
+        allowed = "an integer, or comma-separated integers, one per song"
+    return f"{opt.help} ({allowed + '; ' if allowed else ''}default: {default})"
+
+
+def add_options(group, options) -> None:
+    """The flags of table options (``acestep_core.options``): one per flag (options sharing a flag take one value
+    each), a ``--no-…`` switch for a setting that is on by default; values are checked by the request, so a bad one
+    ends the run with the request's one-line message naming the flag."""
+    by_flag: dict[str, list[Option]] = {}
+    for opt in options:
+        if opt.flag:
+            by_flag.setdefault(opt.flag, []).append(opt)
+    for flag, opts in by_flag.items():
+        opt = opts[0]
+        if len(opts) > 1:
+            group.add_argument(flag, type=float, nargs=len(opts), default=None,
+                               metavar=tuple(o.metavar or o.name.upper() for o in opts),
+                               help="; ".join(o.help.rstrip(".") for o in opts) + " (default: "
+                                    + " ".join(o.default_text() for o in opts) + ")")
+        elif opt.kind == "bool":
+            assert opt.default is True and flag.startswith("--no-"), flag
+            group.add_argument(flag, action="store_true", help=f"{opt.help} Given: off.")
+        elif opt.kind == "switch":
+            group.add_argument(flag, default=None, choices=SWITCH, help=option_help(opt))
+        else:
+            kind = {"int": int, "float": float}.get(opt.kind)
+            group.add_argument(flag, default=None, help=option_help(opt), metavar=opt.metavar,
+                               **({"type": kind} if kind else {}))
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def option_fields(args, options) -> dict:
+    """The request fields of the table options given on the command line (not given = left out)."""
+    fields = {}
+    for opt in options:
+        if not opt.flag or not hasattr(args, _dest(opt.flag)):
+            continue
+        value = getattr(args, _dest(opt.flag))
+        shared = [o for o in options if o.flag == opt.flag]
+        if len(shared) > 1 and value is not None:
+            value = value[shared.index(opt)]
+        elif opt.kind == "bool":
+            value = False if value else None
+        elif opt.kind == "switch":
+            value = {"on": True, "off": False}.get(value)
+        elif opt.kind == "seed":
+            value = _parse_seed(value, opt.flag)
+        if value is not None:
+            fields[opt.key] = value
+    return fields
 
 
 # --------------------------------------------------------------------------------------------------- pieces
@@ -464,39 +458,15 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
         "task": args.task, "caption": args.caption, "lyrics": lyrics, "language": args.language, "bpm": args.bpm,
         "keyscale": args.key, "timesignature": args.timesig, "duration": args.duration,
         "audio_codes": audio_codes, "repaint_start": args.start, "repaint_end": args.end,
-        "repaint_mode": args.repaint_mode, "repaint_strength": args.repaint_strength,
-        "tracks": tuple(args.track) if args.track else None, "audio_cover_strength": args.cover_strength,
-        "cover_noise_strength": args.cover_noise, "steps": args.steps, "shift": args.shift,
-        "guidance": args.guidance, "guidance_method": args.guidance_method, "apg_momentum": args.apg_momentum,
-        "apg_norm_threshold": args.apg_norm_threshold, "velocity_norm_threshold": args.velocity_norm_threshold,
-        "timesteps": args.timesteps, "seed": _parse_seed(args.seed), "batch_size": args.batch,
-        "sampler_mode": args.sampler, "infer_method": args.infer_method, "velocity_ema": args.velocity_ema,
-        "dcw": {"on": True, "off": False}.get(args.dcw), "dcw_mode": args.dcw_mode, "dcw_scaler": args.dcw_scaler,
-        "dcw_high_scaler": args.dcw_high_scaler, "retake_seed": _parse_seed(args.retake_seed, "--retake-seed"),
-        "retake_variance": args.retake_variance, "vae_encode": args.vae_encode,
-        "flow_edit": True if args.flow_edit else None, "flow_edit_source_caption": args.source_caption,
-        "flow_edit_source_lyrics": args.source_lyrics, "flow_edit_n_min": args.edit_n_min,
-        "flow_edit_n_max": args.edit_n_max, "flow_edit_n_avg": args.edit_n_avg,
-        "normalize": False if args.no_normalize else None, "tile_frames": args.tile_frames,
-        "fade_in": args.fade_in, "fade_out": args.fade_out,
-        **lm_fields(args),
-        "lm_mode": args.lm_mode, "lm_cfg_scale": args.lm_cfg, "lm_negative_prompt": args.lm_negative_prompt,
-        "lm_rewrite_caption": False if args.no_rewrite_caption else None, "lm_decide": args.lm_decide,
-        "lm_seed": _parse_seed(args.lm_seed, "--lm-seed"),
+        "tracks": tuple(args.track) if args.track else None, "flow_edit": True if args.flow_edit else None,
+        "lm_decide": args.lm_decide,
+        **option_fields(args, tuple(BY_KEY.values())),
     }
-    if args.cfg_interval is not None:
-        fields["cfg_interval_start"], fields["cfg_interval_end"] = args.cfg_interval
     if src is not None:
         fields["src_audio"], fields["src_sample_rate"] = src
     if ref is not None:
         fields["ref_audio"], fields["ref_sample_rate"] = ref
     return {k: v for k, v in fields.items() if v is not None}
-
-
-def lm_fields(args) -> dict:
-    """The LM sampling flags both subcommands take, as request field names (not given = left out)."""
-    return {"lm_temperature": args.lm_temperature, "lm_top_p": args.lm_top_p, "lm_top_k": args.lm_top_k,
-            "lm_min_p": args.lm_min_p}
 
 
 def _metadata_for(fields: dict, result_meta: dict, index: int, model: str) -> dict:
@@ -878,7 +848,7 @@ def generate(args) -> int:
     lm_part = f" · LM {lm_name(lm_path)} ({'simple, ' if args.simple is not None else ''}{mode})" if uses_lm else ""
     print(f"ACE-Step 1.5 {info.variant} ({name}) · {dtype_name(dtype)}{weights} · {device} · {req.task.kind}"
           + lm_part + describe_loras(loras), file=sys.stderr)
-    if req.task.rule.base_only and not info.variant.endswith("base"):
+    if req.task.rule.base_only and VARIANTS[info.variant].kind != "base":
         print(f"warning: the official app offers {req.task.kind} only on the base model; this runs {name} "
               "(add --model base)", file=sys.stderr)
 
@@ -960,7 +930,7 @@ def understand(args) -> int:
 
     # 1. Everything the user typed.
     device = _check_device(args.device)
-    given = {k[len("lm_"):]: v for k, v in lm_fields(args).items() if v is not None}
+    given = {k[len("lm_"):]: v for k, v in option_fields(args, PLAN_OPTIONS).items()}
     settings = PlanSettings(**{"top_p": LM_UNDERSTAND_TOP_P, **given})
     seed = check_seed(_parse_seed(args.seed))
     if isinstance(seed, tuple):

@@ -87,6 +87,8 @@ STEPS_MIN, STEPS_MAX = 1, 200
 SHIFT_MIN, SHIFT_MAX = 0.1, 10.0
 GUIDANCE_MIN, GUIDANCE_MAX = 1.0, 30.0  # 1.0 = no guidance
 APG_MOMENTUM_MIN, APG_MOMENTUM_MAX = -1.0, 1.0
+APG_MOMENTUM = -0.75  # the original's APG momentum and norm threshold
+APG_NORM_THRESHOLD = 2.5
 APG_NORM_THRESHOLD_MAX = 100.0
 VELOCITY_NORM_THRESHOLD_MAX = 100.0
 TILE_FRAMES_MIN, TILE_FRAMES_MAX = 16, 4096  # latent frames per VAE decode tile
@@ -212,6 +214,25 @@ DCW_DEFAULTS = {
     "sft": DcwSettings(enabled=False),
     "xl_sft": DcwSettings(enabled=False),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model variant as every rule sees it: its kind (turbo, base or sft), whether it is the XL size, its
+    sampling defaults and the official app's DCW switch (asked instead of reading suffixes of the name)."""
+    name: str
+    kind: str
+    xl: bool
+    defaults: SamplingDefaults
+    dcw: DcwSettings
+
+    @property
+    def turbo(self) -> bool:
+        return self.kind == "turbo"
+
+
+VARIANTS = {name: Variant(name, name.removeprefix("xl_"), name.startswith("xl_"), VARIANT_DEFAULTS[name],
+                          DCW_DEFAULTS[name]) for name in VARIANT_DEFAULTS}
 # With the LM's "thinking" on, the app switches mode/scalers to these (dcw_defaults.py THINK_DCW_DEFAULTS,
 # b3a4561); the on/off switch stays the variant's.
 DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER = "double", 0.02, 0.06

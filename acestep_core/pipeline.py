@@ -38,6 +38,7 @@ from .loading.checkpoint import AceStepCheckpoint, CheckpointPaths, load_checkpo
 from .loading.silence import silence_slice
 from .models.text_encoder import encode_text_inputs
 from .memory import vae_tiles
+from .options import SAMPLER_OPTIONS
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
 from .errors import InputError
 from .request import (
@@ -459,11 +460,8 @@ class AceStepPipeline:
                 return (v[:b], v[b:]) if guided else (v, None)
             return velocity
 
-        common = dict(guidance_scale=schedule.guidance, cfg_interval_start=settings.cfg_interval_start,
-                      cfg_interval_end=settings.cfg_interval_end,
-                      velocity_norm_threshold=settings.velocity_norm_threshold,
-                      velocity_ema_factor=settings.velocity_ema, apg_momentum=settings.apg_momentum,
-                      apg_norm_threshold=settings.apg_norm_threshold, on_step=on_step, should_cancel=should_cancel)
+        common = dict(guidance_scale=schedule.guidance, on_step=on_step, should_cancel=should_cancel,
+                      **{o.sample_arg: getattr(settings, o.name) for o in SAMPLER_OPTIONS if o.sample_arg})
         if task.flow_edit is not None:  # the morph runs its own loop on the base-style schedule, turbo too
             morph = task.flow_edit
             steps = sampling.flow_edit_schedule(schedule.steps, schedule.shift, dtype, schedule.timesteps)

@@ -26,20 +26,17 @@ import numpy as np
 import torch
 
 from .constants import (
-    APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND,
-    DCW_DEFAULTS, DCW_MODES, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS, DEFAULT_TILE_FRAMES, DURATION_MAX,
-    DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX,
-    GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, KEYSCALES, LATENT_RATE, LM_CFG_SCALE, LM_CFG_SCALE_MAX,
-    LM_CFG_SCALE_MIN, LM_DECIDE_FIELDS, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX,
-    LM_TOP_K, LM_TOP_K_MAX, LM_TOP_P, MAX_AUDIO_CODES, MAX_BATCH_SIZE, MIN_WINDOW_SECONDS,
-    REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX, STEPS_MIN, TILE_FRAMES_MAX,
-    TILE_FRAMES_MIN, TIME_SIGNATURES, TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VAE_ENCODE_MODES, VALID_LANGUAGES,
-    VARIANT_DEFAULTS, VELOCITY_NORM_THRESHOLD_MAX, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER,
-    DcwSettings,
+    BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
+    DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, KEYSCALES, LATENT_RATE,
+    LM_DECIDE_FIELDS, LM_NO_USER_INPUT, MAX_AUDIO_CODES, MIN_WINDOW_SECONDS, SEED_MAX, TIME_SIGNATURES,
+    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VALID_LANGUAGES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
+    DCW_THINK_SCALER, DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
 from .errors import Described, InputError
-from .sampling import APG_MOMENTUM, APG_NORM_THRESHOLD, MAX_TURBO_STEPS
+from .options import check_option, check_part, default, option
+from .options import names as option_names
+from .sampling import MAX_TURBO_STEPS
 
 # ---------------------------------------------------------------------------------------------------------------
 # Field checks (each returns the value in its canonical form)
@@ -486,27 +483,23 @@ class SongText:
                                  f"a recording with sound (every sample of this one is below {SILENCE_THRESHOLD:g})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FlowEdit:
     """The flow-edit morph (upstream #1156) on a cover: the source audio moves from what it is (described by
     ``source_caption`` / ``source_lyrics``) towards the request's caption and lyrics, by integrating the
     difference of the two velocities over the schedule's fraction [n_min, n_max], averaging ``n_avg`` noise
     draws per step."""
 
-    source_caption: str = ""
-    source_lyrics: str = ""
-    n_min: float = 0.0
-    n_max: float = 1.0
-    n_avg: int = 1
+    source_caption: str = default("flow_edit", "source_caption")
+    source_lyrics: str = default("flow_edit", "source_lyrics")
+    n_min: float = default("flow_edit", "n_min")
+    n_max: float = default("flow_edit", "n_max")
+    n_avg: int = default("flow_edit", "n_avg")
 
     def __post_init__(self):
-        check_text("flow_edit_source_caption", self.source_caption)
-        check_text("flow_edit_source_lyrics", self.source_lyrics)
-        _set(self, "n_min", check_number("flow_edit_n_min", self.n_min, 0.0, 1.0))
-        _set(self, "n_max", check_number("flow_edit_n_max", self.n_max, 0.0, 1.0))
+        check_part(self, "flow_edit")
         if self.n_min > self.n_max:
             raise InputError("flow_edit_n_min", self.n_min, f"at most the end of the edited part ({self.n_max:g})")
-        _set(self, "n_avg", check_int("flow_edit_n_avg", self.n_avg, 1, FLOW_EDIT_MAX_AVG))
 
 
 @dataclass(frozen=True, eq=False)
@@ -523,22 +516,22 @@ class Task:
     duration: float | None = None
     start: float | None = None
     end: float | None = None
-    repaint_mode: str = "balanced"
-    repaint_strength: float = 0.5
+    repaint_mode: str = default("task", "repaint_mode")
+    repaint_strength: float = default("task", "repaint_strength")
     tracks: tuple[str, ...] = ()
-    cover_strength: float = 1.0
-    cover_noise: float = 0.0
+    cover_strength: float = default("task", "cover_strength")
+    cover_noise: float = default("task", "cover_noise")
     audio_codes: tuple[int, ...] | tuple[tuple[int, ...], ...] | None = None
-    batch_size: int = 1
+    batch_size: int = default("task", "batch_size")
     window: Window | None = None
-    vae_encode: str = "sample"
+    vae_encode: str = default("task", "vae_encode")
     flow_edit: FlowEdit | None = None
 
     def __post_init__(self):
         rule = TASKS[check_task(self.kind)]
         if self.source is not None and not isinstance(self.source, AudioClip):
             raise InputError("source", self.source, "an AudioClip (the source recording)")
-        _set(self, "batch_size", check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE))
+        _set(self, "batch_size", check_option(option("task", "batch_size"), self.batch_size))
         codes = check_audio_codes(self.audio_codes, self.batch_size)
         _set(self, "audio_codes", codes)
         if codes is not None and (rule.source == "audio" or self.source is not None):
@@ -556,9 +549,8 @@ class Task:
             raise InputError("duration", duration, f"no duration for task {self.kind!r}: the result follows "
                                                    "the source (extend: set the window's end)")
         _set(self, "duration", duration)
-        check_choice("repaint_mode", self.repaint_mode, REPAINT_MODES)
-        for name in ("repaint_strength", "cover_strength", "cover_noise"):
-            _set(self, name, check_number(name, getattr(self, name), 0.0, 1.0))
+        for name in ("repaint_mode", "repaint_strength", "cover_strength", "cover_noise"):
+            _set(self, name, check_option(option("task", name), getattr(self, name)))
         _set(self, "tracks", check_tracks(self.tracks, self.kind))
         if self.window is not None:
             if not isinstance(self.window, Window):
@@ -569,7 +561,7 @@ class Task:
         else:
             window = check_window(self.kind, self.start, self.end, self._source_seconds)
         _set(self, "window", window)
-        check_choice("vae_encode", self.vae_encode, VAE_ENCODE_MODES)
+        check_option(option("task", "vae_encode"), self.vae_encode)
         if self.flow_edit is not None:
             if not isinstance(self.flow_edit, FlowEdit):
                 raise InputError("flow_edit", self.flow_edit, "a FlowEdit, or None")
@@ -609,83 +601,53 @@ class Task:
         return DEFAULT_DURATION if self.duration is None else self.duration
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplerSettings:
-    """How to sample. None in steps, shift or guidance = the model variant's default."""
+    """How to sample (the fields, defaults, limits and help: ``options.SAMPLER_OPTIONS``). None in steps, shift or
+    guidance = the model variant's default; in the DCW fields = the official app's choice for the run."""
 
-    seed: int | tuple[int, ...] | None = None
-    steps: int | None = None
-    shift: float | None = None
-    guidance: float | None = None
-    guidance_method: str = "apg"
-    apg_momentum: float = APG_MOMENTUM
-    apg_norm_threshold: float = APG_NORM_THRESHOLD
-    cfg_interval_start: float = 0.0
-    cfg_interval_end: float = 1.0
-    velocity_norm_threshold: float = 0.0
-    timesteps: tuple[float, ...] | None = None
-    sampler_mode: str = "euler"
-    infer_method: str = "ode"
-    velocity_ema: float = 0.0
-    dcw: bool | None = None
-    dcw_mode: str | None = None
-    dcw_scaler: float | None = None
-    dcw_high_scaler: float | None = None
-    retake_seed: int | tuple[int, ...] | None = None
-    retake_variance: float = 0.0
+    seed: int | tuple[int, ...] | None = default("sampler", "seed")
+    steps: int | None = default("sampler", "steps")
+    shift: float | None = default("sampler", "shift")
+    guidance: float | None = default("sampler", "guidance")
+    guidance_method: str = default("sampler", "guidance_method")
+    apg_momentum: float = default("sampler", "apg_momentum")
+    apg_norm_threshold: float = default("sampler", "apg_norm_threshold")
+    apg_eta: float = default("sampler", "apg_eta")
+    cfg_interval_start: float = default("sampler", "cfg_interval_start")
+    cfg_interval_end: float = default("sampler", "cfg_interval_end")
+    velocity_norm_threshold: float = default("sampler", "velocity_norm_threshold")
+    timesteps: tuple[float, ...] | None = default("sampler", "timesteps")
+    sampler_mode: str = default("sampler", "sampler_mode")
+    infer_method: str = default("sampler", "infer_method")
+    velocity_ema: float = default("sampler", "velocity_ema")
+    dcw: bool | None = default("sampler", "dcw")
+    dcw_mode: str | None = default("sampler", "dcw_mode")
+    dcw_scaler: float | None = default("sampler", "dcw_scaler")
+    dcw_high_scaler: float | None = default("sampler", "dcw_high_scaler")
+    retake_seed: int | tuple[int, ...] | None = default("sampler", "retake_seed")
+    retake_variance: float = default("sampler", "retake_variance")
 
     def __post_init__(self):
-        _set(self, "seed", check_seed(self.seed))
-        _set(self, "retake_seed", check_seed(self.retake_seed, name="retake_seed"))
-        _set(self, "retake_variance", check_number("retake_variance", self.retake_variance, 0.0, 1.0,
-                                                   " (0 = off, 1 = only the retake seed's noise)"))
-        check_choice("sampler_mode", self.sampler_mode, SAMPLER_MODES)
-        check_choice("infer_method", self.infer_method, INFER_METHODS)
+        check_part(self, "sampler")
         if self.sampler_mode == "heun" and self.infer_method == "sde":
             raise InputError("sampler_mode", self.sampler_mode, "euler with infer_method 'sde' (Heun and SDE do not "
                                                                 "combine)")
-        _set(self, "velocity_ema", check_number("velocity_ema", self.velocity_ema, 0.0, 1.0, " (0 = off)"))
-        if self.dcw is not None:
-            _set(self, "dcw", check_bool("dcw", self.dcw))
-        if self.dcw_mode is not None:
-            check_choice("dcw_mode", self.dcw_mode, DCW_MODES)
-        for name in ("dcw_scaler", "dcw_high_scaler"):
-            if getattr(self, name) is not None:
-                _set(self, name, check_number(name, getattr(self, name), 0.0, 1.0))
-        if self.steps is not None:
-            _set(self, "steps", check_int("steps", self.steps, STEPS_MIN, STEPS_MAX))
-        if self.shift is not None:
-            _set(self, "shift", check_number("shift", self.shift, SHIFT_MIN, SHIFT_MAX))
-        if self.guidance is not None:
-            _set(self, "guidance", check_number("guidance", self.guidance, GUIDANCE_MIN, GUIDANCE_MAX, " (1 = off)"))
-        check_choice("guidance_method", self.guidance_method, GUIDANCE_METHODS)
-        _set(self, "apg_momentum", check_number("apg_momentum", self.apg_momentum, APG_MOMENTUM_MIN,
-                                                APG_MOMENTUM_MAX, f" (the original uses {APG_MOMENTUM})"))
-        _set(self, "apg_norm_threshold", check_number("apg_norm_threshold", self.apg_norm_threshold, 0.0,
-                                                      APG_NORM_THRESHOLD_MAX, " (0 = no clamp)"))
-        start, end = check_cfg_interval(self.cfg_interval_start, self.cfg_interval_end)
-        _set(self, "cfg_interval_start", start)
-        _set(self, "cfg_interval_end", end)
-        _set(self, "velocity_norm_threshold", check_number("velocity_norm_threshold", self.velocity_norm_threshold,
-                                                           0.0, VELOCITY_NORM_THRESHOLD_MAX, " (0 = off)"))
-        _set(self, "timesteps", check_timesteps(self.timesteps))
+        check_cfg_interval(self.cfg_interval_start, self.cfg_interval_end)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RenderSettings:
     """How final latents become audio: peak-normalise to −1 dBFS, VAE decode tile length in latent frames, and
-    linear fades in seconds."""
+    linear fades in seconds (``options.RENDER_OPTIONS``)."""
 
-    normalize: bool = True
-    tile_frames: int = DEFAULT_TILE_FRAMES
-    fade_in: float = 0.0
-    fade_out: float = 0.0
+    normalize: bool = default("render", "normalize")
+    tile_frames: int = default("render", "tile_frames")
+    fade_in: float = default("render", "fade_in")
+    fade_out: float = default("render", "fade_out")
 
     def __post_init__(self):
-        _set(self, "normalize", check_bool("normalize", self.normalize))
-        _set(self, "tile_frames", check_int("tile_frames", self.tile_frames, TILE_FRAMES_MIN, TILE_FRAMES_MAX))
-        for name in ("fade_in", "fade_out"):
-            _set(self, name, check_number(name, getattr(self, name), 0.0, DURATION_MAX, " seconds"))
+        check_part(self, "render")
 
 
 def check_lm_decide(decide) -> tuple[str, ...]:
@@ -707,7 +669,7 @@ def check_lm_decide(decide) -> tuple[str, ...]:
     return tuple(n for n in LM_DECIDE_FIELDS if n in names)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PlanSettings:
     """The 5 Hz LM's part. ``mode``: "off"; "codes" (the user's metas as given, the LM writes the audio codes the
     DiT follows); "think" (the LM first writes what the user left out of ``decide`` — bpm, key, time signature,
@@ -716,31 +678,21 @@ class PlanSettings:
     off), ``min_p`` (0 = off), ``negative_prompt`` (the unconditional branch; blank = "NO USER INPUT"). ``seed``:
     None = the sampler's seeds; one seed (song i gets seed + i) or one per song."""
 
-    mode: str = "off"
-    cfg_scale: float = LM_CFG_SCALE
-    temperature: float = LM_TEMPERATURE
-    top_p: float = LM_TOP_P
-    top_k: int = LM_TOP_K
-    min_p: float = LM_MIN_P
-    seed: int | tuple[int, ...] | None = None
-    negative_prompt: str = LM_NO_USER_INPUT
-    rewrite_caption: bool = True
+    mode: str = default("lm", "mode")
+    cfg_scale: float = default("lm", "cfg_scale")
+    temperature: float = default("lm", "temperature")
+    top_p: float = default("lm", "top_p")
+    top_k: int = default("lm", "top_k")
+    min_p: float = default("lm", "min_p")
+    seed: int | tuple[int, ...] | None = default("lm", "seed")
+    negative_prompt: str = default("lm", "negative_prompt")
+    rewrite_caption: bool = default("lm", "rewrite_caption")
     decide: tuple[str, ...] = LM_DECIDE_FIELDS
 
     def __post_init__(self):
-        check_choice("lm_mode", self.mode, LM_MODES)
-        _set(self, "cfg_scale", check_number("lm_cfg_scale", self.cfg_scale, LM_CFG_SCALE_MIN, LM_CFG_SCALE_MAX,
-                                             " (1 = no CFG)"))
-        _set(self, "temperature", check_number("lm_temperature", self.temperature, 0.0, LM_TEMPERATURE_MAX,
-                                               " (0 = greedy)"))
-        _set(self, "top_p", check_number("lm_top_p", self.top_p, 0.0, 1.0, " (1 = off)"))
-        _set(self, "top_k", check_int("lm_top_k", self.top_k, 0, LM_TOP_K_MAX, " (0 = off)"))
-        _set(self, "min_p", check_number("lm_min_p", self.min_p, 0.0, 1.0, " (0 = off)"))
-        _set(self, "seed", check_seed(self.seed, name="lm_seed"))
-        check_text("lm_negative_prompt", self.negative_prompt)
+        check_part(self, "lm")
         if not self.negative_prompt.strip():
             _set(self, "negative_prompt", LM_NO_USER_INPUT)
-        _set(self, "rewrite_caption", check_bool("lm_rewrite_caption", self.rewrite_caption))
         _set(self, "decide", check_lm_decide(self.decide))
 
     @property
@@ -798,8 +750,8 @@ def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False
     turbo timesteps, and guidance on turbo (guidance-distilled: always 1, so a guidance given would do nothing).
     DCW: on/off, mode and scalers default to the official app's for the variant (``think``: the app's values when
     the LM thought)."""
-    defaults = VARIANT_DEFAULTS[variant]
-    turbo = variant.endswith("turbo")
+    kind = VARIANTS[variant]
+    defaults, turbo = kind.defaults, kind.turbo
     timesteps = settings.timesteps
     if turbo and settings.steps is not None and settings.steps > MAX_TURBO_STEPS:
         raise InputError("steps", settings.steps, f"1 to {MAX_TURBO_STEPS} on turbo models")
@@ -807,7 +759,7 @@ def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False
         raise InputError("guidance", settings.guidance, "none on turbo models: they are guidance-distilled (leave it "
                                                         "out or set 1; base and SFT models take guidance)")
     if timesteps is not None:
-        if variant.endswith("base"):
+        if kind.kind == "base":
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
                              "custom timesteps only on turbo and SFT models (the base model has no such option)")
         nonzero = [t for t in timesteps if t > 0]
@@ -831,7 +783,7 @@ def resolve_dcw(settings: SamplerSettings, variant: str, think: bool = False) ->
     """The DCW correction a run uses: each setting as given, else the official app's default for the variant;
     with ``think`` (the LM planned the song in think mode) the app's think mode, scalers instead (the switch stays
     the variant's)."""
-    default = DCW_DEFAULTS[variant]
+    default = VARIANTS[variant].dcw
     if think:
         default = DcwSettings(default.enabled, DCW_THINK_MODE, DCW_THINK_SCALER, DCW_THINK_HIGH_SCALER)
     return DcwSettings(enabled=default.enabled if settings.dcw is None else settings.dcw,
@@ -867,15 +819,8 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
     ``request(caption="calm piano", duration=30, seed=7)`` or
     ``request(task="repaint", src_audio=wav, src_sample_rate=44100, repaint_start=10, repaint_end=20)``.
 
-    Names: caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task,
-    duration, src_audio + src_sample_rate, repaint_start, repaint_end, repaint_mode, repaint_strength, tracks,
-    audio_cover_strength, cover_noise_strength, audio_codes, batch_size; seed, steps, shift, guidance,
-    guidance_method, apg_momentum, apg_norm_threshold, cfg_interval_start, cfg_interval_end,
-    velocity_norm_threshold, timesteps, sampler_mode, infer_method, velocity_ema, dcw, dcw_mode, dcw_scaler,
-    dcw_high_scaler, retake_seed, retake_variance; vae_encode; flow_edit=True with flow_edit_source_caption,
-    flow_edit_source_lyrics, flow_edit_n_min, flow_edit_n_max, flow_edit_n_avg; normalize, tile_frames, fade_in,
-    fade_out; the 5 Hz LM (:class:`PlanSettings`): lm_mode, lm_cfg_scale, lm_temperature, lm_top_p, lm_top_k,
-    lm_min_p, lm_seed, lm_negative_prompt, lm_rewrite_caption, lm_decide. ``decode=False`` returns latents only."""
+    Names (the options' limits and help: ``acestep_core.options``): {names}. ``decode=False`` returns latents
+    only."""
     unknown = [name for name in fields if name not in _FLAT and name not in _AUDIO]
     if unknown:
         close = difflib.get_close_matches(unknown[0], [*_FLAT, *_AUDIO], n=1)
@@ -900,3 +845,11 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
     return Request(SongText(**parts["text"]), Task(**parts["task"]), SamplerSettings(**parts["sampler"]),
                    RenderSettings(**parts["render"]) if check_bool("decode", decode) else None,
                    PlanSettings(**parts["lm"]))
+
+
+if request.__doc__:  # None under python -OO
+    request.__doc__ = request.__doc__.format(names=(
+        "caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task, "
+        f"duration, src_audio + src_sample_rate, repaint_start, repaint_end, tracks, audio_codes, "
+        f"{option_names('task')}; {option_names('sampler')}; flow_edit=True with {option_names('flow_edit')}; "
+        f"{option_names('render')}; the 5 Hz LM (:class:`PlanSettings`): {option_names('lm')}, lm_decide"))

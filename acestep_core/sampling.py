@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .constants import INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings
+from .constants import (
+    APG_MOMENTUM, APG_NORM_THRESHOLD, INFER_METHODS, REPAINT_MODES, SAMPLER_MODES, TURBO_MAX_STEPS, DcwSettings,
+)
 from .errors import SHOWN_MODULE
 
 # The turbo checkpoints are distilled on these fixed 8-step schedules (t = s·u/(1+(s−1)u), u = 1 − i/8, the final
@@ -38,10 +40,7 @@ TURBO_TABLES: dict[float, list[float]] = {
 TURBO_VALID_TIMESTEPS: list[float] = sorted({t for table in TURBO_TABLES.values() for t in table}, reverse=True)
 MAX_TURBO_STEPS = TURBO_MAX_STEPS
 
-APG_MOMENTUM = -0.75
-APG_NORM_THRESHOLD = 2.5
 ADG_ANGLE_CLIP = 3.14 / 6  # the original's "pi/6"
-
 
 
 class GenerationCancelled(Exception):
@@ -287,17 +286,18 @@ def dcw_correct(x_next: Tensor, x0_hat: Tensor, t: float, dcw: DcwSettings) -> T
 
 
 class APG:
-    """Adaptive projected guidance as the base/SFT models use it (``apg_forward(..., dims=[1])``, eta 0).
+    """Adaptive projected guidance as the base/SFT models use it (``apg_forward(..., dims=[1])``, eta 0 unless given).
 
     Holds the momentum buffer, so use one instance per generation and call it only on guided steps.
     Tensors are [B, T, C]; norms and projections run over T, separately per item and channel.
     """
 
     def __init__(self, guidance_scale: float, momentum: float = APG_MOMENTUM,
-                 norm_threshold: float = APG_NORM_THRESHOLD):
+                 norm_threshold: float = APG_NORM_THRESHOLD, eta: float = 0.0):
         self.guidance_scale = guidance_scale
         self.momentum = momentum
         self.norm_threshold = norm_threshold
+        self.eta = eta  # share of the parallel part kept (upstream apg_forward's eta; the original runs 0)
         self.running = None  # momentum buffer (starts at 0)
 
     def advance(self, diff: Tensor) -> Tensor:
@@ -311,8 +311,11 @@ class APG:
             d = d * (self.norm_threshold / d.norm(p=2, dim=1, keepdim=True)).clamp(max=1.0)
         # Keep only the part of d orthogonal to v_cond (float64 projection, as the original).
         d64, u = d.double(), F.normalize(v_cond.double(), dim=1)
-        d_perp = (d64 - (d64 * u).sum(dim=1, keepdim=True) * u).to(d.dtype)
-        return v_cond + (self.guidance_scale - 1) * d_perp
+        d_par = (d64 * u).sum(dim=1, keepdim=True) * u
+        update = (d64 - d_par).to(d.dtype)
+        if self.eta:
+            update = update + self.eta * d_par.to(d.dtype)
+        return v_cond + (self.guidance_scale - 1) * update
 
 
 def adg(x: Tensor, v_cond: Tensor, v_uncond: Tensor, t: float, guidance_scale: float) -> Tensor:
@@ -490,7 +493,7 @@ def _sde_step(x: Tensor, v: Tensor, t: float, t_next: float,
 def sample(x: Tensor, schedule: Sequence[float], velocity: VelocityFn, *, turbo: bool,
            guidance_scale: float = 1.0, cfg_interval_start: float = 0.0, cfg_interval_end: float = 1.0,
            use_adg: bool = False, velocity_norm_threshold: float = 0.0, repaint: Repaint | None = None,
-           apg_momentum: float = APG_MOMENTUM, apg_norm_threshold: float = APG_NORM_THRESHOLD,
+           apg_momentum: float = APG_MOMENTUM, apg_norm_threshold: float = APG_NORM_THRESHOLD, apg_eta: float = 0.0,
            sampler_mode: str = "euler", infer_method: str = "ode", velocity_ema_factor: float = 0.0,
            dcw: DcwSettings | None = None, sde_generators: Sequence[torch.Generator] | None = None,
            on_step: Callable[[int, int], None] | None = None,
@@ -530,7 +533,7 @@ def sample(x: Tensor, schedule: Sequence[float], velocity: VelocityFn, *, turbo:
     if not 0.0 <= velocity_ema_factor <= 1.0:
         raise ValueError(f"velocity_ema_factor must be in [0, 1] (0 = off), got {velocity_ema_factor!r}")
     guided = guidance_scale > 1.0
-    apg = APG(guidance_scale, apg_momentum, apg_norm_threshold) if guided and not use_adg else None
+    apg = APG(guidance_scale, apg_momentum, apg_norm_threshold, apg_eta) if guided and not use_adg else None
     guidance = _Guidance(guidance_scale, tuple(cast_schedule([cfg_interval_start, cfg_interval_end], x.dtype)),
                          use_adg, apg)
     ends = schedule[1:] + [0.0] if turbo else schedule[1:]  # turbo's final x0 jump is an Euler step to t = 0
@@ -612,7 +615,7 @@ def flow_edit(src_latents: Tensor, schedule: Sequence[float], velocity_target: V
               cfg_interval_start: float = 0.0, cfg_interval_end: float = 1.0,
               velocity_norm_threshold: float = 0.0, velocity_ema_factor: float = 0.0,
               apg_momentum: float = APG_MOMENTUM, apg_norm_threshold: float = APG_NORM_THRESHOLD,
-              on_step: Callable[[int, int], None] | None = None,
+              apg_eta: float = 0.0, on_step: Callable[[int, int], None] | None = None,
               should_cancel: Callable[[], bool] | None = None) -> Tensor:
     """Flow-edit morph as upstream's ``flowedit_sampling_loop``: edit ``src_latents`` [B, T, C] (the source
     audio's VAE latents) towards the target condition by integrating V_tar − V_src.
@@ -640,8 +643,8 @@ def flow_edit(src_latents: Tensor, schedule: Sequence[float], velocity_target: V
         raise ValueError(f"velocity_ema_factor must be in [0, 1] (0 = off), got {velocity_ema_factor!r}")
     first, stop = int(steps * n_min), int(steps * n_max)
     guided = guidance_scale > 1.0
-    apg_src = APG(guidance_scale, apg_momentum, apg_norm_threshold) if guided else None
-    apg_tar = APG(guidance_scale, apg_momentum, apg_norm_threshold) if guided else None
+    apg_src = APG(guidance_scale, apg_momentum, apg_norm_threshold, apg_eta) if guided else None
+    apg_tar = APG(guidance_scale, apg_momentum, apg_norm_threshold, apg_eta) if guided else None
     x_src, x_edit, x_tar = src_latents, src_latents, None
     prev_src = prev_tar = None
 

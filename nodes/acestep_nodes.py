@@ -20,16 +20,14 @@ from comfy_api.latest import io
 from ..acestep_core import planning
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DCW_DEFAULTS, DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER,
-    DEFAULT_TILE_FRAMES, DTYPES, DURATION_MAX, DURATION_MIN,
-    EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
-    INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX,
-    SHIFT_MAX, STEPS_MAX, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS,
-    TURBO_MAX_STEPS, VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANT_DEFAULTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
+    BPM_MAX, BPM_MIN, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN,
+    KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES,
+    VARIANTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
 )
 from ..acestep_core.errors import Described, InputError
+from ..acestep_core.options import FLOW_EDIT_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, Option, option
 from ..acestep_core.request import (
-    APG_MOMENTUM, APG_NORM_THRESHOLD, AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
+    AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
     SongText, Task, check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
 )
 from . import comfy_adapter as host
@@ -47,11 +45,6 @@ AUTO = "auto"
 KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
 TIME_SIGNATURE_CHOICES = (AUTO,) + TIME_SIGNATURES
 SAVE_FORMATS = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
-DCW_SWITCH = ("auto", "on", "off")  # the Sampler's DCW switch: auto = the official app's choice per variant
-# The Sampler's DCW strengths at -1 (and mode at auto) take the app's value for the run: the variant's, or its think
-# values after the LM thought. A fixed default would be sent by the frontend as if the user had set it.
-DCW_AUTO_SCALER = -1.0
-_DCW = DCW_DEFAULTS["turbo"]
 SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "192k", "256k", "320k")
 
 AceStepModel = io.Custom("ACESTEP_MODEL")
@@ -59,8 +52,6 @@ AceStepText = io.Custom("ACESTEP_TEXT")
 AceStepLyricTiming = io.Custom("ACESTEP_LYRIC_TIMING")  # per song: its sung lines (timestamps.LyricLine)
 
 _MODEL_TIP = "The ACE-Step 1.5 model from the ACE-Step 1.5 Model Loader."
-_BATCH_TIP = f"How many songs to generate at once (1–{MAX_BATCH_SIZE}); each gets its own seed (seed, seed+1, …)."
-_D = {name: VARIANT_DEFAULTS[name] for name in ("turbo", "base", "sft")}
 
 
 def _message(check) -> bool | str:
@@ -70,6 +61,38 @@ def _message(check) -> bool | str:
     except InputError as e:
         return str(e)
     return True
+
+
+def node_tooltip(opt: Option) -> str:
+    """An option's help as the widget's tooltip, with what its "auto" value means."""
+    if opt.kind == "switch" or (opt.default is None and opt.auto not in (None, "")):
+        return f"{opt.help} {opt.widget_default} = auto, {opt.auto_help}."
+    if opt.default is None and opt.auto == "":
+        return f"{opt.help} Empty = {opt.auto_help}."
+    return opt.help
+
+
+def option_input(opt: Option, **extra):
+    """The node widget of an option (``acestep_core.options``): its default (or "auto" value), limits, choices,
+    step, tooltip and advanced flag; ``extra`` adds widget-only settings (control_after_generate, multiline)."""
+    kw = dict(tooltip=node_tooltip(opt), advanced=opt.advanced, **extra)
+    if opt.kind in ("int", "seed"):
+        return io.Int.Input(opt.widget, default=opt.widget_default, min=opt.widget_min, max=opt.hi,
+                            **({"step": opt.step} if opt.step else {}), **kw)
+    if opt.kind == "float":
+        return io.Float.Input(opt.widget, default=opt.widget_default, min=opt.widget_min, max=opt.hi,
+                              step=opt.step or 0.01, **kw)
+    if opt.kind in ("choice", "switch"):
+        return io.Combo.Input(opt.widget, options=list(opt.widget_choices), default=opt.widget_default, **kw)
+    if opt.kind == "bool":
+        return io.Boolean.Input(opt.widget, default=opt.widget_default, **kw)
+    return io.String.Input(opt.widget, default=opt.widget_default, **kw)
+
+
+def from_widgets(options, widgets: dict) -> dict:
+    """Settings keyword arguments from a node's widget values (a widget not sent takes its default, as an
+    explicit ``execute`` default would)."""
+    return {o.name: o.from_widget(widgets.get(o.widget, o.widget_default)) for o in options}
 
 
 @contextlib.contextmanager
@@ -112,14 +135,11 @@ def _task_latent(task: Task) -> io.NodeOutput:
 
 
 def _batch_input() -> io.Int.Input:
-    return io.Int.Input("batch_size", default=1, min=1, max=MAX_BATCH_SIZE, tooltip=_BATCH_TIP)
+    return option_input(option("task", "batch_size"))
 
 
 def _vae_encode_input() -> io.Combo.Input:
-    return io.Combo.Input("vae_encode", options=list(VAE_ENCODE_MODES), default=VAE_ENCODE_MODES[0], advanced=True,
-                          tooltip="How the source becomes latents: sample = a draw from the VAE posterior, as the "
-                                  "original (follows the seed); mean = the posterior mean (the same latents every "
-                                  "run).")
+    return option_input(option("task", "vae_encode"))
 
 
 # ---------------------------------------------------------------------------------------------------- loader
@@ -279,12 +299,8 @@ class CoverLatent(io.ComfyNode):
                         "hints) guide a new performance described by the caption and lyrics.",
             inputs=[
                 io.Audio.Input("audio", tooltip="The song to cover (first item of a batch)."),
-                io.Float.Input("cover_strength", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Share of the steps that follow the source's structure; lower values hand "
-                                       "the last steps to the caption alone (looser cover)."),
-                io.Float.Input("noise_strength", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="0 = start from pure noise. Higher values start from the source audio "
-                                       "itself, partly noised (closer to the original sound)."),
+                option_input(option("task", "cover_strength")),
+                option_input(option("task", "cover_noise")),
                 _batch_input(),
                 io.Boolean.Input("raw_remix", default=False, advanced=True,
                                  tooltip="Follow the source's own latents instead of its 5 Hz semantic hints "
@@ -293,16 +309,7 @@ class CoverLatent(io.ComfyNode):
                 io.Boolean.Input("flow_edit", default=False, advanced=True,
                                  tooltip="Flow-edit morph: move the source from what it is (source caption/lyrics) "
                                          "towards the caption and lyrics, instead of generating anew."),
-                io.String.Input("source_caption", multiline=True, default="", advanced=True,
-                                tooltip="Flow-edit: a caption describing the source as it is."),
-                io.String.Input("source_lyrics", multiline=True, default="", advanced=True,
-                                tooltip="Flow-edit: the source's lyrics as they are."),
-                io.Float.Input("edit_n_min", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Flow-edit: the part of the schedule where editing starts (0 = the first step)."),
-                io.Float.Input("edit_n_max", default=1.0, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Flow-edit: where editing stops; the rest follows the caption alone."),
-                io.Int.Input("edit_n_avg", default=1, min=1, max=FLOW_EDIT_MAX_AVG, advanced=True,
-                             tooltip="Flow-edit: noise draws averaged per step (each costs two model passes)."),
+                *[option_input(o, **({"multiline": True} if o.kind == "text" else {})) for o in FLOW_EDIT_OPTIONS],
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )
@@ -322,7 +329,8 @@ class CoverLatent(io.ComfyNode):
                 vae_encode="sample", flow_edit=False, source_caption="", source_lyrics="", edit_n_min=0.0,
                 edit_n_max=1.0, edit_n_avg=1) -> io.NodeOutput:
         with _named_as_inputs(cls.NAMES):
-            morph = FlowEdit(source_caption, source_lyrics, edit_n_min, edit_n_max, edit_n_avg) if flow_edit else None
+            morph = FlowEdit(source_caption=source_caption, source_lyrics=source_lyrics, n_min=edit_n_min,
+                             n_max=edit_n_max, n_avg=edit_n_avg) if flow_edit else None
             return _task_latent(Task("cover-nofsq" if raw_remix else "cover", _audio_clip(audio),
                                      cover_strength=cover_strength, cover_noise=noise_strength,
                                      batch_size=batch_size, vae_encode=vae_encode, flow_edit=morph))
@@ -343,11 +351,8 @@ class RepaintLatent(io.ComfyNode):
                                tooltip="Start of the window to regenerate, in seconds."),
                 io.Float.Input("end", default=-1.0, min=-1.0, max=DURATION_MAX, step=0.1,
                                tooltip="End of the window in seconds; -1 = the end of the song."),
-                io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
-                               tooltip="balanced: blend the edges; conservative: keep more of the original near the "
-                                       "edges; aggressive: no blending, the whole output is regenerated audio."),
-                io.Float.Input("strength", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="How far the window may move away from the original (balanced/conservative)."),
+                option_input(option("task", "repaint_mode")),
+                option_input(option("task", "repaint_strength")),
                 _batch_input(),
                 _vae_encode_input(),
             ],
@@ -384,8 +389,7 @@ class ExtendLatent(io.ComfyNode):
                                tooltip="How many seconds of new music."),
                 io.Float.Input("overlap", default=0.0, min=0.0, max=EXTEND_OVERLAP_MAX, step=0.5,
                                tooltip="Seconds of the existing song next to the join that may be regenerated too."),
-                io.Combo.Input("mode", options=list(REPAINT_MODES), default="balanced",
-                               tooltip="How the join is blended (as in Repaint)."),
+                option_input(option("task", "repaint_mode")),
                 _batch_input(),
                 _vae_encode_input(),
             ],
@@ -457,64 +461,8 @@ class Sampler(io.ComfyNode):
                 AceStepText.Input("conditioning", tooltip="From Caption & Lyrics (or Timbre Reference)."),
                 io.Latent.Input("latent", tooltip="From an ACE-Step 1.5 latent node (the task), or any audio "
                                                   "LATENT (then: text to music of that length and batch)."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip="Noise seed; the same seed gives the same song on CPU and GPU."),
-                io.Int.Input("steps", default=0, min=0, max=STEPS_MAX,
-                             tooltip=f"Denoising steps; 0 = the variant's default. Turbo takes 1–{TURBO_MAX_STEPS} "
-                                     f"(its distilled schedule is {_D['turbo'].steps}; the official app runs at "
-                                     f"most {TURBO_APP_MAX_STEPS})."),
-                io.Float.Input("shift", default=0.0, min=0.0, max=SHIFT_MAX, step=0.1,
-                               tooltip=f"Timestep shift; 0 = default ({_D['turbo'].shift})."),
-                io.Float.Input("guidance", default=0.0, min=0.0, max=GUIDANCE_MAX, step=0.1,
-                               tooltip=f"Guidance scale for base/SFT; 0 = default ({_D['base'].guidance}), 1 = off. "
-                                       "Turbo takes none (guidance-distilled): 0 or 1 there."),
-                io.Combo.Input("guidance_method", options=list(GUIDANCE_METHODS), default=GUIDANCE_METHODS[0],
-                               tooltip="apg: adaptive projected guidance (the official default); adg: angle-based "
-                                       "guidance."),
-                io.Float.Input("apg_momentum", default=APG_MOMENTUM, min=-1.0, max=1.0, step=0.01, advanced=True,
-                               tooltip=f"APG momentum (official: {APG_MOMENTUM})."),
-                io.Float.Input("apg_norm_threshold", default=APG_NORM_THRESHOLD, min=0.0, max=20.0, step=0.1,
-                               advanced=True, tooltip=f"APG norm clamp (official: {APG_NORM_THRESHOLD}; 0 = no clamp)."),
-                io.Float.Input("cfg_interval_start", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Guidance only for timesteps t ≥ this (t runs from 1 down to 0)."),
-                io.Float.Input("cfg_interval_end", default=1.0, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Guidance only for timesteps t ≤ this."),
-                io.Float.Input("velocity_norm_threshold", default=0.0, min=0.0, max=100.0, step=0.1, advanced=True,
-                               tooltip="Clamp the velocity's norm (0 = off)."),
-                io.String.Input("timesteps", default="", advanced=True,
-                                tooltip="Custom schedule (turbo and SFT), comma-separated from 1 towards 0; empty = "
-                                        "the default schedule."),
-                io.Combo.Input("sampler_mode", options=list(SAMPLER_MODES), default=SAMPLER_MODES[0], advanced=True,
-                               tooltip="euler: one model pass per step; heun: a second pass per step (slower, "
-                                       "second order)."),
-                io.Combo.Input("infer_method", options=list(INFER_METHODS), default=INFER_METHODS[0], advanced=True,
-                               tooltip="ode: deterministic steps; sde: each step re-noises its clean estimate "
-                                       "(fresh noise from the seed)."),
-                io.Float.Input("velocity_ema", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Smooth the velocity with the previous step's (0 = off; upstream suggests "
-                                       "0.1)."),
-                io.Combo.Input("dcw", options=list(DCW_SWITCH), default=DCW_SWITCH[0], advanced=True,
-                               tooltip="DCW, the wavelet-domain correction after each step. auto = the official "
-                                       "app's choice: on for turbo, off for base/SFT."),
-                io.Combo.Input("dcw_mode", options=[AUTO, *DCW_MODES], default=AUTO, advanced=True,
-                               tooltip=f"low / high: correct one wavelet band; double: both; pix: in latent space. "
-                                       f"auto = the official app's: {_DCW.mode} (also after the LM thought: "
-                                       f"{DCW_THINK_MODE})."),
-                io.Float.Input("dcw_scaler", default=DCW_AUTO_SCALER, min=DCW_AUTO_SCALER, max=1.0, step=0.005,
-                               advanced=True,
-                               tooltip=f"DCW strength (low band; the only one for high and pix). -1 = auto, the "
-                                       f"official app's: {_DCW.scaler:g}, or {DCW_THINK_SCALER:g} after the LM "
-                                       "thought (LM Planner in think mode)."),
-                io.Float.Input("dcw_high_scaler", default=DCW_AUTO_SCALER, min=DCW_AUTO_SCALER, max=1.0, step=0.005,
-                               advanced=True,
-                               tooltip=f"DCW strength of the high band in double mode. -1 = auto, the official "
-                                       f"app's: {_DCW.high_scaler:g}, or {DCW_THINK_HIGH_SCALER:g} after the LM "
-                                       "thought."),
-                io.Int.Input("retake_seed", default=0, min=0, max=SEED_MAX, advanced=True,
-                             tooltip="Retake: a second seed whose noise is mixed in (with retake_variance)."),
-                io.Float.Input("retake_variance", default=0.0, min=0.0, max=1.0, step=0.01, advanced=True,
-                               tooltip="Retake: 0 = off; small values give variations of the seed's song, 1 = the "
-                                       "retake seed's song."),
+                *[option_input(o, **({"control_after_generate": True} if o.name == "seed" else {}))
+                  for o in SAMPLER_OPTIONS],
             ],
             outputs=[io.Latent.Output(display_name="latent",
                                       tooltip="Generated latents; decode with ACE-Step 1.5 VAE Decode.")],
@@ -529,18 +477,9 @@ class Sampler(io.ComfyNode):
         return _message(lambda: check_cfg_interval(cfg_interval_start, cfg_interval_end))
 
     @classmethod
-    def execute(cls, model, conditioning, latent, seed=0, steps=0, shift=0.0, guidance=0.0, guidance_method="apg",
-                apg_momentum=APG_MOMENTUM, apg_norm_threshold=APG_NORM_THRESHOLD, cfg_interval_start=0.0,
-                cfg_interval_end=1.0, velocity_norm_threshold=0.0, timesteps="", sampler_mode="euler",
-                infer_method="ode", velocity_ema=0.0, dcw=AUTO, dcw_mode=AUTO, dcw_scaler=DCW_AUTO_SCALER,
-                dcw_high_scaler=DCW_AUTO_SCALER, retake_seed=0, retake_variance=0.0) -> io.NodeOutput:
+    def execute(cls, model, conditioning, latent, **widgets) -> io.NodeOutput:
         task = _latent_task(latent)
-        settings = SamplerSettings(
-            seed, steps or None, shift or None, guidance or None, guidance_method, apg_momentum, apg_norm_threshold,
-            cfg_interval_start, cfg_interval_end, velocity_norm_threshold, timesteps, sampler_mode, infer_method,
-            velocity_ema, dcw={AUTO: None, "on": True, "off": False}.get(dcw, dcw),
-            dcw_mode=None if dcw_mode == AUTO else dcw_mode, dcw_scaler=_auto_scaler(dcw_scaler),
-            dcw_high_scaler=_auto_scaler(dcw_high_scaler), retake_seed=retake_seed, retake_variance=retake_variance)
+        settings = SamplerSettings(**from_widgets(SAMPLER_OPTIONS, widgets))
         pipe = model.pipeline
         lm_settings, plans = latent.get(LATENT_PLAN_KEY) or (PlanSettings(), ())
         result = pipe(Request(conditioning, task, settings, None, lm_settings, plans),
@@ -554,7 +493,7 @@ class Sampler(io.ComfyNode):
             lines.append(f"retake {meta['retake_variance']:g} · seeds {', '.join(map(str, meta['retake_seeds']))}")
         if result.request is not None and result.request.plans:
             lines.append(planning.summary(result.request))
-        if task.rule.base_only and not meta["variant"].endswith("base"):
+        if task.rule.base_only and VARIANTS[meta["variant"]].kind != "base":
             lines.append(f"note: the official app offers {task.kind} only on the base model")
         if meta.get("memory"):
             lines.append(meta["memory"])
@@ -562,11 +501,6 @@ class Sampler(io.ComfyNode):
         out = _latent(result.latents, **{LATENT_TASK_KEY: task, LATENT_SOURCE_KEY: result.source,
                                          LATENT_ALIGNMENT_KEY: result.alignment.to("cpu")})
         return io.NodeOutput(out, ui={"text": ["\n".join(lines)]})
-
-
-def _auto_scaler(value):
-    """A DCW strength widget's value for SamplerSettings: -1 (any negative) = auto (None), else as given."""
-    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 else value
 
 
 def _latent_task(latent: dict) -> Task:
@@ -598,24 +532,15 @@ class VAEDecode(io.ComfyNode):
                 AceStepModel.Input("model", tooltip=_MODEL_TIP),
                 io.Latent.Input("latent", tooltip="From the ACE-Step 1.5 Sampler (or any ACE-Step 1.5 audio "
                                                   "LATENT)."),
-                io.Boolean.Input("normalize", default=True,
-                                 tooltip="Peak-normalise each song to -1 dBFS (the original's default)."),
-                io.Int.Input("tile_frames", default=DEFAULT_TILE_FRAMES, min=TILE_FRAMES_MIN, max=TILE_FRAMES_MAX,
-                             step=16, advanced=True,
-                             tooltip="Latent frames per decode tile (25 per second); lower = less VRAM."),
-                io.Float.Input("fade_in", default=0.0, min=0.0, max=DURATION_MAX, step=0.1, advanced=True,
-                               tooltip="Linear fade-in, seconds (0 = none)."),
-                io.Float.Input("fade_out", default=0.0, min=0.0, max=DURATION_MAX, step=0.1, advanced=True,
-                               tooltip="Linear fade-out, seconds (0 = none)."),
+                *map(option_input, RENDER_OPTIONS),
             ],
             outputs=[io.Audio.Output(display_name="audio")],
         )
 
     @classmethod
-    def execute(cls, model, latent, normalize=True, tile_frames=DEFAULT_TILE_FRAMES, fade_in=0.0,
-                fade_out=0.0) -> io.NodeOutput:
+    def execute(cls, model, latent, **widgets) -> io.NodeOutput:
         pipe = model.pipeline
-        settings = RenderSettings(normalize, tile_frames, fade_in, fade_out)
+        settings = RenderSettings(**from_widgets(RENDER_OPTIONS, widgets))
         samples = latent.get("samples") if isinstance(latent, dict) else None
         channels = pipe.ckpt.vae.config.decoder_input_channels
         if not isinstance(samples, torch.Tensor) or samples.dim() != 3 or samples.shape[1] != channels:

@@ -15,17 +15,18 @@ from dataclasses import replace
 from comfy_api.latest import io
 
 from ..acestep_core.constants import (
-    DEFAULT_DURATION, DTYPES, LM_CFG_SCALE, LM_CFG_SCALE_MAX, LM_CFG_SCALE_MIN, LM_MIN_P, LM_NO_USER_INPUT,
-    LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TEXT_MAX_NEW_TOKENS, LM_TOP_K, LM_TOP_K_MAX, LM_TOP_P,
+    DEFAULT_DURATION, DTYPES, LM_CFG_SCALE, LM_MIN_P, LM_NO_USER_INPUT,
+    LM_TEMPERATURE, LM_TEXT_MAX_NEW_TOKENS, LM_TOP_K, LM_TOP_P,
     LM_UNDERSTAND_TOP_P, SEED_MAX, VALID_LANGUAGES,
 )
 from ..acestep_core import planning
+from ..acestep_core.options import option
 from ..acestep_core.request import PlanSettings, Request, SamplerSettings, check_query
 from . import comfy_adapter as host
 from . import models
 from .acestep_nodes import (
     AUTO, CATEGORY, LATENT_PLAN_KEY, PREFIX, AceStepModel, AceStepText, _audio_clip, _latent_task, _message,
-    task_canvas,
+    option_input, task_canvas,
 )
 
 AceStepLM = io.Custom("ACESTEP_LM")
@@ -60,17 +61,9 @@ def _seed_input(tooltip: str) -> io.Int.Input:
 
 
 def _sampling_inputs(top_p: float = LM_TOP_P) -> list:
-    return [
-        io.Float.Input("temperature", default=LM_TEMPERATURE, min=0.0, max=LM_TEMPERATURE_MAX, step=0.01,
-                       tooltip="Randomness of the LM's choices (0 = always the likeliest token)."),
-        io.Float.Input("top_p", default=top_p, min=0.0, max=1.0, step=0.01, advanced=True,
-                       tooltip="Nucleus sampling: only the likeliest tokens that make up this much probability "
-                               "(1 = off)."),
-        io.Int.Input("top_k", default=LM_TOP_K, min=0, max=LM_TOP_K_MAX, advanced=True,
-                     tooltip="Only the k likeliest tokens (0 = off)."),
-        io.Float.Input("min_p", default=LM_MIN_P, min=0.0, max=1.0, step=0.01, advanced=True,
-                       tooltip="Drop tokens less likely than this fraction of the likeliest (0 = off)."),
-    ]
+    """The LM's sampling widgets (``options.PLAN_OPTIONS``); understanding runs with its own top-p default."""
+    opts = [option("lm", name) for name in ("temperature", "top_p", "top_k", "min_p")]
+    return [option_input(replace(o, default=top_p) if o.name == "top_p" else o) for o in opts]
 
 
 class LMLoader(io.ComfyNode):
@@ -123,15 +116,12 @@ class LMPlanner(io.ComfyNode):
                 io.Combo.Input("mode", options=list(PLANNER_MODES), default=PLANNER_MODES[0],
                                tooltip="think: metas and caption, then the codes (the app's default); codes: only "
                                        "the codes (what ComfyUI's own node does); off: pass everything through."),
-                io.Boolean.Input("rewrite_caption", default=True,
-                                 tooltip="think: give the DiT the LM's richer caption instead of yours."),
+                option_input(option("lm", "rewrite_caption")),
                 io.Boolean.Input("decide_duration", default=False,
                                  tooltip="think: let the LM choose the song's length instead of the latent's."),
-                io.Float.Input("cfg_scale", default=LM_CFG_SCALE, min=LM_CFG_SCALE_MIN, max=LM_CFG_SCALE_MAX,
-                               step=0.05, tooltip="How strongly the codes follow caption and lyrics (1 = off)."),
+                option_input(option("lm", "cfg_scale")),
                 *_sampling_inputs(),
-                io.String.Input("negative_prompt", default=LM_NO_USER_INPUT, advanced=True,
-                                tooltip="What the codes should move away from (the CFG's other branch)."),
+                option_input(option("lm", "negative_prompt")),
                 *[io.Boolean.Input(f"decide_{name}", default=True, advanced=True,
                                    tooltip=f"think: the LM fills the {name} when you left it on auto"
                                            + (" (written into its own reasoning; the DiT keeps your language, as "
@@ -155,8 +145,9 @@ class LMPlanner(io.ComfyNode):
         task = _latent_task(latent)
         flags = {"bpm": decide_bpm, "keyscale": decide_keyscale, "timesignature": decide_timesignature,
                  "language": decide_language, "duration": decide_duration}
-        settings = PlanSettings(mode, cfg_scale, temperature, top_p, top_k, min_p, seed, negative_prompt,
-                                rewrite_caption, tuple(name for name, on in flags.items() if on))
+        settings = PlanSettings(mode=mode, cfg_scale=cfg_scale, temperature=temperature, top_p=top_p, top_k=top_k,
+                                min_p=min_p, seed=seed, negative_prompt=negative_prompt,
+                                rewrite_caption=rewrite_caption, decide=tuple(name for name, on in flags.items() if on))
         if decide_duration and mode == "think" and task.source is None and task.audio_codes is None:
             task = replace(task, duration=None)  # the LM chooses the length
         req = Request(conditioning, task, SamplerSettings(), None, settings)

@@ -82,10 +82,7 @@ def stems(task, track, more_tracks=""):
 
 
 def sampler(cond=("text", 0), latent=("latent", 0), model="loader", **w):
-    widgets = {"seed": 42, "steps": 0, "shift": 0.0, "guidance": 0.0, "guidance_method": "apg",
-               "apg_momentum": -0.75, "apg_norm_threshold": 2.5, "cfg_interval_start": 0.0,
-               "cfg_interval_end": 1.0, "velocity_norm_threshold": 0.0, "timesteps": ""}
-    widgets.update(w)
+    widgets = {"seed": 42, **w}  # every other widget: its default from the option table (acestep_core/options.py)
     return ("sampler", P + "Sampler", widgets, {"model": (model, 0), "conditioning": cond, "latent": latent})
 
 
@@ -94,9 +91,7 @@ def lm_loader(choice=LM):
 
 
 def planner(cond="text", latent="latent", **w):
-    widgets = {"seed": 42, "mode": "think", "rewrite_caption": True, "decide_duration": False, "cfg_scale": 2.0,
-               "temperature": 0.85}
-    widgets.update(w)
+    widgets = {"seed": 42, "mode": "think", "decide_duration": False, **w}  # the others: their schema defaults
     return ("plan", P + "LMPlanner", widgets, {"lm": ("lm", 0), "conditioning": (cond, 0), "latent": (latent, 0)})
 
 
