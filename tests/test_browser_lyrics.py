@@ -96,7 +96,8 @@ def test_the_panel_shows_the_line_the_player_is_at(flow):
     assert "/view?" in flow["media"]["original"] and abs(flow["media"]["duration"] - flow["media"]["seconds"]) < 0.01
     assert all(not s["paused"] and s["visible"] for s in samples[:-1]), (samples, flow.get("media"))
     for s in samples:
-        assert abs(s["at"] - s["current"]) < 0.5, s  # the panel follows the player within a few frames (0.36 s seen on a loaded 2-core VM)
+        # the panel follows the player within a few frames (0.36 s seen on a loaded 2-core VM)
+        assert abs(s["at"] - s["current"]) < 0.5, s
         assert s["text"] == _expected(lines, s["at"]), (s, lines)
     assert len({s["text"] for s in samples}) >= 2, samples  # the line changes as the player moves
 
