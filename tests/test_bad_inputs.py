@@ -605,7 +605,7 @@ def test_cli_understand_reads_a_7_1_flac_as_its_front_pair(models, h17a_files, c
 
     monkeypatch.setattr(cli, "resolve_lm", lambda choice, info: "lm")
     monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: Listener())
-    monkeypatch.setattr(cli, "load_lm", lambda pipe, path: None)
+    monkeypatch.setattr(cli, "load_lm", lambda pipe, path, int8=False: None)
     assert cli.main(["understand", "--checkpoint", models, "--src-audio", "7.1.flac", "--seed", "0"]) == 0
     assert "caption: a caption" in capsys.readouterr().out
     full = load_audio("7.1.flac")[0]
