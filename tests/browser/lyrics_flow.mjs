@@ -7,6 +7,8 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 
+import { queueAndShowSave } from "./save_result.mjs";
+
 const [url, workflowPath, shotDir, tag] = process.argv.slice(2);
 const require = createRequire(path.join(process.env.PLAYWRIGHT_NODE_MODULES ?? process.cwd(), "noop.js"));
 const { chromium } = require("playwright-core");
@@ -33,18 +35,7 @@ try {
     if (ours) break;
   }
   out.graph = await page.evaluate(() => app.graph._nodes.map((n) => n.type));
-  await page.evaluate(() => app.queuePrompt(0, 1));
-  await page.waitForFunction(() => {
-    const save = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio");
-    return save?.acestepResults?.root.dataset.items === "1" && save.acestepResults.rows[0].lyric != null;
-  }, null, { timeout: 240000 });
-  await page.evaluate(() => {
-    const save = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio");
-    app.canvas.ds.scale = 1;
-    app.canvas.ds.offset = [-save.pos[0] + 700, -save.pos[1] + 150];
-    app.canvas.setDirty(true, true);
-  });
-  await page.waitForTimeout(800);
+  await queueAndShowSave(page, { lyric: true });
   const state = () => page.evaluate(() => {
     const panel = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio").acestepResults;
     const row = panel.rows[0];

@@ -7,6 +7,8 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 
+import { queueAndShowSave } from "./save_result.mjs";
+
 const [url, workflowPath, sourceName, shotDir, tag] = process.argv.slice(2);
 const require = createRequire(path.join(process.env.PLAYWRIGHT_NODE_MODULES ?? process.cwd(), "noop.js"));
 const { chromium } = require("playwright-core");
@@ -99,18 +101,7 @@ try {
   out.prompt = await page.evaluate(async () => (await app.graphToPrompt()).output);
 
   // Queue and wait for the Save node's players.
-  await page.evaluate(() => app.queuePrompt(0, 1));
-  await page.waitForFunction(() => {
-    const save = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio");
-    return save?.acestepResults?.root.dataset.items === "1";
-  }, null, { timeout: 240000 });
-  await page.evaluate(() => {
-    const save = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio");
-    app.canvas.ds.scale = 1;
-    app.canvas.ds.offset = [-save.pos[0] + 700, -save.pos[1] + 150];
-    app.canvas.setDirty(true, true);
-  });
-  await page.waitForTimeout(800);
+  await queueAndShowSave(page);
   out.result = await page.evaluate(() => {
     const save = app.graph._nodes.find((n) => n.type === "AceStep15_SaveAudio");
     const panel = save.acestepResults;
