@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .audio import MODEL_CHANNELS, check_save_options, load_audio, save_audio
-from .constants import DTYPES, DURATION_MAX, LM_DECIDE_FIELDS, LM_UNDERSTAND_TOP_P, VARIANTS, WEIGHT_DTYPES
+from .constants import DTYPES, DURATION_MAX, LM_UNDERSTAND_TOP_P, VARIANTS, WEIGHT_DTYPES
 from .errors import InputError, Interrupted, shown
 from .options import BY_KEY, FLOW_EDIT_OPTIONS, PLAN_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SWITCH, TASK_OPTIONS
 from .options import Option, option
@@ -37,10 +37,9 @@ HF_LM_COMMAND = f'hf download {HF_REPO} --include "acestep-5Hz-lm-1.7B/*" --loca
 # the user typed; the options' flags come from their table.
 FLAGS = {
     "caption": "--caption", "lyrics": "--lyrics", "language": "--language", "bpm": "--bpm", "keyscale": "--key",
-    "timesignature": "--timesig", "task": "--task", "duration": "--duration", "start": "--start", "end": "--end",
-    "tracks": "--track", "audio_codes": "--audio-codes", "src_audio": "--src-audio", "ref_audio": "--ref-audio",
-    "vram_budget": "--vram-budget", "resident_layers": "--resident-layers", "weight_dtype": "--weight-dtype",
-    "lm_decide": "--lm-decide", "query": "--simple", "flow_edit": "--flow-edit",
+    "timesignature": "--timesig", "task": "--task", "audio_codes": "--audio-codes", "src_audio": "--src-audio",
+    "ref_audio": "--ref-audio", "vram_budget": "--vram-budget", "resident_layers": "--resident-layers",
+    "weight_dtype": "--weight-dtype", "query": "--simple", "flow_edit": "--flow-edit",
     **{name: o.flag for o in BY_KEY.values() if o.flag for name in (o.key, o.label)},
 }
 # What a flag's default is where the command line decides it differently from the request.
@@ -116,23 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--bpm", type=int, default=None, help="tempo, 30-300")
     text.add_argument("--key", default=None, help="key and scale, e.g. 'C major', 'F# minor'")
     text.add_argument("--timesig", default=None, help="beats per bar: 2, 3, 4 or 6 (2/4, 3/4, 4/4, 6/8 accepted)")
-    text.add_argument("--duration", type=float, default=None, help="seconds, 10-600 (text2music default 120)")
+    add_options(text, [option("task", "duration")])
 
     task = g.add_argument_group("task and source audio")
     task.add_argument("--task", default=None, help=", ".join(TASKS) + " (default text2music)")
     task.add_argument("--src-audio", default=None, help="source audio file, at most 600 s (cover, repaint, extend, "
                                                          "extract, lego, complete; needs --task)")
     task.add_argument("--ref-audio", default=None, help="timbre reference audio file, at most 600 s")
-    task.add_argument("--start", type=float, default=None,
-                      help="repaint / lego window start, seconds; extend: where the new part starts (negative = "
-                           "before the song)")
-    task.add_argument("--end", type=float, default=None,
-                      help="window end, seconds (repaint default: end of the source; extend default: start + 30)")
-    task.add_argument("--track", action="append", default=None,
-                      help="track name for extract / lego / complete (repeatable)")
     task.add_argument("--audio-codes", default=None,
                       help="5 Hz audio codes ('<|audio_code_N|>...' or integers); @FILE reads them from a file")
-    add_options(task, [o for o in TASK_OPTIONS if o.name != "batch_size"])
+    add_options(task, [o for o in TASK_OPTIONS if o.name not in ("batch_size", "duration")])
     task.add_argument("--flow-edit", action="store_true",
                       help="cover / cover-nofsq: morph the source from --source-caption/--source-lyrics towards "
                            "--caption/--lyrics")
@@ -143,11 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lm = g.add_argument_group("5 Hz LM planner (see the README's LM section)")
     _add_lm_path(lm)
-    add_options(lm, [option("lm", "mode")])
-    lm.add_argument("--lm-decide", default=None, metavar="FIELDS",
-                    help=f"what the LM may decide when you leave it out, comma-separated from "
-                         f"{','.join(LM_DECIDE_FIELDS)}, or none (default all; what you give is always kept)")
-    add_options(lm, [o for o in PLAN_OPTIONS if o.name not in ("mode",)])
+    add_options(lm, PLAN_OPTIONS)
     lm.add_argument("--simple", default=None, metavar="QUERY",
                     help="simple mode: the LM turns a short description into caption, lyrics and metas (your "
                          "--bpm/--key/--timesig/--duration/--language win), then the song is generated")
@@ -213,6 +201,9 @@ def add_options(group, options) -> None:
             group.add_argument(flag, action="store_true", help=f"{opt.help} Given: off.")
         elif opt.kind == "switch":
             group.add_argument(flag, default=None, choices=SWITCH, help=option_help(opt))
+        elif opt.kind == "fields":
+            group.add_argument(flag, action="append", default=None, metavar=opt.metavar,
+                               help=option_help(opt) + " Comma-separated, or repeat the flag.")
         else:
             kind = {"int": int, "float": float}.get(opt.kind)
             group.add_argument(flag, default=None, help=option_help(opt), metavar=opt.metavar,
@@ -239,6 +230,8 @@ def option_fields(args, options) -> dict:
             value = {"on": True, "off": False}.get(value)
         elif opt.kind == "seed":
             value = _parse_seed(value, opt.flag)
+        elif opt.kind == "fields" and value is not None:  # repeated flags: one comma-separated list
+            value = ",".join(value)
         if value is not None:
             fields[opt.key] = value
     return fields
@@ -456,11 +449,8 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
                              "or integers)")
     fields = {
         "task": args.task, "caption": args.caption, "lyrics": lyrics, "language": args.language, "bpm": args.bpm,
-        "keyscale": args.key, "timesignature": args.timesig, "duration": args.duration,
-        "audio_codes": audio_codes, "repaint_start": args.start, "repaint_end": args.end,
-        "tracks": tuple(args.track) if args.track else None, "flow_edit": True if args.flow_edit else None,
-        "lm_decide": args.lm_decide,
-        **option_fields(args, tuple(BY_KEY.values())),
+        "keyscale": args.key, "timesignature": args.timesig, "audio_codes": audio_codes,
+        "flow_edit": True if args.flow_edit else None, **option_fields(args, tuple(BY_KEY.values())),
     }
     if src is not None:
         fields["src_audio"], fields["src_sample_rate"] = src

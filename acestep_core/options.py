@@ -18,15 +18,16 @@ from typing import Any
 
 from .constants import (
     APG_MOMENTUM, APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD, APG_NORM_THRESHOLD_MAX,
-    DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER, DEFAULT_TILE_FRAMES, DURATION_MAX,
+    DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
+    DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN, LM_DECIDE_FIELDS,
     FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, LM_CFG_SCALE, LM_CFG_SCALE_MAX,
     LM_CFG_SCALE_MIN, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TOP_K,
     LM_TOP_K_MAX, LM_TOP_P, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX,
-    STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TURBO_APP_MAX_STEPS, TURBO_MAX_STEPS, VAE_ENCODE_MODES,
+    STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TRACK_NAMES, TURBO_APP_MAX_STEPS, TURBO_MAX_STEPS, VAE_ENCODE_MODES,
     VARIANTS, VELOCITY_NORM_THRESHOLD_MAX,
 )
 
-KINDS = ("int", "float", "choice", "bool", "switch", "text", "seed", "timesteps")
+KINDS = ("int", "float", "choice", "bool", "switch", "text", "seed", "timesteps", "fields")
 SWITCH = ("auto", "on", "off")  # a bool that may be left to the run: auto = None
 
 
@@ -38,7 +39,9 @@ class Option:
     ``--no-…`` switch); ``widget``: the node input's name (default ``name``); ``step``: the widget's step;
     ``advanced``: the widget is folded away until the user asks for it; ``label``: the name errors give (default
     ``key``); ``sample_arg``: the keyword of ``sampling.sample`` and ``sampling.flow_edit`` that takes the value
-    as it is (the pipeline hands these over without naming them)."""
+    as it is (the pipeline hands these over without naming them). Kind ``fields``: some names of ``choices`` (a
+    list, or one string separated by commas; repeatable on the command line). Where no ``lo``/``hi`` is given for
+    a number, its settings part checks it with rules across fields (e.g. a window on the source)."""
 
     name: str
     kind: str
@@ -58,6 +61,7 @@ class Option:
     advanced: bool = False
     metavar: str | None = None
     sample_arg: str = ""
+    check: str = ""  # a ``request`` function that checks the value instead of the kind's rule (its own spellings)
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -107,6 +111,8 @@ class Option:
             return f"{self.lo:g}–{self.hi:g}"
         if self.kind in ("choice", "switch"):
             return ", ".join(self.widget_choices if self.kind == "switch" else self.choices)
+        if self.kind == "fields":
+            return "some of " + ", ".join(self.choices)
         if self.kind == "seed":
             return "0 … 2^64 − 1, or a list with one per song"
         return ""
@@ -118,6 +124,8 @@ class Option:
             return "on" if self.default else "off"
         if isinstance(self.default, float):
             return f"{self.default:g}"
+        if self.kind == "fields":
+            return ", ".join(self.default) if self.default else "none"
         return repr(self.default) if isinstance(self.default, str) and not self.choices else str(self.default)
 
 
@@ -231,6 +239,9 @@ PLAN_OPTIONS: tuple[Option, ...] = (
            "branch; blank = the default).", key="lm_negative_prompt", flag="--lm-negative-prompt", advanced=True),
     Option("rewrite_caption", "bool", True, "think: give the DiT the LM's richer caption instead of yours.",
            key="lm_rewrite_caption", flag="--no-rewrite-caption"),
+    Option("decide", "fields", LM_DECIDE_FIELDS, "think: what the LM may write when you leave it out (what you give "
+           "is always kept; the language only steers its own reasoning, the DiT keeps yours); none = nothing.",
+           choices=LM_DECIDE_FIELDS, key="lm_decide", flag="--lm-decide", metavar="FIELDS", check="check_lm_decide"),
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -238,6 +249,18 @@ PLAN_OPTIONS: tuple[Option, ...] = (
 # ---------------------------------------------------------------------------------------------------------------
 
 TASK_OPTIONS: tuple[Option, ...] = (
+    Option("duration", "float", None, "Length of a new song in seconds (text2music; audio tasks follow the "
+           "source).", lo=DURATION_MIN, hi=DURATION_MAX, flag="--duration", hint=" seconds", step=0.1,
+           auto_help=f"{DEFAULT_DURATION:g} s, or the LM's choice when it may decide the duration"),
+    Option("start", "float", None, "repaint / lego: start of the window to regenerate, seconds on the source; "
+           "extend: where the new part starts (negative = before the song).", key="repaint_start", label="start",
+           flag="--start",
+           auto_help="the start of the source (repaint)"),
+    Option("end", "float", None, "End of the window, seconds (beyond the source's end = extend after it).",
+           key="repaint_end", label="end", flag="--end",
+           auto_help=f"repaint: the end of the source; extend: start + {DEFAULT_EXTEND_SECONDS:g}"),
+    Option("tracks", "fields", (), "extract / lego: one track name; complete: the tracks to build around the "
+           "source.", choices=TRACK_NAMES, flag="--track", metavar="TRACK", widget="track, more_tracks"),
     Option("repaint_mode", "choice", REPAINT_MODES[0], "balanced: blend the edges; conservative: keep more of the "
            "original near the edges; aggressive: no blending, the whole output is regenerated audio.",
            choices=REPAINT_MODES, flag="--repaint-mode", widget="mode"),
@@ -293,6 +316,8 @@ def check_option(opt: Option, value, name: str | None = None):
     name = name or opt.label
     if value is None and opt.default is None:
         return None
+    if opt.check:
+        return getattr(rq, opt.check)(value)
     if opt.kind == "int":
         return rq.check_int(name, value, opt.lo, opt.hi, opt.hint)
     if opt.kind == "float":
@@ -307,7 +332,7 @@ def check_option(opt: Option, value, name: str | None = None):
         return rq.check_seed(value, name=name)
     if opt.kind == "timesteps":
         return rq.check_timesteps(value)
-    raise AssertionError(opt.kind)
+    raise AssertionError(f"{opt.key}: a {opt.kind} option needs its own check")
 
 
 def check_part(obj, part: str) -> None:
@@ -332,8 +357,10 @@ def markdown(part: str) -> str:
             "|---|---|---|---|---|---|"]
     for o in TABLES[part]:
         allowed = o.allowed().replace("|", "\\|")
-        rows.append(f"| `{o.key}` | {f'`{o.flag}`' if o.flag else ''} | `{o.widget}` | {o.default_text()} | "
-                    f"{allowed} | {o.help} |")
+        # a fields option on one widget name is one switch per field (decide_bpm, …)
+        widgets = [f"{o.widget}_<field>"] if o.kind == "fields" and "," not in o.widget else o.widget.split(", ")
+        rows.append(f"| `{o.key}` | {f'`{o.flag}`' if o.flag else ''} | {', '.join(f'`{w}`' for w in widgets)} | "
+                    f"{o.default_text()} | {allowed} | {o.help} |")
     return "\n".join(rows)
 
 

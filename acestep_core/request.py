@@ -15,7 +15,6 @@ latent frames and samples. :func:`request` builds a whole request from flat keyw
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
@@ -27,7 +26,7 @@ import torch
 
 from .constants import (
     BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
-    DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, KEYSCALES, LATENT_RATE,
+    DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, KEYSCALES, LATENT_RATE,
     LM_DECIDE_FIELDS, LM_NO_USER_INPUT, MAX_AUDIO_CODES, MIN_WINDOW_SECONDS, SEED_MAX, TIME_SIGNATURES,
     TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VALID_LANGUAGES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
     DCW_THINK_SCALER, DcwSettings,
@@ -35,6 +34,7 @@ from .constants import (
 from .audio import SILENCE_THRESHOLD, as_waveform
 from .errors import Described, InputError
 from .options import check_option, check_part, default, option
+from .options import TABLES as OPTION_TABLES
 from .options import names as option_names
 from .sampling import MAX_TURBO_STEPS
 
@@ -131,12 +131,6 @@ def check_time_signature(timesignature) -> str | None:
         raise InputError("timesignature", timesignature,
                          f"beats per bar: {', '.join(TIME_SIGNATURES)} (or {', '.join(TIME_SIGNATURE_FRACTIONS)})")
     return text
-
-
-def check_duration(duration, name: str = "duration") -> float | None:
-    if duration is None:
-        return None
-    return check_number(name, duration, DURATION_MIN, DURATION_MAX, " seconds")
 
 
 def check_tracks(tracks, task: str = "complete") -> tuple[str, ...]:
@@ -513,12 +507,12 @@ class Task:
 
     kind: str = "text2music"
     source: AudioClip | None = None
-    duration: float | None = None
-    start: float | None = None
-    end: float | None = None
+    duration: float | None = default("task", "duration")
+    start: float | None = default("task", "start")
+    end: float | None = default("task", "end")
     repaint_mode: str = default("task", "repaint_mode")
     repaint_strength: float = default("task", "repaint_strength")
-    tracks: tuple[str, ...] = ()
+    tracks: tuple[str, ...] = default("task", "tracks")
     cover_strength: float = default("task", "cover_strength")
     cover_noise: float = default("task", "cover_noise")
     audio_codes: tuple[int, ...] | tuple[tuple[int, ...], ...] | None = None
@@ -544,7 +538,7 @@ class Task:
         if rule.source == "none" and self.source is not None:
             raise InputError("source", self.source, f"no source audio for task {self.kind!r}; "
                                                     "choose cover, repaint, extend, extract, lego or complete")
-        duration = check_duration(self.duration)
+        duration = check_option(option("task", "duration"), self.duration)
         if duration is not None and self.source is not None:
             raise InputError("duration", duration, f"no duration for task {self.kind!r}: the result follows "
                                                    "the source (extend: set the window's end)")
@@ -687,13 +681,12 @@ class PlanSettings:
     seed: int | tuple[int, ...] | None = default("lm", "seed")
     negative_prompt: str = default("lm", "negative_prompt")
     rewrite_caption: bool = default("lm", "rewrite_caption")
-    decide: tuple[str, ...] = LM_DECIDE_FIELDS
+    decide: tuple[str, ...] = default("lm", "decide")
 
     def __post_init__(self):
         check_part(self, "lm")
         if not self.negative_prompt.strip():
             _set(self, "negative_prompt", LM_NO_USER_INPUT)
-        _set(self, "decide", check_lm_decide(self.decide))
 
     @property
     def on(self) -> bool:
@@ -797,19 +790,12 @@ def resolve_dcw(settings: SamplerSettings, variant: str, think: bool = False) ->
 # The Python API: a whole request from flat keyword arguments
 # ---------------------------------------------------------------------------------------------------------------
 
-# flat name → (part, field); every name belongs to exactly one part
+# flat name → (part, field); every name belongs to exactly one part: the song text, the task's kind and codes,
+# and every table option (``options.TABLES``: a settings part's fields, the user-set fields of Task)
 _FLAT = {
     **{name: ("text", name) for name in ("caption", "lyrics", "language", "bpm", "keyscale", "timesignature")},
-    "task": ("task", "kind"), "duration": ("task", "duration"), "repaint_start": ("task", "start"),
-    "repaint_end": ("task", "end"), "repaint_mode": ("task", "repaint_mode"),
-    "repaint_strength": ("task", "repaint_strength"), "tracks": ("task", "tracks"),
-    "audio_cover_strength": ("task", "cover_strength"), "cover_noise_strength": ("task", "cover_noise"),
-    "audio_codes": ("task", "audio_codes"), "batch_size": ("task", "batch_size"),
-    "vae_encode": ("task", "vae_encode"),
-    **{f"flow_edit_{name}": ("flow_edit", name) for name in (f.name for f in dataclasses.fields(FlowEdit))},
-    **{name: ("sampler", name) for name in (f.name for f in dataclasses.fields(SamplerSettings))},
-    **{name: ("render", name) for name in (f.name for f in dataclasses.fields(RenderSettings))},
-    **{f"lm_{name}": ("lm", name) for name in (f.name for f in dataclasses.fields(PlanSettings))},
+    "task": ("task", "kind"), "audio_codes": ("task", "audio_codes"),
+    **{o.key: (part, o.name) for part, table in OPTION_TABLES.items() for o in table},
 }
 _AUDIO = ("src_audio", "src_sample_rate", "ref_audio", "ref_sample_rate")
 
@@ -850,6 +836,6 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
 if request.__doc__:  # None under python -OO
     request.__doc__ = request.__doc__.format(names=(
         "caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task, "
-        f"duration, src_audio + src_sample_rate, repaint_start, repaint_end, tracks, audio_codes, "
-        f"{option_names('task')}; {option_names('sampler')}; flow_edit=True with {option_names('flow_edit')}; "
-        f"{option_names('render')}; the 5 Hz LM (:class:`PlanSettings`): {option_names('lm')}, lm_decide"))
+        f"src_audio + src_sample_rate, audio_codes, {option_names('task')}; {option_names('sampler')}; "
+        f"flow_edit=True with {option_names('flow_edit')}; {option_names('render')}; the 5 Hz LM "
+        f"(:class:`PlanSettings`): {option_names('lm')}"))

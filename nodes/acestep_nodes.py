@@ -20,7 +20,8 @@ from comfy_api.latest import io
 from ..acestep_core import planning
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DTYPES, DURATION_MAX, DURATION_MIN, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN,
+    BPM_MAX, BPM_MIN, DEFAULT_DURATION, DTYPES, DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX,
+    EXTEND_SECONDS_MIN,
     KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES,
     VARIANTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
 )
@@ -271,9 +272,10 @@ class EmptyLatent(io.ComfyNode):
             description="Starts a new song (text to music): sets its length and how many to make. The sampler "
                         "fills the context with the model's silence latent, as the original does.",
             inputs=[
-                io.Float.Input("duration", default=60.0, min=DURATION_MIN, max=DURATION_MAX, step=0.1,
-                               tooltip=f"Song length in seconds ({DURATION_MIN}–{DURATION_MAX}); also written into "
-                                       "the prompt's metadata. Quality is best up to about 4 minutes."),
+                # a new song needs a length: the request's fallback for "none given" is shown as the default
+                option_input(replace(option("task", "duration"), default=DEFAULT_DURATION,
+                                     help=option("task", "duration").help + " Also written into the prompt's "
+                                          "metadata; quality is best up to about 4 minutes.")),
                 _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],

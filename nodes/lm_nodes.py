@@ -15,24 +15,24 @@ from dataclasses import replace
 from comfy_api.latest import io
 
 from ..acestep_core.constants import (
-    DEFAULT_DURATION, DTYPES, LM_CFG_SCALE, LM_MIN_P, LM_NO_USER_INPUT,
+    DEFAULT_DURATION, DTYPES, LM_MIN_P,
     LM_TEMPERATURE, LM_TEXT_MAX_NEW_TOKENS, LM_TOP_K, LM_TOP_P,
     LM_UNDERSTAND_TOP_P, SEED_MAX, VALID_LANGUAGES,
 )
 from ..acestep_core import planning
-from ..acestep_core.options import option
+from ..acestep_core.options import PLAN_OPTIONS, option
 from ..acestep_core.request import PlanSettings, Request, SamplerSettings, check_query
 from . import comfy_adapter as host
 from . import models
 from .acestep_nodes import (
     AUTO, CATEGORY, LATENT_PLAN_KEY, PREFIX, AceStepModel, AceStepText, _audio_clip, _latent_task, _message,
-    option_input, task_canvas,
+    from_widgets, option_input, task_canvas,
 )
 
 AceStepLM = io.Custom("ACESTEP_LM")
 PLANNER_MODES = ("think", "codes", "off")
 _LM_TIP = "The 5 Hz LM from the ACE-Step 1.5 LM Loader."
-_DECIDE = ("bpm", "keyscale", "timesignature", "language")
+_DECIDE = option("lm", "decide")  # the LM Planner shows one switch per field it may decide: decide_bpm, …
 BAR_EVERY = 0.1  # seconds between redraws of the progress bar (a token takes milliseconds)
 
 
@@ -64,6 +64,18 @@ def _sampling_inputs(top_p: float = LM_TOP_P) -> list:
     """The LM's sampling widgets (``options.PLAN_OPTIONS``); understanding runs with its own top-p default."""
     opts = [option("lm", name) for name in ("temperature", "top_p", "top_k", "min_p")]
     return [option_input(replace(o, default=top_p) if o.name == "top_p" else o) for o in opts]
+
+
+def _decide_input(name: str) -> io.Boolean.Input:
+    """The Planner's switch for one field of ``PlanSettings.decide``. The duration's is in view and off by default:
+    the latent already sets the song's length, and switching it on lets the LM replace that length."""
+    if name == "duration":
+        return io.Boolean.Input("decide_duration", default=False,
+                                tooltip="think: let the LM choose the song's length instead of the latent's.")
+    return io.Boolean.Input(f"decide_{name}", default=name in _DECIDE.default, advanced=True,
+                            tooltip=f"think: the LM fills the {name} when you left it on auto"
+                                    + (" (written into its own reasoning; the DiT keeps your language, as upstream)"
+                                       if name == "language" else "") + ".")
 
 
 class LMLoader(io.ComfyNode):
@@ -117,16 +129,11 @@ class LMPlanner(io.ComfyNode):
                                tooltip="think: metas and caption, then the codes (the app's default); codes: only "
                                        "the codes (what ComfyUI's own node does); off: pass everything through."),
                 option_input(option("lm", "rewrite_caption")),
-                io.Boolean.Input("decide_duration", default=False,
-                                 tooltip="think: let the LM choose the song's length instead of the latent's."),
+                _decide_input("duration"),
                 option_input(option("lm", "cfg_scale")),
                 *_sampling_inputs(),
                 option_input(option("lm", "negative_prompt")),
-                *[io.Boolean.Input(f"decide_{name}", default=True, advanced=True,
-                                   tooltip=f"think: the LM fills the {name} when you left it on auto"
-                                           + (" (written into its own reasoning; the DiT keeps your language, as "
-                                              "upstream)" if name == "language" else "") + ".")
-                  for name in _DECIDE],
+                *[_decide_input(name) for name in _DECIDE.choices if name != "duration"],
             ],
             outputs=[
                 AceStepText.Output(display_name="conditioning",
@@ -138,17 +145,12 @@ class LMPlanner(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, lm, conditioning, latent, seed=0, mode="think", rewrite_caption=True, decide_duration=False,
-                cfg_scale=LM_CFG_SCALE, temperature=LM_TEMPERATURE, top_p=LM_TOP_P, top_k=LM_TOP_K,
-                min_p=LM_MIN_P, negative_prompt=LM_NO_USER_INPUT, decide_bpm=True, decide_keyscale=True,
-                decide_timesignature=True, decide_language=True) -> io.NodeOutput:
+    def execute(cls, lm, conditioning, latent, seed=0, mode="think", **widgets) -> io.NodeOutput:
         task = _latent_task(latent)
-        flags = {"bpm": decide_bpm, "keyscale": decide_keyscale, "timesignature": decide_timesignature,
-                 "language": decide_language, "duration": decide_duration}
-        settings = PlanSettings(mode=mode, cfg_scale=cfg_scale, temperature=temperature, top_p=top_p, top_k=top_k,
-                                min_p=min_p, seed=seed, negative_prompt=negative_prompt,
-                                rewrite_caption=rewrite_caption, decide=tuple(name for name, on in flags.items() if on))
-        if decide_duration and mode == "think" and task.source is None and task.audio_codes is None:
+        sampling = [o for o in PLAN_OPTIONS if o.name not in ("mode", "seed", "decide")]
+        decide = tuple(name for name in _DECIDE.choices if widgets.get(f"decide_{name}", name in _DECIDE.default and name != "duration"))
+        settings = PlanSettings(mode=mode, seed=seed, decide=decide, **from_widgets(sampling, widgets))
+        if "duration" in decide and mode == "think" and task.source is None and task.audio_codes is None:
             task = replace(task, duration=None)  # the LM chooses the length
         req = Request(conditioning, task, SamplerSettings(), None, settings)
         work, why = planning.lm_work(req)

@@ -122,7 +122,7 @@ def test_request_fields(tmp_path):
     args = cli.build_parser().parse_args(["generate", "--timesig", "6/8", "--seed", "1, 2", "--track", "bass",
                                           "--no-normalize", "--cfg-interval", "0", "0.5"])
     fields = cli.request_fields(args, "words", None, None)
-    assert fields == {"timesignature": "6/8", "seed": [1, 2], "tracks": ("bass",), "normalize": False,
+    assert fields == {"timesignature": "6/8", "seed": [1, 2], "tracks": "bass", "normalize": False,
                       "lyrics": "words", "cfg_interval_start": 0.0, "cfg_interval_end": 0.5}
     codes = tmp_path / "codes.txt"
     codes.write_text("<|audio_code_5|><|audio_code_6|>\n")

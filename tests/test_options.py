@@ -20,23 +20,39 @@ DATACLASSES = {"sampler": SamplerSettings, "render": RenderSettings, "lm": PlanS
 NODES = {"sampler": ["Sampler"], "render": ["VAEDecode"], "lm": ["LMPlanner"], "flow_edit": ["CoverLatent"],
          "task": ["EmptyLatent", "CoverLatent", "RepaintLatent", "ExtendLatent", "StemLatent"]}
 # Widgets a node defines itself, not from the table, and why.
-NODE_OWN = {(P + "LMPlanner", "mode"): "the Planner exists to run the LM: think by default, listed think/codes/off"}
+NODE_OWN = {
+    (P + "LMPlanner", "mode"): "the Planner exists to run the LM: think by default, listed think/codes/off",
+    (P + "LMPlanner", "decide_duration"): "in view and off: the latent already sets the length; on = the LM may "
+                                          "replace it",
+    (P + "EmptyLatent", "duration"): "a new song needs a length: the request's fallback (120 s) shown as a number",
+    (P + "RepaintLatent", "start"): "a repaint window starts inside the song: 0 (the start) by default",
+    (P + "RepaintLatent", "end"): "-1 = the end of the song (the Extend node makes its window from direction, "
+                                  "seconds and overlap)",
+}
+# Options no node shows as one widget, and where the nodes take them from instead.
+NOT_A_WIDGET = {
+    ("task", "tracks"): "the Stems node's track and more_tracks",
+}
 ALL = [(part, o) for part, table in options.TABLES.items() for o in table]
 IDS = [f"{part}.{o.name}" for part, o in ALL]
 
 
 def _extra(part: str) -> dict:
     """Request fields an option of this part needs to be looked at (flow edit is only read when switched on)."""
-    return {"flow_edit": True, "task": "cover", "src_audio": torch.rand(2, 48000) - 0.5,
-            "src_sample_rate": 48000} \
-        if part == "flow_edit" else {}
+    if part == "flow_edit":
+        return {"flow_edit": True, "task": "cover", "src_audio": torch.rand(2, 48000) - 0.5, "src_sample_rate": 48000}
+    return {}
+
+
+def _with_source(task: str) -> dict:
+    return {"task": task, "src_audio": torch.rand(2, 48000 * 12) - 0.5, "src_sample_rate": 48000}
 
 
 @pytest.mark.parametrize(("part", "opt"), ALL, ids=IDS)
 def test_the_request_takes_its_defaults_and_limits_from_the_table(part, opt):
     fields = {f.name: f for f in dataclasses.fields(DATACLASSES[part])}
     assert fields[opt.name].default == opt.default
-    if opt.kind in ("int", "float"):
+    if opt.kind in ("int", "float") and opt.lo is not None:
         for edge in (opt.lo, opt.hi):
             request(**_extra(part), **{opt.key: edge})
         for outside in (opt.lo - 1, opt.hi + 1):
@@ -49,6 +65,24 @@ def test_the_request_takes_its_defaults_and_limits_from_the_table(part, opt):
         with pytest.raises(InputError) as e:
             request(**_extra(part), **{opt.key: "bogus"})
         assert e.value.name == opt.label and str(opt.choices[0]) in e.value.allowed
+    elif opt.kind == "fields":  # some of the choices: each alone, all, and a name outside them refused
+        extra = _with_source("complete") if opt.key == "tracks" else {}
+        for chosen in [[c] for c in opt.choices] + [list(opt.choices)]:
+            got = getattr(request(**extra, **{opt.key: chosen}), "task" if part == "task" else part)
+            assert set(getattr(got, opt.name)) == set(chosen)
+        with pytest.raises(InputError) as e:
+            request(**extra, **{opt.key: [opt.choices[0], "bogus"]})
+        assert e.value.name == opt.label and cli.FLAGS[e.value.name] == opt.flag
+
+
+def test_the_table_holds_every_field_of_each_settings_part():
+    for part, cls in DATACLASSES.items():
+        fields = [f.name for f in dataclasses.fields(cls)]
+        table = [o.name for o in options.TABLES[part]]
+        if part == "task":  # the task's kind, its inputs and the window object are not settings
+            assert set(fields) - set(table) == {"kind", "source", "audio_codes", "window", "flow_edit"}
+        else:
+            assert fields == table, part
 
 
 @pytest.mark.parametrize(("part", "opt"), ALL, ids=IDS)
@@ -62,9 +96,16 @@ def test_the_command_line_flag_comes_from_the_table(part, opt, tmp_path, monkeyp
     if opt.kind == "bool":
         assert opt.flag.startswith("--no-") and opt.default is True
         return
+    if opt.kind == "fields":  # comma-separated or repeated: one list for the request
+        args = cli.build_parser().parse_args(["generate", opt.flag, f"{opt.choices[0]},{opt.choices[1]}",
+                                              opt.flag, opt.choices[2]])
+        assert cli.option_fields(args, [opt])[opt.key] == ",".join(opt.choices[:3])
+        return
     if opt.kind not in ("int", "float"):
         return
     assert action.type is (int if opt.kind == "int" else float)
+    if opt.lo is None:  # a window edge: its task checks it with the source (test_bad_inputs, test_cli)
+        return
     assert f"{opt.lo:g}–{opt.hi:g}" in action.help or action.nargs == 2
     monkeypatch.chdir(tmp_path)
     flow = ["--flow-edit"] if part == "flow_edit" else []
@@ -85,9 +126,20 @@ def test_every_node_widget_of_an_option_matches_the_table(comfy):
             specs = {k: v for section in ("required", "optional")
                      for k, v in (info["input"].get(section) or {}).items()}
             for opt in options.TABLES[part]:
-                if opt.widget not in specs or (P + node, opt.widget) in NODE_OWN:
+                if opt.kind == "fields" and any(k.startswith(opt.widget + "_") for k in specs):
+                    # one switch per choice (the Planner's decide_bpm, …): on when the default holds it
+                    for choice in opt.choices:
+                        widget = f"{opt.widget}_{choice}"
+                        assert specs[widget][0] == "BOOLEAN", widget
+                        if (P + node, widget) not in NODE_OWN:
+                            assert specs[widget][1]["default"] == (choice in opt.default), widget
+                    seen.add((part, opt.name))
+                    continue
+                if opt.widget not in specs:
                     continue
                 seen.add((part, opt.name))
+                if (P + node, opt.widget) in NODE_OWN:
+                    continue
                 kind, spec = specs[opt.widget][0], specs[opt.widget][1]
                 where = f"{node}.{opt.widget}"
                 assert spec["default"] == opt.widget_default, where
@@ -100,7 +152,10 @@ def test_every_node_widget_of_an_option_matches_the_table(comfy):
                 if opt.kind != "seed":  # a widget left alone means the request's default
                     assert opt.from_widget(opt.widget_default) == opt.default, where
     missing = [(part, o.name) for part, o in ALL if (part, o.name) not in seen]
-    assert missing == [("lm", "mode")], missing  # the Planner's own mode widget (NODE_OWN)
+    assert missing == list(NOT_A_WIDGET), missing
+    for (node, widget) in NODE_OWN:  # every listed exception is a real widget of that node
+        info = comfy[0][node].GET_NODE_INFO_V1()
+        assert widget in {k for section in ("required", "optional") for k in (info["input"].get(section) or {})}
 
 
 def test_auto_widget_values_mean_decided_per_run():
