@@ -24,7 +24,9 @@ from . import __version__
 from .audio import MODEL_CHANNELS, check_save_options, load_audio, save_audio
 from .constants import DTYPES, DURATION_MAX, LM_UNDERSTAND_TOP_P, VARIANTS, WEIGHT_DTYPES
 from .errors import InputError, Interrupted, shown
-from .options import BY_KEY, FLOW_EDIT_OPTIONS, PLAN_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SWITCH, TASK_OPTIONS
+from .options import (
+    BY_KEY, FLOW_EDIT_OPTIONS, PLAN_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SONG_OPTIONS, SWITCH, TASK_OPTIONS,
+)
 from .options import Option, option
 from .request import SOURCE_TASKS, TASKS, check_query, request
 
@@ -36,8 +38,7 @@ HF_LM_COMMAND = f'hf download {HF_REPO} --include "acestep-5Hz-lm-1.7B/*" --loca
 # The command line's name for each request field (and each name an error may give), so that a message names the flag
 # the user typed; the options' flags come from their table.
 FLAGS = {
-    "caption": "--caption", "lyrics": "--lyrics", "language": "--language", "bpm": "--bpm", "keyscale": "--key",
-    "timesignature": "--timesig", "task": "--task", "audio_codes": "--audio-codes", "src_audio": "--src-audio",
+    "task": "--task", "audio_codes": "--audio-codes", "src_audio": "--src-audio",
     "ref_audio": "--ref-audio", "vram_budget": "--vram-budget", "resident_layers": "--resident-layers",
     "weight_dtype": "--weight-dtype", "query": "--simple", "flow_edit": "--flow-edit",
     **{name: o.flag for o in BY_KEY.values() if o.flag for name in (o.key, o.label)},
@@ -107,14 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(io, RENDER_OPTIONS)
 
     text = g.add_argument_group("what to generate")
-    text.add_argument("--caption", default=None, help="style / description of the music")
-    text.add_argument("--lyrics", default=None,
-                      help="lyrics text ([verse], [chorus] ... tags allowed); '[Instrumental]' for none")
+    add_options(text, SONG_OPTIONS[:2])
     text.add_argument("--lyrics-file", default=None, help="read the lyrics from a UTF-8 text file ('-' = stdin)")
-    text.add_argument("--language", default=None, help="vocal language code (en, zh, ja, ... or unknown)")
-    text.add_argument("--bpm", type=int, default=None, help="tempo, 30-300")
-    text.add_argument("--key", default=None, help="key and scale, e.g. 'C major', 'F# minor'")
-    text.add_argument("--timesig", default=None, help="beats per bar: 2, 3, 4 or 6 (2/4, 3/4, 4/4, 6/8 accepted)")
+    add_options(text, SONG_OPTIONS[2:])
     add_options(text, [option("task", "duration")])
 
     task = g.add_argument_group("task and source audio")
@@ -448,9 +444,8 @@ def request_fields(args, lyrics: str | None, src, ref) -> dict:
             raise UsageError(f"--audio-codes {args.audio_codes}: the file is empty (expected <|audio_code_N|> tokens "
                              "or integers)")
     fields = {
-        "task": args.task, "caption": args.caption, "lyrics": lyrics, "language": args.language, "bpm": args.bpm,
-        "keyscale": args.key, "timesignature": args.timesig, "audio_codes": audio_codes,
-        "flow_edit": True if args.flow_edit else None, **option_fields(args, tuple(BY_KEY.values())),
+        "task": args.task, "audio_codes": audio_codes, "flow_edit": True if args.flow_edit else None,
+        **option_fields(args, tuple(BY_KEY.values())), "lyrics": lyrics,
     }
     if src is not None:
         fields["src_audio"], fields["src_sample_rate"] = src

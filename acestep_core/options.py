@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .constants import (
-    APG_MOMENTUM, APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD, APG_NORM_THRESHOLD_MAX,
+    APG_MOMENTUM, APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN,
     DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
-    DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN, LM_DECIDE_FIELDS,
-    FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS, GUIDANCE_MIN, INFER_METHODS, LM_CFG_SCALE, LM_CFG_SCALE_MAX,
-    LM_CFG_SCALE_MIN, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TOP_K,
+    DEFAULT_TILE_FRAMES, DURATION_MAX, DURATION_MIN, FLOW_EDIT_MAX_AVG, GUIDANCE_MAX, GUIDANCE_METHODS,
+    GUIDANCE_MIN, INFER_METHODS, KEYSCALE_MODES, KEYSCALE_NOTES, LM_CFG_SCALE, LM_CFG_SCALE_MAX, LM_CFG_SCALE_MIN,
+    LM_DECIDE_FIELDS, LM_MIN_P, LM_MODES, LM_NO_USER_INPUT, LM_TEMPERATURE, LM_TEMPERATURE_MAX, LM_TOP_K,
     LM_TOP_K_MAX, LM_TOP_P, MAX_BATCH_SIZE, REPAINT_MODES, SAMPLER_MODES, SEED_MAX, SHIFT_MAX, SHIFT_MIN, STEPS_MAX,
-    STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TRACK_NAMES, TURBO_APP_MAX_STEPS, TURBO_MAX_STEPS, VAE_ENCODE_MODES,
-    VARIANTS, VELOCITY_NORM_THRESHOLD_MAX,
+    STEPS_MIN, TILE_FRAMES_MAX, TILE_FRAMES_MIN, TIME_SIGNATURES, TRACK_NAMES, TURBO_APP_MAX_STEPS, TURBO_MAX_STEPS,
+    VAE_ENCODE_MODES, VALID_LANGUAGES, VARIANTS, VELOCITY_NORM_THRESHOLD_MAX,
 )
 
 KINDS = ("int", "float", "choice", "bool", "switch", "text", "seed", "timesteps", "fields")
@@ -62,6 +62,7 @@ class Option:
     metavar: str | None = None
     sample_arg: str = ""
     check: str = ""  # a ``request`` function that checks the value instead of the kind's rule (its own spellings)
+    allowed_text: str = ""  # what is allowed, in words, where listing the choices would not say it
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -107,6 +108,8 @@ class Option:
 
     def allowed(self) -> str:
         """The range or choices, as the help texts write them."""
+        if self.allowed_text:
+            return self.allowed_text
         if self.kind in ("int", "float") and self.lo is not None:
             return f"{self.lo:g}–{self.hi:g}"
         if self.kind in ("choice", "switch"):
@@ -133,6 +136,28 @@ _DEF = {name: VARIANTS[name].defaults for name in ("turbo", "base", "sft")}
 _DCW = VARIANTS["turbo"].dcw
 _VARIANT_STEPS = (f"the variant's: turbo {_DEF['turbo'].steps}, base {_DEF['base'].steps}, "
                   f"SFT {_DEF['sft'].steps}")
+
+# ---------------------------------------------------------------------------------------------------------------
+# SongText (the Caption & Lyrics node, "what to generate" on the command line)
+# ---------------------------------------------------------------------------------------------------------------
+
+SONG_OPTIONS: tuple[Option, ...] = (
+    Option("caption", "text", "", "Style and sound, e.g. 'upbeat synth-pop, female vocals, punchy drums'.",
+           flag="--caption"),
+    Option("lyrics", "text", "", "Lyrics with section tags ([Verse], [Chorus], [Bridge]…); '[Instrumental]' or "
+           "empty for no vocals.", flag="--lyrics"),
+    Option("language", "choice", "en", "Language of the lyrics (ISO code; 'unknown' if mixed).",
+           choices=VALID_LANGUAGES, flag="--language"),
+    Option("bpm", "int", None, "Tempo in beats per minute.", lo=BPM_MIN, hi=BPM_MAX, flag="--bpm", auto=0,
+           auto_help="the model decides", check="check_bpm"),
+    Option("keyscale", "choice", None, "Key and scale, e.g. 'E minor'.",
+           choices=tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES),
+           flag="--key", auto="auto", auto_help="the model decides", check="check_keyscale",
+           allowed_text="a note A–G, an optional # or b (♯ ♭ too), major or minor"),
+    Option("timesignature", "choice", None, "Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8).",
+           choices=TIME_SIGNATURES, flag="--timesig", auto="auto", auto_help="the model decides",
+           check="check_time_signature", allowed_text="2, 3, 4, 6 (or 2/4, 3/4, 4/4, 6/8)"),
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # SamplerSettings (the Sampler node, "sampling" on the command line)
@@ -293,7 +318,7 @@ FLOW_EDIT_OPTIONS: tuple[Option, ...] = (
            hi=FLOW_EDIT_MAX_AVG, key="flow_edit_n_avg", flag="--edit-n-avg", widget="edit_n_avg", advanced=True),
 )
 
-TABLES = {"sampler": SAMPLER_OPTIONS, "render": RENDER_OPTIONS, "lm": PLAN_OPTIONS, "task": TASK_OPTIONS,
+TABLES = {"text": SONG_OPTIONS, "sampler": SAMPLER_OPTIONS, "render": RENDER_OPTIONS, "lm": PLAN_OPTIONS, "task": TASK_OPTIONS,
           "flow_edit": FLOW_EDIT_OPTIONS}
 BY_KEY: dict[str, Option] = {o.key: o for table in TABLES.values() for o in table}
 PART_OF: dict[str, str] = {o.key: part for part, table in TABLES.items() for o in table}

@@ -28,7 +28,7 @@ from .constants import (
     BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
     DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, KEYSCALES, LATENT_RATE,
     LM_DECIDE_FIELDS, LM_NO_USER_INPUT, MAX_AUDIO_CODES, MIN_WINDOW_SECONDS, SEED_MAX, TIME_SIGNATURES,
-    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VALID_LANGUAGES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
+    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
     DCW_THINK_SCALER, DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
@@ -98,10 +98,6 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(name, value, "True or False")
     return bool(value)
-
-
-def check_language(language) -> str:
-    return check_choice("language", language, VALID_LANGUAGES)
 
 
 def check_bpm(bpm) -> int | None:
@@ -454,21 +450,16 @@ class SongText:
     """What the song should be: caption, lyrics, their language and the optional metas (None = the model
     decides), plus an optional timbre reference recording."""
 
-    caption: str = ""
-    lyrics: str = ""
-    language: str = "en"
-    bpm: int | None = None
-    keyscale: str | None = None
-    timesignature: str | None = None
+    caption: str = default("text", "caption")
+    lyrics: str = default("text", "lyrics")
+    language: str = default("text", "language")
+    bpm: int | None = default("text", "bpm")
+    keyscale: str | None = default("text", "keyscale")
+    timesignature: str | None = default("text", "timesignature")
     timbre: AudioClip | None = None
 
     def __post_init__(self):
-        check_text("caption", self.caption)
-        check_text("lyrics", self.lyrics)
-        check_language(self.language)
-        _set(self, "bpm", check_bpm(self.bpm))
-        _set(self, "keyscale", check_keyscale(self.keyscale))
-        _set(self, "timesignature", check_time_signature(self.timesignature))
+        check_part(self, "text")
         if self.timbre is not None:
             if not isinstance(self.timbre, AudioClip):
                 raise InputError("timbre", self.timbre, "an AudioClip (the reference recording)")
@@ -790,10 +781,9 @@ def resolve_dcw(settings: SamplerSettings, variant: str, think: bool = False) ->
 # The Python API: a whole request from flat keyword arguments
 # ---------------------------------------------------------------------------------------------------------------
 
-# flat name → (part, field); every name belongs to exactly one part: the song text, the task's kind and codes,
-# and every table option (``options.TABLES``: a settings part's fields, the user-set fields of Task)
+# flat name → (part, field); every name belongs to exactly one part: the task's kind and codes, and every table
+# option (``options.TABLES``: the song text, a settings part's fields, the user-set fields of Task)
 _FLAT = {
-    **{name: ("text", name) for name in ("caption", "lyrics", "language", "bpm", "keyscale", "timesignature")},
     "task": ("task", "kind"), "audio_codes": ("task", "audio_codes"),
     **{o.key: (part, o.name) for part, table in OPTION_TABLES.items() for o in table},
 }
@@ -835,7 +825,7 @@ def request(*, decode: bool = True, flow_edit: bool = False, **fields) -> Reques
 
 if request.__doc__:  # None under python -OO
     request.__doc__ = request.__doc__.format(names=(
-        "caption, lyrics, language, bpm, keyscale, timesignature, ref_audio + ref_sample_rate (timbre); task, "
-        f"src_audio + src_sample_rate, audio_codes, {option_names('task')}; {option_names('sampler')}; "
+        f"{option_names('text')}, ref_audio + ref_sample_rate (timbre); task, src_audio + src_sample_rate, "
+        f"audio_codes, {option_names('task')}; {option_names('sampler')}; "
         f"flow_edit=True with {option_names('flow_edit')}; {option_names('render')}; the 5 Hz LM "
         f"(:class:`PlanSettings`): {option_names('lm')}"))

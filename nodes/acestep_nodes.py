@@ -20,13 +20,11 @@ from comfy_api.latest import io
 from ..acestep_core import planning
 from ..acestep_core.audio import SUPPORTED_EXTENSIONS, check_save_options, save_audio
 from ..acestep_core.constants import (
-    BPM_MAX, BPM_MIN, DEFAULT_DURATION, DTYPES, DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX,
-    EXTEND_SECONDS_MIN,
-    KEYSCALE_MODES, KEYSCALE_NOTES, LATENT_RATE, TIME_SIGNATURES, TRACK_NAMES, VALID_LANGUAGES,
-    VARIANTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
+    DEFAULT_DURATION, DTYPES, DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, LATENT_RATE,
+    TRACK_NAMES, VARIANTS, VRAM_BUDGET_MAX_GB, WEIGHT_DTYPES,
 )
 from ..acestep_core.errors import Described, InputError
-from ..acestep_core.options import FLOW_EDIT_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, Option, option
+from ..acestep_core.options import FLOW_EDIT_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SONG_OPTIONS, Option, option
 from ..acestep_core.request import (
     AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
     SongText, Task, check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
@@ -43,8 +41,6 @@ LATENT_PLAN_KEY = "acestep_plan"  # (PlanSettings, plans) from the LM Planner: t
 LATENT_ALIGNMENT_KEY = "acestep_alignment"  # the Sampler's pipeline.AlignmentInputs (CPU), for Lyric Timestamps
 LATENT_CHANNELS = 64  # ACE-Step 1.5 VAE latent channels (canvas of the init-latent nodes)
 AUTO = "auto"
-KEYSCALE_CHOICES = (AUTO,) + tuple(f"{n}{a} {m}" for n in KEYSCALE_NOTES for a in ("", "#", "b") for m in KEYSCALE_MODES)
-TIME_SIGNATURE_CHOICES = (AUTO,) + TIME_SIGNATURES
 SAVE_FORMATS = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
 SAVE_QUALITIES = ("default", "16", "24", "float", "V0", "64k", "96k", "128k", "192k", "256k", "320k")
 
@@ -209,20 +205,7 @@ class TextEncode(io.ComfyNode):
                         "tags, and optional metadata. The task instruction is added by the latent node, and the "
                         "length comes from the latent. Encoded by the sampler with the model's text encoder.",
             inputs=[
-                io.String.Input("caption", multiline=True, default="",
-                                tooltip="Style and sound, e.g. 'upbeat synth-pop, female vocals, punchy drums'."),
-                io.String.Input("lyrics", multiline=True, default="",
-                                tooltip="Lyrics with section tags ([Verse], [Chorus], [Bridge]…); '[Instrumental]' "
-                                        "or empty for no vocals."),
-                io.Combo.Input("language", options=list(VALID_LANGUAGES), default="en",
-                               tooltip="Language of the lyrics (ISO code; 'unknown' if mixed)."),
-                io.Int.Input("bpm", default=0, min=0, max=BPM_MAX,
-                             tooltip=f"Tempo in beats per minute ({BPM_MIN}–{BPM_MAX}); 0 = let the model decide."),
-                io.Combo.Input("keyscale", options=list(KEYSCALE_CHOICES), default=AUTO,
-                               tooltip="Key and scale, e.g. 'E minor'; auto = let the model decide."),
-                io.Combo.Input("timesignature", options=list(TIME_SIGNATURE_CHOICES), default=AUTO,
-                               tooltip="Beats per bar: 2 (2/4), 3 (3/4), 4 (4/4), 6 (6/8); auto = let the model "
-                                       "decide."),
+                *[option_input(o, **({"multiline": True} if o.kind == "text" else {})) for o in SONG_OPTIONS],
             ],
             outputs=[AceStepText.Output(display_name="conditioning",
                                         tooltip="Caption, lyrics and metadata for the ACE-Step 1.5 Sampler.")],
@@ -233,9 +216,8 @@ class TextEncode(io.ComfyNode):
         return _message(lambda: check_bpm(bpm))
 
     @classmethod
-    def execute(cls, caption, lyrics, language="en", bpm=0, keyscale=AUTO, timesignature=AUTO) -> io.NodeOutput:
-        return io.NodeOutput(SongText(caption, lyrics, language, bpm or None, None if keyscale == AUTO else keyscale,
-                                      None if timesignature == AUTO else timesignature))
+    def execute(cls, **widgets) -> io.NodeOutput:
+        return io.NodeOutput(SongText(**from_widgets(SONG_OPTIONS, widgets)))
 
 
 class TimbreReference(io.ComfyNode):

@@ -11,13 +11,13 @@ import torch
 
 from acestep_core import cli, options
 from acestep_core.errors import InputError
-from acestep_core.request import FlowEdit, PlanSettings, RenderSettings, SamplerSettings, Task, request
+from acestep_core.request import FlowEdit, PlanSettings, RenderSettings, SamplerSettings, SongText, Task, request
 
 P = "AceStep15_"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATACLASSES = {"sampler": SamplerSettings, "render": RenderSettings, "lm": PlanSettings, "task": Task,
+DATACLASSES = {"text": SongText, "sampler": SamplerSettings, "render": RenderSettings, "lm": PlanSettings, "task": Task,
                "flow_edit": FlowEdit}
-NODES = {"sampler": ["Sampler"], "render": ["VAEDecode"], "lm": ["LMPlanner"], "flow_edit": ["CoverLatent"],
+NODES = {"text": ["TextEncode"], "sampler": ["Sampler"], "render": ["VAEDecode"], "lm": ["LMPlanner"], "flow_edit": ["CoverLatent"],
          "task": ["EmptyLatent", "CoverLatent", "RepaintLatent", "ExtendLatent", "StemLatent"]}
 # Widgets a node defines itself, not from the table, and why.
 NODE_OWN = {
@@ -64,7 +64,8 @@ def test_the_request_takes_its_defaults_and_limits_from_the_table(part, opt):
             request(**_extra(part), **{opt.key: choice})
         with pytest.raises(InputError) as e:
             request(**_extra(part), **{opt.key: "bogus"})
-        assert e.value.name == opt.label and str(opt.choices[0]) in e.value.allowed
+        assert e.value.name == opt.label
+        assert str(opt.choices[0]) in e.value.allowed or opt.check  # an own check words what it allows
     elif opt.kind == "fields":  # some of the choices: each alone, all, and a name outside them refused
         extra = _with_source("complete") if opt.key == "tracks" else {}
         for chosen in [[c] for c in opt.choices] + [list(opt.choices)]:
@@ -81,6 +82,8 @@ def test_the_table_holds_every_field_of_each_settings_part():
         table = [o.name for o in options.TABLES[part]]
         if part == "task":  # the task's kind, its inputs and the window object are not settings
             assert set(fields) - set(table) == {"kind", "source", "audio_codes", "window", "flow_edit"}
+        elif part == "text":  # the timbre reference is an input (audio), not a setting
+            assert fields == table + ["timbre"]
         else:
             assert fields == table, part
 
