@@ -206,8 +206,10 @@ def check_timesteps(timesteps) -> tuple[float, ...] | None:
             return None
     else:
         raise InputError("timesteps", timesteps, allowed)
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values) or any(
-            a <= b for a, b in zip(values, values[1:])):
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        raise InputError("timesteps", timesteps, allowed)
+    as_model = np.float32(values).tolist()  # the sampler takes them as float32: descending there too
+    if any(a <= b for a, b in zip(as_model, as_model[1:])):
         raise InputError("timesteps", timesteps, allowed)
     return tuple(values)
 
@@ -762,7 +764,7 @@ def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False
         if kind.kind == "base":
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
                              "custom timesteps only on turbo and SFT models (the base model has no such option)")
-        nonzero = [t for t in timesteps if t > 0]
+        nonzero = [t for t in timesteps if np.float32(t) > 0]  # as the sampler counts them, in float32
         if turbo and not 1 <= len(nonzero) <= MAX_TURBO_STEPS:
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
                              f"1 to {MAX_TURBO_STEPS} non-zero timesteps on turbo models")
