@@ -40,7 +40,7 @@ FLAGS = {
     "timesignature": "--timesig", "task": "--task", "duration": "--duration", "start": "--start", "end": "--end",
     "tracks": "--track", "audio_codes": "--audio-codes", "src_audio": "--src-audio", "ref_audio": "--ref-audio",
     "vram_budget": "--vram-budget", "resident_layers": "--resident-layers", "weight_dtype": "--weight-dtype",
-    "lm_decide": "--lm-decide", "query": "--simple", "flow_edit": "--flow-edit",
+    "lm_decide": "--lm-decide", "query": "--simple", "flow_edit": "--flow-edit", "quality": "--quality",
     **{name: o.flag for o in BY_KEY.values() if o.flag for name in (o.key, o.label)},
 }
 # What a flag's default is where the command line decides it differently from the request.

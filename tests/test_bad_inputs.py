@@ -294,7 +294,7 @@ CLI_CASES = [  # (arguments, what the one error line starts with)
     (["--src-audio", "LONG", "--task", "cover"], "error: --src-audio "),
     (["--src-audio", "SILENT", "--task", "cover", "--ref-audio", "SILENT"], "error: --ref-audio <silent audio> is not allowed: a recording with sound"),
     (["--out", "song.ogg"], "error: cannot save audio to song.ogg: extension '.ogg' is not supported"),
-    (["--out", "song.mp3", "--quality", "999"], "error: quality='999' is not allowed for .mp3 files"),
+    (["--out", "song.mp3", "--quality", "999"], "error: --quality '999' is not allowed: .mp3 files take 'V0'"),
     (["--out", "DIR"], "error: --out DIR: is a folder"),
     (["--out", "x.flac", "--batch", "2", "--seed", "1"], "error: --out x_1.flac: is a folder"),
     (["--out", "FILE/x.flac"], "error: --out FILE/x.flac: "),
