@@ -154,7 +154,7 @@ def _check_quality(ext: str, quality: str | None) -> str:
     if ok and ext in (".mp3", ".opus") and q.upper() != "V0" and not 6 <= int(_BITRATE.match(q.lower())[1]) <= 512:
         ok = False
     if not ok:
-        raise ValueError(f"quality={quality!r} is not allowed for {ext} files; use {_QUALITY_HELP[ext]}")
+        raise InputError("quality", quality, f"{ext} files take {_QUALITY_HELP[ext]}")
     return q
 
 
@@ -255,7 +255,7 @@ def save_audio(
     if isinstance(sample_rate, float) and sample_rate.is_integer():
         sample_rate = int(sample_rate)
     if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
-        raise ValueError(f"sample_rate={sample_rate!r} is not allowed; expected a positive integer (Hz)")
+        raise InputError("sample_rate", sample_rate, "a positive integer (Hz)")
     allowed_rates = {".mp3": MP3_RATES, ".opus": OPUS_RATES}.get(ext)
     if allowed_rates is not None and sample_rate not in allowed_rates:
         x = resample(x, sample_rate, SAMPLE_RATE)
@@ -355,7 +355,7 @@ def postprocess(audio: torch.Tensor, normalize: bool = True, target_dbfs: float 
     silently skips a positive target; here it is an error.
     """
     if target_dbfs > 0 or not math.isfinite(target_dbfs):
-        raise ValueError(f"target_dbfs={target_dbfs!r} is not allowed; expected a peak level <= 0 dBFS (e.g. -1.0)")
+        raise InputError("target_dbfs", target_dbfs, "a peak level ≤ 0 dBFS (e.g. -1.0)")
     if audio.dim() not in (2, 3):
         raise ValueError(f"audio has shape {tuple(audio.shape)}; expected [batch, channels, samples] or "
                          "[channels, samples]")

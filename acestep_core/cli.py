@@ -40,7 +40,7 @@ HF_LM_COMMAND = f'hf download {HF_REPO} --include "acestep-5Hz-lm-1.7B/*" --loca
 FLAGS = {
     "task": "--task", "audio_codes": "--audio-codes", "src_audio": "--src-audio",
     "ref_audio": "--ref-audio", "vram_budget": "--vram-budget", "resident_layers": "--resident-layers",
-    "weight_dtype": "--weight-dtype", "query": "--simple", "flow_edit": "--flow-edit",
+    "weight_dtype": "--weight-dtype", "query": "--simple", "flow_edit": "--flow-edit", "quality": "--quality",
     **{name: o.flag for o in BY_KEY.values() if o.flag for name in (o.key, o.label)},
 }
 # What a flag's default is where the command line decides it differently from the request.

@@ -147,7 +147,7 @@ SONG_OPTIONS: tuple[Option, ...] = (
     Option("lyrics", "text", "", "Lyrics with section tags ([Verse], [Chorus], [Bridge]…); '[Instrumental]' or "
            "empty for no vocals.", flag="--lyrics"),
     Option("language", "choice", "en", "Language of the lyrics (ISO code; 'unknown' if mixed).",
-           choices=VALID_LANGUAGES, flag="--language"),
+           choices=VALID_LANGUAGES, flag="--language", check="check_language"),
     Option("bpm", "int", None, "Tempo in beats per minute.", lo=BPM_MIN, hi=BPM_MAX, flag="--bpm", auto=0,
            auto_help="the model decides", check="check_bpm"),
     Option("keyscale", "choice", None, "Key and scale, e.g. 'E minor'.",

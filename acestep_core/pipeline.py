@@ -42,7 +42,7 @@ from .options import SAMPLER_OPTIONS
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
 from .errors import InputError
 from .request import (
-    AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, check_one_seed, check_query,
+    AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, check_int, check_one_seed,
     resolve_sampler,
 )
 
@@ -139,9 +139,11 @@ class AceStepPipeline:
     def load_lm(self, path: str, max_duration: int | None = None, int8: bool = False) -> None:
         """Load the 5 Hz LM at ``path`` in the models' dtype and device (``max_duration``: the longest song it may
         choose, default 600 s; ``int8``: int8 weight-only layers and head, for the CPU, models/lm_int8.py)."""
-        from .constants import DURATION_MAX
+        from .constants import DURATION_MAX, DURATION_MIN
         from .loading.lm import load_planner
 
+        if max_duration is not None:
+            max_duration = check_int("max_duration", max_duration, DURATION_MIN, DURATION_MAX, " seconds")
         self.planner = load_planner(path, self.model.dtype, self.model.device, max_duration or DURATION_MAX)
         if int8:
             from .models.lm_int8 import quantize_lm_int8
@@ -617,7 +619,10 @@ class AceStepPipeline:
         """A recording → its 5 Hz semantic codes (what the LM reads and writes): VAE latents (a posterior draw from
         ``seed``, as the original encodes) through the model's audio tokenizer."""
         _check_clip(clip)
-        seed = check_one_seed(seed)
+        return self._codes_of(clip, check_one_seed(seed))
+
+    def _codes_of(self, clip: AudioClip, seed: int) -> list[int]:
+        """:meth:`audio_codes` of a checked clip and seed."""
         self._use("vae")
         wav = prepare_audio(clip.waveform, clip.sample_rate, self.sample_rate)
         latents = self._encode_audio(wav, seed)
@@ -632,15 +637,15 @@ class AceStepPipeline:
         """A recording → caption, lyrics, bpm, key, time signature, duration and language, as the LM hears it
         (its 5 Hz codes through ``Planner.understand``; ``settings``: the LM's sampling, top-p off by default)."""
         _check_clip(clip)
+        seed = check_one_seed(seed)
         self._need_lm()  # before the recording is encoded
-        codes = self.audio_codes(clip, seed)
+        codes = self._codes_of(clip, seed)
         return planning.understand_codes(self._planner(len(codes)), codes, seed, settings, on_token, should_cancel)
 
     def simple(self, query: str, instrumental: bool = False, language: str | None = None, seed: int = 0,
                settings: PlanSettings | None = None, on_token=None, should_cancel=None) -> planning.Description:
         """Simple mode: a short description → caption, lyrics, metas and a duration (``planning.simple_song``)."""
-        check_query(query)  # the inputs before the LM is placed (simple_song checks them all again)
-        check_one_seed(seed)
+        query, instrumental, language, seed = planning.check_simple_inputs(query, instrumental, language, seed)
         return planning.simple_song(self._planner(), query, instrumental, language, seed, settings, on_token,
                                     should_cancel)
 

@@ -24,8 +24,7 @@ from .constants import (
     DURATION_MAX, DURATION_MIN, KEYSCALES, LM_SKIPPED_TASKS, LM_UNDERSTAND_TOP_P, SEED_MAX, TIME_SIGNATURES,
     VALID_LANGUAGES,
 )
-from .errors import InputError
-from .request import PlanSettings, Request, SongText, check_bool, check_one_seed, check_query
+from .request import PlanSettings, Request, SongText, check_bool, check_language, check_one_seed, check_query
 
 TokenCallback = Callable[[str, int, int], None]  # (phase, done, total): phase "metas", "codes" or "text"
 PHASE_LABELS = {"metas": "thinking", "codes": "codes", "text": "writing"}
@@ -241,16 +240,20 @@ def _sampling(settings: PlanSettings) -> dict:
     return dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k, min_p=settings.min_p)
 
 
+def check_simple_inputs(query, instrumental=False, language=None, seed=0) -> tuple[str, bool, str | None, int]:
+    """Simple mode's inputs in their canonical form, or :class:`~acestep_core.errors.InputError`: each host
+    (``AceStepPipeline.simple``, the Simple Mode node) checks them here once, before the LM is placed, and hands
+    the result to :func:`simple_song`."""
+    language = None if language is None else check_language(language)
+    return check_query(query), check_bool("instrumental", instrumental), language, check_one_seed(seed)
+
+
 def simple_song(planner, query: str, instrumental: bool = False, language: str | None = None, seed: int = 0,
                 settings: PlanSettings | None = None, on_token: TokenCallback | None = None,
                 should_cancel: Callable[[], bool] | None = None) -> Description:
     """Simple mode: a short description ("a soft Bengali love song") → caption, lyrics, metas and a duration.
-    ``language`` (None or "unknown" = the LM chooses) is the vocal language; ``settings`` gives the sampling."""
-    check_query(query)
-    check_bool("instrumental", instrumental)
-    seed = check_one_seed(seed)
-    if language is not None and language not in VALID_LANGUAGES:
-        raise InputError("language", language, f"one of {', '.join(VALID_LANGUAGES)}")
+    ``language`` (None or "unknown" = the LM chooses) is the vocal language; ``settings`` gives the sampling.
+    The inputs as :func:`check_simple_inputs` returns them (not checked again here)."""
     language = None if language in (None, "unknown") else language
     settings = settings or PlanSettings()
     sample = planner.simple_mode(query, instrumental, language, seed=seed, **_sampling(settings),
@@ -262,8 +265,7 @@ def understand_codes(planner, codes: Sequence[int], seed: int = 0, settings: Pla
                      on_token: TokenCallback | None = None,
                      should_cancel: Callable[[], bool] | None = None) -> Description:
     """Understanding: a song's 5 Hz codes → its caption, lyrics and metas (default sampling: top-p off, as
-    upstream)."""
-    seed = check_one_seed(seed)
+    upstream). ``seed``: checked by the host (``AceStepPipeline.audio_codes`` read the codes with it)."""
     settings = settings or PlanSettings(top_p=LM_UNDERSTAND_TOP_P)
     sample = planner.understand(list(codes), seed=seed, **_sampling(settings), on_token=on_token,
                                 should_cancel=should_cancel)

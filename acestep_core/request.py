@@ -28,7 +28,7 @@ from .constants import (
     BPM_MAX, BPM_MIN, CODEBOOK_SIZE, CODES_PER_SECOND, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
     DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN, KEYSCALES, LATENT_RATE,
     LM_DECIDE_FIELDS, LM_NO_USER_INPUT, MAX_AUDIO_CODES, MIN_WINDOW_SECONDS, SEED_MAX, TIME_SIGNATURES,
-    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
+    TIME_SIGNATURE_FRACTIONS, TRACK_NAMES, VALID_LANGUAGES, VARIANTS, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE,
     DCW_THINK_SCALER, DcwSettings,
 )
 from .audio import SILENCE_THRESHOLD, as_waveform
@@ -98,6 +98,10 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise InputError(name, value, "True or False")
     return bool(value)
+
+
+def check_language(language) -> str:
+    return check_choice("language", language, VALID_LANGUAGES)
 
 
 def check_bpm(bpm) -> int | None:
@@ -196,8 +200,10 @@ def check_timesteps(timesteps) -> tuple[float, ...] | None:
             return None
     else:
         raise InputError("timesteps", timesteps, allowed)
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values) or any(
-            a <= b for a, b in zip(values, values[1:])):
+    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        raise InputError("timesteps", timesteps, allowed)
+    as_model = np.float32(values).tolist()  # the sampler takes them as float32: descending there too
+    if any(a <= b for a, b in zip(as_model, as_model[1:])):
         raise InputError("timesteps", timesteps, allowed)
     return tuple(values)
 
@@ -746,7 +752,7 @@ def resolve_sampler(settings: SamplerSettings, variant: str, think: bool = False
         if kind.kind == "base":
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
                              "custom timesteps only on turbo and SFT models (the base model has no such option)")
-        nonzero = [t for t in timesteps if t > 0]
+        nonzero = [t for t in timesteps if np.float32(t) > 0]  # as the sampler counts them, in float32
         if turbo and not 1 <= len(nonzero) <= MAX_TURBO_STEPS:
             raise InputError("timesteps", ", ".join(f"{t:g}" for t in timesteps),
                              f"1 to {MAX_TURBO_STEPS} non-zero timesteps on turbo models")

@@ -58,12 +58,9 @@ def cast_schedule(values: Sequence[float], dtype: torch.dtype) -> list[float]:
     return torch.tensor([float(v) for v in values], dtype=dtype).tolist()
 
 
-def _check_timesteps(values: list[float], name: str) -> None:
-    bad = [v for v in values if not 0.0 <= v <= 1.0]
-    if bad:
-        raise ValueError(f"{name}: every timestep must lie in [0, 1], got {bad}")
-    if any(a <= b for a, b in zip(values, values[1:])):
-        raise ValueError(f"{name}: timesteps must be strictly descending (from noise t=1 towards 0), got {values}")
+def _assert_timesteps(values: list[float]) -> None:
+    """Custom timesteps as ``request.check_timesteps`` lets them through: in [0, 1], strictly descending (float32)."""
+    assert all(0.0 <= v <= 1.0 for v in values) and all(a > b for a, b in zip(values, values[1:])), values
 
 
 def _as_float32_list(timesteps) -> list[float]:
@@ -76,10 +73,7 @@ def _as_float32_list(timesteps) -> list[float]:
 def turbo_step_times(steps: int, shift: float) -> list[float]:
     """Upstream's variable-step turbo schedule (6761951): t_i = s·u/(1 + (s−1)·u), u = 1 − i/N, i < N, in Python
     floats as upstream computes it. At N = 8 and s = 1, 2, 3 these are the :data:`TURBO_TABLES` bit for bit."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TURBO_STEPS:
-        raise ValueError(f"steps: turbo takes 1 to {MAX_TURBO_STEPS} steps, got {steps!r}")
-    if not shift > 0:
-        raise ValueError(f"shift must be > 0, got {shift!r}")
+    assert isinstance(steps, int) and 1 <= steps <= MAX_TURBO_STEPS and shift > 0, (steps, shift)
     raw = [1.0 - i / steps for i in range(steps)]
     if shift != 1.0:
         raw = [shift * t / (1.0 + (shift - 1.0) * t) for t in raw]
@@ -101,16 +95,13 @@ def turbo_schedule(shift: float = 3.0, timesteps: Sequence[float] | Tensor | Non
         values = _as_float32_list(timesteps)
         while values and values[-1] == 0:
             values.pop()
-        if not 1 <= len(values) <= MAX_TURBO_STEPS:
-            raise ValueError(f"timesteps: turbo takes 1 to {MAX_TURBO_STEPS} non-zero timesteps (trailing zeros are "
-                             f"dropped), got {len(values)}")
-        _check_timesteps(values, "timesteps")
+        assert 1 <= len(values) <= MAX_TURBO_STEPS, values  # request.resolve_sampler counts them
+        _assert_timesteps(values)
         values = [min(TURBO_VALID_TIMESTEPS, key=lambda v: abs(v - t)) for t in values]
     elif steps is not None:
         values = turbo_step_times(steps, shift)
     else:
-        if not shift > 0:
-            raise ValueError(f"shift must be > 0 (the turbo tables exist for 1, 2, 3), got {shift!r}")
+        assert shift > 0, shift
         values = TURBO_TABLES[min(TURBO_TABLES, key=lambda s: abs(s - shift))]
     return cast_schedule(values, dtype)
 
@@ -125,14 +116,10 @@ def base_schedule(steps: int, shift: float, dtype: torch.dtype,
     """
     if timesteps is not None:
         values = _as_float32_list(timesteps)
-        if len(values) < 2:
-            raise ValueError(f"timesteps: need at least 2 values (start and end of one step), got {values}")
-        _check_timesteps(values, "timesteps")
+        assert len(values) >= 2, values  # request.resolve_sampler: at least 2 on base/SFT
+        _assert_timesteps(values)
         return torch.tensor(values, dtype=torch.float32).to(dtype).tolist()
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not shift > 0:
-        raise ValueError(f"shift must be > 0, got {shift!r}")
+    assert isinstance(steps, int) and steps >= 1 and shift > 0, (steps, shift)
     t = torch.linspace(1.0, 0.0, steps + 1, dtype=dtype)
     if shift != 1.0:
         t = shift * t / (1 + (shift - 1) * t)
@@ -147,8 +134,7 @@ def flow_edit_schedule(steps: int, shift: float, dtype: torch.dtype,
     if timesteps is None:
         return base_schedule(steps, shift, dtype)
     values = _as_float32_list(timesteps)
-    if not values:
-        raise ValueError("timesteps: need at least one value")
+    assert values, "no timesteps"  # request.check_timesteps turns an empty list into None
     if values[-1] != 0.0:
         values.append(0.0)
     return base_schedule(steps, shift, dtype, timesteps=values)
@@ -163,12 +149,10 @@ def truncate_for_cover_noise(schedule: Sequence[float], strength: float, *,
     The turbo original picks t* on its unrounded table and renoises with that unrounded value, so for exact
     turbo parity pass ``turbo_schedule(..., dtype=torch.float64)`` here and ``cast_schedule`` the result.
     """
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"cover_noise_strength must be in (0, 1] (0 = off, do not truncate), got {strength!r}")
+    assert 0.0 < strength <= 1.0, strength  # cover_noise: checked by the request, 0 = not called
     schedule = [float(t) for t in schedule]
     candidates = schedule if turbo else schedule[:-1]
-    if not candidates:
-        raise ValueError(f"schedule has no step to start from: {schedule}")
+    assert candidates, schedule
     target = 1.0 - strength
     start = min(range(len(candidates)), key=lambda i: abs(candidates[i] - target))
     return schedule[start:], schedule[start]
@@ -195,8 +179,7 @@ def item_noise(generators: Sequence[torch.Generator] | None, like: Tensor) -> Te
     for SDE steps."""
     if generators is None:
         return torch.randn_like(like)
-    if len(generators) != like.shape[0]:
-        raise ValueError(f"need one noise generator per batch item ({like.shape[0]}), got {len(generators)}")
+    assert len(generators) == like.shape[0], f"one noise generator per batch item ({like.shape[0]})"
     draws = [torch.randn(1, *like.shape[1:], generator=g) for g in generators]
     return torch.cat(draws).to(device=like.device, dtype=like.dtype)
 
@@ -207,9 +190,7 @@ def retake_mix(noise: Tensor, retake_noise: Tensor, variance: float) -> Tensor:
     the initial noise, from the retake seeds (upstream resolves them as it resolves the main seeds and calls the
     same ``prepare_noise``). Use the mixed noise wherever the original noise is used (start point, cover-noise
     blend, repaint injection)."""
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0.0 <= variance <= 1.0:
-        raise ValueError(f"retake_variance must be in [0, 1] (0 = off, 1 = only the retake seed's noise), "
-                         f"got {variance!r}")
+    assert 0.0 <= variance <= 1.0, variance  # retake_variance: checked by the request
     if variance == 0.0:
         return noise
     angle = variance * (math.pi / 2.0)
@@ -364,10 +345,7 @@ def repaint_settings(mode: str, strength: float) -> tuple[float, int, float]:
     ``strength`` (0 = keep the most of the source, 1 = pure diffusion) only matters in ``balanced`` mode;
     frames use Python's round(), so strength 0.5 gives 12 (banker's rounding of 12.5).
     """
-    if mode not in REPAINT_MODES:
-        raise ValueError(f"repaint mode must be one of {REPAINT_MODES}, got {mode!r}")
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"repaint strength must be in [0, 1], got {strength!r}")
+    assert mode in REPAINT_MODES and 0.0 <= strength <= 1.0, (mode, strength)  # checked by the request's Task
     if mode == "aggressive":
         return 0.0, 0, 0.0
     if mode == "conservative":
@@ -439,8 +417,7 @@ class _Guidance:
     def _applies(self, v_uncond: Tensor | None, t: float, step: int) -> bool:
         if not (self.guided and self.lo <= t <= self.hi):
             return False
-        if v_uncond is None:
-            raise ValueError(f"guidance_scale={self.scale} needs v_uncond at step {step} (t={t})")
+        assert v_uncond is not None, f"guidance_scale={self.scale} needs v_uncond at step {step} (t={t})"
         return True
 
     def step(self, x: Tensor, v_cond: Tensor, v_uncond: Tensor | None, t: float, step: int) -> Tensor:
@@ -518,20 +495,12 @@ def sample(x: Tensor, schedule: Sequence[float], velocity: VelocityFn, *, turbo:
     """
     schedule = [float(t) for t in schedule]
     num_steps = len(schedule) if turbo else len(schedule) - 1
-    if num_steps < 1:
-        raise ValueError(f"schedule has no steps: {schedule}")
-    if turbo and guidance_scale > 1.0:
-        raise ValueError(f"turbo models are guidance-distilled: guidance_scale must be <= 1 (no CFG), "
-                         f"got {guidance_scale!r}")
-    if sampler_mode not in SAMPLER_MODES:
-        raise ValueError(f"sampler_mode {sampler_mode!r} is not allowed; expected one of {', '.join(SAMPLER_MODES)}")
-    if infer_method not in INFER_METHODS:
-        raise ValueError(f"infer_method {infer_method!r} is not allowed; expected one of {', '.join(INFER_METHODS)}")
-    if sampler_mode == "heun" and infer_method == "sde":
-        raise ValueError("sampler_mode 'heun' does not combine with infer_method 'sde' (upstream falls back to "
-                         "Euler); choose one")
-    if not 0.0 <= velocity_ema_factor <= 1.0:
-        raise ValueError(f"velocity_ema_factor must be in [0, 1] (0 = off), got {velocity_ema_factor!r}")
+    # The settings as SamplerSettings and resolve_sampler let them through (a failed assert is a caller's bug).
+    assert num_steps >= 1, f"schedule has no steps: {schedule}"
+    assert not (turbo and guidance_scale > 1.0), "turbo models are guidance-distilled"
+    assert sampler_mode in SAMPLER_MODES and infer_method in INFER_METHODS, (sampler_mode, infer_method)
+    assert not (sampler_mode == "heun" and infer_method == "sde"), "Heun and SDE do not combine"
+    assert 0.0 <= velocity_ema_factor <= 1.0, velocity_ema_factor
     guided = guidance_scale > 1.0
     apg = APG(guidance_scale, apg_momentum, apg_norm_threshold, apg_eta) if guided and not use_adg else None
     guidance = _Guidance(guidance_scale, tuple(cast_schedule([cfg_interval_start, cfg_interval_end], x.dtype)),
@@ -591,8 +560,7 @@ def _averaged_velocity(draws: list[tuple[Tensor, Tensor | None]], x_list: list[T
     total, diff = None, None
     for (v_cond, v_uncond), x in zip(draws, x_list):
         if apg is not None and guided_now:
-            if v_uncond is None:
-                raise ValueError(f"guidance_scale={apg.guidance_scale} needs v_uncond from both velocity functions")
+            assert v_uncond is not None, f"guidance_scale={apg.guidance_scale} needs v_uncond from both velocities"
             apg.running = start
             v = apg(v_cond, v_uncond)
             diff = (v_cond - v_uncond) if diff is None else diff + (v_cond - v_uncond)
@@ -633,14 +601,10 @@ def flow_edit(src_latents: Tensor, schedule: Sequence[float], velocity_target: V
     """
     schedule = [float(t) for t in schedule]
     steps = len(schedule) - 1
-    if steps < 1:
-        raise ValueError(f"schedule has no steps: {schedule}")
-    if isinstance(n_avg, bool) or not isinstance(n_avg, int) or n_avg < 1:
-        raise ValueError(f"flow_edit_n_avg must be an integer >= 1, got {n_avg!r}")
-    if not 0.0 <= n_min <= n_max <= 1.0:
-        raise ValueError(f"flow_edit_n_min/n_max must satisfy 0 <= n_min <= n_max <= 1, got {n_min!r}, {n_max!r}")
-    if not 0.0 <= velocity_ema_factor <= 1.0:
-        raise ValueError(f"velocity_ema_factor must be in [0, 1] (0 = off), got {velocity_ema_factor!r}")
+    # The settings as the request's FlowEdit and SamplerSettings let them through.
+    assert steps >= 1, f"schedule has no steps: {schedule}"
+    assert isinstance(n_avg, int) and n_avg >= 1 and 0.0 <= n_min <= n_max <= 1.0, (n_avg, n_min, n_max)
+    assert 0.0 <= velocity_ema_factor <= 1.0, velocity_ema_factor
     first, stop = int(steps * n_min), int(steps * n_max)
     guided = guidance_scale > 1.0
     apg_src = APG(guidance_scale, apg_momentum, apg_norm_threshold, apg_eta) if guided else None

@@ -208,7 +208,7 @@ class SimpleMode(io.ComfyNode):
     @classmethod
     def execute(cls, lm, query, instrumental=False, language="unknown", seed=0, temperature=LM_TEMPERATURE,
                 top_p=LM_TOP_P, top_k=LM_TOP_K, min_p=LM_MIN_P) -> io.NodeOutput:
-        check_query(query)  # before the LM is placed
+        query, instrumental, language, seed = planning.check_simple_inputs(query, instrumental, language, seed)
         settings = PlanSettings(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
         lm.place(text_tokens=LM_TEXT_MAX_NEW_TOKENS)
         clock = _progress(cls.hidden.unique_id)

@@ -19,6 +19,7 @@ from acestep_core.audio import (
     repaint_splice,
     save_audio,
 )
+from acestep_core.errors import InputError
 
 SR = 48000
 
@@ -94,9 +95,9 @@ def test_unsupported_extension_and_quality(tmp_path):
         save_audio(tmp_path / "a.ogg", tone(0.1), SR)
     with pytest.raises(ValueError, match="'\\(none\\)'"):
         save_audio(tmp_path / "noext", tone(0.1), SR)
-    with pytest.raises(ValueError, match="quality='V9'.*mp3"):
+    with pytest.raises(InputError, match="^quality='V9' is not allowed: .mp3 files take 'V0'"):
         save_audio(tmp_path / "a.mp3", tone(0.1), SR, quality="V9")
-    with pytest.raises(ValueError, match="quality='8'.*flac"):
+    with pytest.raises(InputError, match="^quality='8' is not allowed: .flac files take '16' or '24'"):
         save_audio(tmp_path / "a.flac", tone(0.1), SR, quality="8")
     with pytest.raises(ValueError, match="3 channels"):
         save_audio(tmp_path / "a.flac", torch.zeros(3, 100), SR)
@@ -242,7 +243,7 @@ def test_postprocess_peak_normalisation():
     assert out[1, 1, 5] < 0 and out[2, 0, 0] == 5e-7
     assert abs(postprocess(x, target_dbfs=-6.0).abs().amax().item() - 10 ** (-6 / 20)) < 1e-7
     assert torch.allclose(postprocess(x, target_dbfs=0.0)[:2].abs().amax(dim=(1, 2)), torch.ones(2))
-    with pytest.raises(ValueError, match="target_dbfs=1.0"):
+    with pytest.raises(InputError, match="^target_dbfs=1.0 is not allowed: a peak level"):
         postprocess(x, target_dbfs=1.0)
     with pytest.raises(ValueError, match="shape"):
         postprocess(torch.zeros(10))

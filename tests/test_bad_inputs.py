@@ -294,7 +294,7 @@ CLI_CASES = [  # (arguments, what the one error line starts with)
     (["--src-audio", "LONG", "--task", "cover"], "error: --src-audio "),
     (["--src-audio", "SILENT", "--task", "cover", "--ref-audio", "SILENT"], "error: --ref-audio <silent audio> is not allowed: a recording with sound"),
     (["--out", "song.ogg"], "error: cannot save audio to song.ogg: extension '.ogg' is not supported"),
-    (["--out", "song.mp3", "--quality", "999"], "error: quality='999' is not allowed for .mp3 files"),
+    (["--out", "song.mp3", "--quality", "999"], "error: --quality '999' is not allowed: .mp3 files take 'V0'"),
     (["--out", "DIR"], "error: --out DIR: is a folder"),
     (["--out", "x.flac", "--batch", "2", "--seed", "1"], "error: --out x_1.flac: is a folder"),
     (["--out", "FILE/x.flac"], "error: --out FILE/x.flac: "),
@@ -1489,3 +1489,174 @@ def test_model_loader_refuses_a_file_sent_past_its_dropdown(comfy, foreign_files
     with pytest.raises(ValueError) as e:
         run_node(nodes["AceStep15_ModelLoader"], **{**widgets, widget: value})
     assert str(e.value).startswith(expected), str(e.value)
+
+
+# ---- issue 18: checked once, at the request boundary
+# The sampler, the DCW settings and the LM planner used to check these values a second time (ValueError, in other
+# words). They now trust the request's types (asserts at most), and each value they refused is refused where the
+# user gives it, with InputError naming the input: request() and the settings dataclasses (the API; the nodes
+# build the same dataclasses), and resolve_sampler for what a variant cannot take (the pipeline before any work,
+# the command line before loading).
+
+from acestep_core import pipeline as pipeline_module, planning  # noqa: E402
+from acestep_core.lm_planner.planner import LMSample  # noqa: E402
+from acestep_core.request import resolve_sampler  # noqa: E402
+
+FLOW = {"flow_edit": True, "task": "cover", **SRC}
+V18_CASES = [  # (the check it replaces, fields, variant (None: request() refuses it), input named, part of allowed)
+    ("turbo_schedule: 1-20 non-zero timesteps", {"timesteps": [0.0]}, "turbo", "timesteps", "1 to 20 non-zero"),
+    ("turbo_schedule: 1-20 non-zero timesteps", {"timesteps": [1 - i / 30 for i in range(21)]}, "turbo",
+     "timesteps", "1 to 20 non-zero"),
+    ("turbo_schedule: 0 as float32 is no step", {"timesteps": [1e-46]}, "turbo", "timesteps", "1 to 20 non-zero"),
+    ("_check_timesteps: in [0, 1]", {"timesteps": [1.2, 0.5]}, None, "timesteps", "between 0 and 1"),
+    ("_check_timesteps: in [0, 1]", {"timesteps": [1.0, -0.1]}, None, "timesteps", "between 0 and 1"),
+    ("_check_timesteps: descending", {"timesteps": [0.5, 0.5, 0.0]}, None, "timesteps", "from high to low"),
+    ("_check_timesteps: descending in float32", {"timesteps": [0.50000001, 0.5]}, None, "timesteps",
+     "from high to low"),
+    ("base_schedule: at least 2 timesteps", {"timesteps": [1.0]}, "sft", "timesteps", "at least 2 values"),
+    ("base_schedule/turbo_step_times: steps >= 1", {"steps": 0}, None, "steps", "an integer from 1 to 200"),
+    ("base_schedule/turbo_step_times: an int", {"steps": 2.5}, None, "steps", "an integer"),
+    ("base_schedule/turbo_step_times: an int", {"steps": True}, None, "steps", "an integer"),
+    ("turbo_step_times: 1-20 steps", {"steps": 21}, "turbo", "steps", "1 to 20 on turbo models"),
+    ("turbo_schedule/base_schedule: shift > 0", {"shift": 0.0}, None, "shift", "a number from 0.1 to 10"),
+    ("turbo_schedule/base_schedule: shift > 0", {"shift": -1.0}, None, "shift", "a number from 0.1 to 10"),
+    ("truncate_for_cover_noise: strength", {"cover_noise_strength": -0.1}, None, "cover_noise", "from 0 to 1"),
+    ("truncate_for_cover_noise: strength", {"cover_noise_strength": 1.5}, None, "cover_noise", "from 0 to 1"),
+    ("retake_mix: variance", {"retake_variance": -0.1}, None, "retake_variance", "from 0 to 1"),
+    ("retake_mix: variance", {"retake_variance": 1.2}, None, "retake_variance", "from 0 to 1"),
+    ("retake_mix: variance", {"retake_variance": True}, None, "retake_variance", "from 0 to 1"),
+    ("repaint_settings: mode", {"repaint_mode": "gentle"}, None, "repaint_mode", "one of balanced"),
+    ("repaint_settings: strength", {"repaint_strength": 1.5}, None, "repaint_strength", "from 0 to 1"),
+    ("sample: guidance on turbo", {"guidance": 3.0}, "turbo", "guidance", "none on turbo models"),
+    ("sample: sampler_mode", {"sampler_mode": "rk4"}, None, "sampler_mode", "one of euler, heun"),
+    ("sample: infer_method", {"infer_method": "ddim"}, None, "infer_method", "one of ode, sde"),
+    ("sample: heun with sde", {"sampler_mode": "heun", "infer_method": "sde"}, None, "sampler_mode",
+     "Heun and SDE do not combine"),
+    ("sample: velocity_ema_factor", {"velocity_ema": 1.5}, None, "velocity_ema", "from 0 to 1"),
+    ("flow_edit: velocity_ema_factor", {"velocity_ema": -1.0, **FLOW}, None, "velocity_ema", "from 0 to 1"),
+    ("flow_edit: n_avg >= 1", {"flow_edit_n_avg": 0, **FLOW}, None, "flow_edit_n_avg", "an integer from 1"),
+    ("flow_edit: n_min <= n_max", {"flow_edit_n_min": 0.6, "flow_edit_n_max": 0.5, **FLOW}, None,
+     "flow_edit_n_min", "at most the end of the edited part (0.5)"),
+    ("flow_edit: n_max <= 1", {"flow_edit_n_max": 1.5, **FLOW}, None, "flow_edit_n_max", "from 0 to 1"),
+    ("DcwSettings: mode", {"dcw_mode": "wave"}, None, "dcw_mode", "one of low, high, double, pix"),
+    ("DcwSettings: scaler a number", {"dcw_scaler": "0.1"}, None, "dcw_scaler", "a number from 0 to 1"),
+    ("DcwSettings: high_scaler not NaN", {"dcw_high_scaler": NAN}, None, "dcw_high_scaler", "a number from 0 to 1"),
+    ("plan_batch: LM mode", {"lm_mode": "fast"}, None, "lm_mode", "one of off, codes, think"),
+    ("plan_batch: a duration the LM writes codes for", {"duration": 0.1}, None, "duration", "from 10 to 600"),
+    ("plan_batch: a duration the LM writes codes for", {"duration": 601}, None, "duration", "from 10 to 600"),
+]
+
+
+@pytest.mark.parametrize("replaces, fields, variant, name, allowed", V18_CASES,
+                         ids=[f"{c[0]}:{c[3]}={c[1].get(c[3], '')}"[:70] for c in V18_CASES])
+def test_v18_the_request_refuses_what_the_sampler_and_planner_checked_again(replaces, fields, variant, name,
+                                                                            allowed):
+    with pytest.raises(InputError) as e:
+        resolve_sampler(request(**fields).sampler, variant or "turbo")
+    assert e.value.name == name and allowed in e.value.allowed, str(e.value)
+    assert str(e.value).startswith(f"{name}=") and " is not allowed: " in str(e.value)
+    if variant is not None:  # a setting only this variant cannot take: request() itself takes it
+        assert isinstance(request(**fields), request_module.Request)
+
+
+def test_v18_what_the_boundary_lets_through_is_what_the_sampler_and_planner_take():
+    """The canonical forms the low-level code relies on: steps 2.0 is the int 2 (turbo_step_times used to refuse
+    the float), cover noise 0 is "off" (the pipeline then never truncates), and an LM in codes mode always gets a
+    duration (plan_batch used to refuse none)."""
+    sampler = request(steps=2.0, timesteps="1, 0.5").sampler
+    assert sampler.steps == 2 and type(sampler.steps) is int and sampler.timesteps == (1.0, 0.5)
+    assert request(cover_noise_strength=0.0, task="cover", **SRC).task.cover_noise == 0.0
+    for fields in ({}, {"duration": 42.0}, {"audio_codes": [1] * 50}, {"task": "cover", **SRC}):
+        req = request(lm_mode="codes", **fields)
+        assert planning.given_metas(req, "codes")["duration"] == req.task.seconds > 0
+
+
+V18_CLI_CASES = [  # (arguments, what the one error line starts with): the CLI refuses them before loading
+    (["--steps", "21"], "error: --steps 21 is not allowed: 1 to 20 on turbo models"),
+    (["--timesteps", "0"], "error: --timesteps '0' is not allowed: 1 to 20 non-zero timesteps on turbo models"),
+    (["--timesteps", "0.50000001,0.5"], "error: --timesteps '0.50000001,0.5' is not allowed: numbers between 0"),
+    (["--sampler", "heun", "--infer-method", "sde"], "error: --sampler 'heun' is not allowed: euler with"),
+    (["--velocity-ema", "1.5"], "error: --velocity-ema 1.5 is not allowed: a number from 0 to 1"),
+    (["--retake-variance", "2"], "error: --retake-variance 2.0 is not allowed: a number from 0 to 1"),
+    (["--dcw-mode", "wave"], "error: --dcw-mode 'wave' is not allowed: one of low, high, double, pix"),
+    (["--task", "cover", "--src-audio", "SRC", "--flow-edit", "--edit-n-avg", "0"],
+     "error: --edit-n-avg 0 is not allowed: an integer from 1"),
+]
+
+
+@pytest.mark.parametrize("args, expected", V18_CLI_CASES, ids=[" ".join(c[0])[:50] for c in V18_CLI_CASES])
+def test_v18_cli_refuses_them_before_loading(models, workdir, capsys, monkeypatch, args, expected):
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
+    args = [{"SRC": "src.wav"}.get(a, a) for a in args]
+    before = sorted(os.listdir(workdir))
+    assert cli.main(["generate", "--checkpoint", models, *args]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert loads == [] and sorted(os.listdir(workdir)) == before
+
+
+def test_v18_sampler_node_refuses_them_before_running(comfy):
+    nodes = comfy[0]
+    text = run_node(nodes["AceStep15_TextEncode"], caption="x", lyrics="", language="en", bpm=0, keyscale="auto",
+                    timesignature="auto").args[0]
+    latent = {"samples": torch.zeros(1, 64, 300), "type": "audio"}
+    for inputs, expected in [({"sampler_mode": "heun", "infer_method": "sde"}, "sampler_mode='heun' is not allowed"),
+                             ({"velocity_ema": 1.5}, "velocity_ema=1.5 is not allowed"),
+                             ({"retake_variance": -0.5}, "retake_variance=-0.5 is not allowed"),
+                             ({"dcw_mode": "wave"}, "dcw_mode='wave' is not allowed"),
+                             ({"timesteps": "0.50000001, 0.5"}, "timesteps='0.50000001, 0.5' is not allowed")]:
+        with pytest.raises(ValueError, match="^" + expected) as e:  # model None: refused before it is used
+            run_node(nodes["AceStep15_Sampler"], hidden={}, model=None, conditioning=text, latent=latent,
+                     **{"seed": 0, **inputs})
+        assert type(e.value).__name__ == "InputError"  # the pack's own copy of the class
+
+
+def test_v18_load_lm_refuses_a_max_duration_the_lm_cannot_choose(plain_pipe):
+    """MetasVocab.build used to refuse it at the first plan; the pipeline names it before reading the LM."""
+    for bad in (601, 9, 60.5, "60"):
+        with pytest.raises(InputError) as e:
+            plain_pipe.load_lm("no-such-lm", max_duration=bad)
+        assert e.value.name == "max_duration" and e.value.allowed == "an integer from 10 to 600 seconds"
+    assert plain_pipe.planner is None
+
+
+class _StubPlanner:
+    """Stands in for the LM: records the inputs simple mode and understanding hand it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _sample(self, **given):
+        self.calls.append(given)
+        return LMSample("a caption", "", 120, "A minor", "4", 30, "en", None, None, "text")
+
+    def simple_mode(self, query, instrumental, language, *, seed, **sampling):
+        return self._sample(query=query, instrumental=instrumental, language=language, seed=seed)
+
+    def understand(self, codes, *, seed, **sampling):
+        return self._sample(codes=len(codes), seed=seed)
+
+
+def test_v18_simple_mode_and_understanding_check_each_input_once(plain_pipe, monkeypatch):
+    """pipe.simple used to check query and seed, then planning.simple_song all of them again; pipe.understand
+    checked the clip and the seed twice (its own call of audio_codes, then understand_codes)."""
+    checks = []
+    for module, name in ((planning, "check_query"), (planning, "check_bool"), (planning, "check_language"),
+                         (planning, "check_one_seed"), (pipeline_module, "check_one_seed"),
+                         (pipeline_module, "_check_clip")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _o=original, _n=name: (checks.append(_n), _o(*a))[1])
+    stub = _StubPlanner()
+    monkeypatch.setattr(plain_pipe, "_planner", lambda *a: stub)
+    monkeypatch.setattr(plain_pipe, "_need_lm", lambda: None)
+    desc = plain_pipe.simple("a love song", True, "unknown", seed=7)
+    assert sorted(checks) == ["check_bool", "check_language", "check_one_seed", "check_query"]
+    assert stub.calls == [{"query": "a love song", "instrumental": True, "language": None, "seed": 7}]
+    assert desc.text.bpm == 120 and desc.text.language == "en"
+    checks.clear()
+    plain_pipe.understand(request_module.AudioClip(SONG, RATE), seed=3)
+    assert sorted(checks) == ["_check_clip", "check_one_seed"] and stub.calls[-1]["seed"] == 3
+    with pytest.raises(InputError, match="^language='xx' is not allowed"):  # refused before the LM is placed
+        plain_pipe.simple("a love song", language="xx")
+    assert len(stub.calls) == 2

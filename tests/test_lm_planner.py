@@ -188,7 +188,7 @@ def test_duration_range_follows_the_maximum(tokenizer, official):
     assert finite(machine.constrain(torch.zeros(V))) == {NEWLINE, digits[0]}  # 24 or 240
     machine.advance(digits[0])
     assert machine.next_forced() == NEWLINE
-    with pytest.raises(ValueError, match="max_duration"):
+    with pytest.raises(AssertionError):  # AceStepPipeline.load_lm refuses max_duration=601 (test_bad_inputs.py)
         MetasVocab.build(tokenizer, V, "cpu", max_duration=601)
 
 
@@ -397,14 +397,16 @@ def test_given_metas_are_kept_and_four_given_skip_the_thinking(planner):
     plan = planner.plan("rock", "", metas=four, mode="think", temperature=0.0)
     assert plan.metas_text == "" and plan.cot == "<think>\nbpm: 100\nduration: 10\nkeyscale: D major\n" \
                                                  "timesignature: 3\n</think>"
-    with pytest.raises(ValueError, match="'codes' needs a duration"):
+    # The planner trusts what planning.plan_request hands over from a checked request; the request refuses the
+    # values (tests/test_bad_inputs.py::test_v18_the_request_refuses_what_the_sampler_and_planner_checked_again).
+    with pytest.raises(AssertionError, match="'codes' writes codes for a duration"):
         planner.plan("rock", "", mode="codes", metas={"bpm": 100})
-    with pytest.raises(ValueError, match="mode 'fast'"):
+    with pytest.raises(AssertionError, match="fast"):
         planner.plan("rock", "", mode="fast")
     for duration in (0.1, 601):
-        with pytest.raises(ValueError, match=f"duration {duration} s is outside"):
+        with pytest.raises(AssertionError, match=str(duration)):
             planner.plan("rock", "", mode="codes", metas={"duration": duration})
-    with pytest.raises(ValueError, match="unknown metas field 'tempo'"):
+    with pytest.raises(AssertionError, match="unknown metas field 'tempo'"):
         planner.plan("rock", "", metas={"tempo": 120})
 
 

@@ -77,18 +77,6 @@ def test_turbo_custom_timesteps_snap_and_strip_trailing_zeros():
     assert TURBO_VALID_TIMESTEPS == ORIGINAL_VALID
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(timesteps=[0.0, 0.0]), "1 to 20"),
-    (dict(timesteps=[1 - i / 30 for i in range(21)]), "1 to 20"),
-    (dict(timesteps=[1.2, 0.5]), r"\[0, 1\]"),
-    (dict(timesteps=[0.5, 0.9]), "descending"),
-    (dict(shift=0.0), "shift must be > 0"),
-])
-def test_turbo_schedule_rejects_bad_input(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        turbo_schedule(**kwargs)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, BF16])
 @pytest.mark.parametrize("steps,shift", [(8, 3.0), (30, 1.0), (27, 2.5), (50, 1.7)])
 def test_base_schedule_is_computed_in_the_model_dtype(dtype, steps, shift):
@@ -123,14 +111,6 @@ def test_base_schedule_explicit_timesteps():
     ts = [1.0, 0.9, 0.7, 0.45, 0.2, 0.0]
     assert base_schedule(99, 5.0, BF16, timesteps=ts) == torch.tensor(ts).to(BF16).tolist()
     assert base_schedule(1, 1.0, torch.float32, timesteps=torch.tensor([0.8, 0.3])) == torch.tensor([0.8, 0.3]).tolist()
-    for bad, match in [([1.0], "at least 2"), ([1.0, -0.1], r"\[0, 1\]"), ([0.5, 0.5, 0.0], "descending")]:
-        with pytest.raises(ValueError, match=match):
-            base_schedule(8, 1.0, torch.float32, timesteps=bad)
-    for steps in (0, 2.5, True):
-        with pytest.raises(ValueError, match="steps"):
-            base_schedule(steps, 1.0, torch.float32)
-    with pytest.raises(ValueError, match="shift"):
-        base_schedule(8, -1.0, torch.float32)
 
 
 def test_cover_noise_truncation_picks_nearest_schedule_value():
@@ -146,9 +126,6 @@ def test_cover_noise_truncation_picks_nearest_schedule_value():
     # turbo parity recipe: choose on the unrounded table, renoise with the unrounded t*, then round the schedule
     sched, t0 = truncate_for_cover_noise(raw, 0.77, turbo=True)
     assert t0 == 0.3 and cast_schedule(sched, BF16) == [0.30078125]
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="cover_noise_strength"):
-            truncate_for_cover_noise(raw, bad, turbo=True)
 
 
 def test_renoise():
@@ -353,13 +330,14 @@ def test_cfg_interval_is_compared_in_the_model_dtype():
     assert torch.equal(out, x - c * dt)
 
 
-def test_guidance_errors():
+def test_guidance_invariants():
+    """A velocity function without the unconditional branch, and an empty schedule, are the caller's bugs (no
+    user input reaches them: the pipeline builds both); guidance on turbo is refused by the request
+    (tests/test_bad_inputs.py::test_v18_the_request_refuses_what_the_sampler_and_planner_checked_again)."""
     x = torch.zeros(1, 4, 2)
-    with pytest.raises(ValueError, match="v_uncond"):
+    with pytest.raises(AssertionError, match="v_uncond"):
         sample(x, [1.0, 0.0], lambda xx, t, i: (xx, None), turbo=False, guidance_scale=3.0)
-    with pytest.raises(ValueError, match="guidance-distilled"):
-        sample(x, [1.0, 0.5], lambda xx, t, i: (xx, xx), turbo=True, guidance_scale=3.0)
-    with pytest.raises(ValueError, match="no steps"):
+    with pytest.raises(AssertionError, match="no steps"):
         sample(x, [1.0], lambda xx, t, i: (xx, None), turbo=False)
 
 
@@ -469,7 +447,3 @@ def test_repaint_settings():
     inj, frames, sec = repaint_settings("balanced", 0.1)
     assert inj == pytest.approx(0.9) and frames == 22 and sec == pytest.approx(0.045)  # round(22.5) = 22
     assert repaint_settings("balanced", 0.3)[1] == 18  # round(17.5) = 18
-    with pytest.raises(ValueError, match="repaint mode"):
-        repaint_settings("gentle", 0.5)
-    with pytest.raises(ValueError, match="strength"):
-        repaint_settings("balanced", 1.5)

@@ -92,8 +92,7 @@ class MetasVocab:
 
     @classmethod
     def build(cls, tokenizer: LMTokenizer, vocab_size: int, device, max_duration: int = DURATION_MAX) -> "MetasVocab":
-        if not DURATION_MIN <= max_duration <= DURATION_MAX:
-            raise ValueError(f"max_duration {max_duration} s is outside {DURATION_MIN}–{DURATION_MAX} s")
+        assert DURATION_MIN <= max_duration <= DURATION_MAX, max_duration  # checked by AceStepPipeline.load_lm
         device = torch.device(device)
         newline = tokenizer.encode_plain("\n")[-1]
         values = {
@@ -153,13 +152,10 @@ class MetasMachine:
 
     def __init__(self, vocab: MetasVocab, given: Mapping[str, object] | None = None,
                  skip: Collection[str] = ("genres",), after_think: str = "stop"):
-        if after_think not in ("stop", "text"):
-            raise ValueError(f"after_think must be 'stop' or 'text', got {after_think!r}")
+        assert after_think in ("stop", "text"), after_think
         self.vocab = vocab
         self.given = {k: str(v) for k, v in (given or {}).items() if v is not None}
-        unknown = set(self.given) - set(LM_METAS_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown metas field(s) {sorted(unknown)}; allowed: {', '.join(LM_METAS_FIELDS)}")
+        assert set(self.given) <= set(LM_METAS_FIELDS), f"unknown metas fields {sorted(self.given)}"
         self.fields = [f for f in LM_METAS_FIELDS if f not in set(skip) or f in self.given]
         self.after_think = after_think
         self.stage = "open"

@@ -107,8 +107,7 @@ def given_metas(metas: Mapping[str, object] | None) -> dict:
     than "N/A" (and language other than "unknown"). Values keep their types (duration may be fractional)."""
     out = {}
     for key, value in (metas or {}).items():
-        if key not in ("bpm", "duration", "keyscale", "timesignature", "language"):
-            raise ValueError(f"unknown metas field {key!r}; allowed: bpm, duration, keyscale, timesignature, language")
+        assert key in ("bpm", "duration", "keyscale", "timesignature", "language"), f"unknown metas field {key!r}"
         if value is None:
             continue
         if key in ("bpm", "duration"):
@@ -241,21 +240,15 @@ class Planner:
         duration, keyscale and timesignature given there is nothing to think about and the caption is kept.
         ``detect_language=False`` leaves the language out unless given. ``cfg_scale`` <= 1 turns CFG off.
         ``write_codes=False`` stops after the thinking (metas and caption only, every plan without codes: upstream's
-        "dit" inference type, for songs whose structure comes from elsewhere)."""
-        if mode not in MODES:
-            raise ValueError(f"LM mode {mode!r} is not one of {', '.join(MODES)}")
-        if not seeds:
-            raise ValueError("plan_batch needs at least one seed")
+        "dit" inference type, for songs whose structure comes from elsewhere).
+
+        The inputs are trusted as ``planning.plan_request`` hands them over from a checked request (the LM's
+        settings from ``PlanSettings``, the duration from ``Task``); a failed assert is a caller's bug."""
+        assert mode in MODES and len(seeds) >= 1, (mode, seeds)
         given = given_metas(metas)
-        if mode == "codes" and not write_codes:
-            raise ValueError("LM mode 'codes' with write_codes=False leaves nothing to do")
-        if mode == "codes" and "duration" not in given:
-            raise ValueError("LM mode 'codes' needs a duration (the number of codes is 5 per second); "
-                             "give one or use mode 'think'")
+        assert mode == "think" or (write_codes and "duration" in given), "LM mode 'codes' writes codes for a duration"
         duration = given.get("duration")
-        if duration is not None and not 1 <= int(duration * CODES_PER_SECOND) <= MAX_AUDIO_CODES:
-            raise ValueError(f"duration {duration:g} s is outside what the LM writes codes for "
-                             f"(0.2–{DURATION_MAX} s, 5 codes per second)")
+        assert duration is None or 1 <= int(duration * CODES_PER_SECOND) <= MAX_AUDIO_CODES, duration
         sampling = Sampling(temperature, top_p, top_k, min_p)
 
         metas_text = ""
