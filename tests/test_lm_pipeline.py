@@ -210,7 +210,7 @@ def test_no_lm_loaded_names_lm_mode(pipe):
 
 
 def test_the_lm_is_its_own_memory_unit_placed_for_the_plan_phase_only(models):
-    from acestep_core.memory.manager import MemorySettings, TorchHost, attach_memory
+    from acestep_core.memory.manager import MemorySettings, TorchHost, memory_manager
 
     class Recording(TorchHost):
         def __init__(self):
@@ -219,9 +219,10 @@ def test_the_lm_is_its_own_memory_unit_placed_for_the_plan_phase_only(models):
         def load(self, device, loads, working, exclusive, views):
             self.loads.append(([name for name, _ in loads], working))
 
-    pipe = AceStepPipeline.from_pretrained(models[0], dtype="fp32", device="cpu", lm="auto")
+    loaded = AceStepPipeline.from_pretrained(models[0], dtype="fp32", device="cpu", lm="auto")
     host = Recording()
-    manager = attach_memory(pipe, MemorySettings(), "cpu", host=host)
+    manager = memory_manager(loaded.ckpt, MemorySettings(), "cpu", host=host, planner=loaded.planner)
+    pipe = AceStepPipeline(loaded.ckpt, loaded.planner, placement=manager)
     assert "lm" in manager.units
     pipe(request(caption="x", seed=1, lm_mode="think", decode=False))
     assert host.loads[0][0] == ["lm"] and host.loads[0][1] > 0

@@ -94,7 +94,7 @@ def test_units_load_as_their_own_patchers_with_their_working_memory(graph, monke
     run, model, text, _, _ = graph
     calls = _spy_loads(monkeypatch)
     _sample(run, model, text)
-    ckpt, working = model.pipeline.ckpt, model.pipeline.memory._working
+    ckpt, working = model.pipeline.ckpt, model.pipeline.placement._working
     assert all(full for _, _, full in calls)
     sample = [c for c in calls if c[0] == [ckpt.model]]
     condition = [c for c in calls if {id(m) for m in c[0]} == {id(ckpt.text_encoder), id(ckpt.model)}]
