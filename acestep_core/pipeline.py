@@ -20,8 +20,8 @@ entry points of their own: ``simple`` (a short description → caption, lyrics, 
 Where the units are for each phase is the ``placement`` handed in when the pipeline is built
 (``memory.placement``: by default every unit stays where it was loaded; a ``memory.manager.MemoryManager`` plans
 each request for a VRAM budget). Nothing about a run is stored on the pipeline: how the VAE ran and the memory
-report come back in the ``GenerationResult`` (and from :meth:`AceStepPipeline.decode_with_run` /
-:meth:`AceStepPipeline.encode_with_run`).
+report come back in the ``GenerationResult`` (and from ``render_with_run``, ``decode_with_run`` and
+``encode_with_run``).
 """
 from __future__ import annotations
 
@@ -221,8 +221,8 @@ class AceStepPipeline:
                     "frames": latents.shape[1], **sampled}
         if req.plans:
             metadata["lm"] = planning.describe_plans(req)
-        audio, vae_run = (None, None) if req.render is None else self._render(latents, req.task, req.render,
-                                                                              inputs.source)
+        audio, vae_run = (None, None) if req.render is None else self.render_with_run(
+            latents, req.task, req.render, inputs.source)
         report = self.placement.report()
         if report:
             metadata["memory"] = report
@@ -544,11 +544,11 @@ class AceStepPipeline:
         repaint/extend (balanced, conservative) the untouched source spliced back outside the window with
         sample-exact edges as the original does, then normalisation and fades. ``source``: the prepared source
         the generation returned (prepared again from the task when not given)."""
-        return self._render(latents, task, settings, source)[0]
+        return self.render_with_run(latents, task, settings, source)[0]
 
-    def _render(self, latents: torch.Tensor, task: Task, settings: RenderSettings,
-                source: PreparedSource | None = None) -> tuple[torch.Tensor, vae_tiles.VaeRun]:
-        """:meth:`render`, and how the VAE ran."""
+    def render_with_run(self, latents: torch.Tensor, task: Task, settings: RenderSettings,
+                        source: PreparedSource | None = None) -> tuple[torch.Tensor, vae_tiles.VaeRun]:
+        """:meth:`render`, and how the VAE ran (``vae_tiles.VaeRun``: its tile, or the CPU fallback)."""
         audio, vae_run = self.decode_with_run(latents, settings, normalize=False)  # anti-clipped only
         if task.rule.repaint and task.repaint_mode != "aggressive":
             source = source if source is not None else self.prepare_source(task)

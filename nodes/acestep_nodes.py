@@ -548,10 +548,11 @@ class VAEDecode(io.ComfyNode):
         latents = samples.transpose(1, 2).float()
         task = latent.get(LATENT_TASK_KEY)
         if task is not None:
-            audio = pipe.render(latents, task, settings, latent.get(LATENT_SOURCE_KEY))
+            audio, vae_run = pipe.render_with_run(latents, task, settings, latent.get(LATENT_SOURCE_KEY))
         else:
-            audio = pipe.decode(latents, settings)
-        return io.NodeOutput(node_ui.tag_edit({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate}, task))
+            audio, vae_run = pipe.decode_with_run(latents, settings)
+        return io.NodeOutput(node_ui.tag_edit({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate}, task),
+                             ui={"text": [vae_run.describe()]})  # its tile, or the CPU fallback
 
 
 class VAEEncode(io.ComfyNode):
