@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .constants import (
-    CODES_PER_SECOND, DURATION_MAX, DURATION_MIN, KEYSCALES, LM_SKIPPED_TASKS, LM_UNDERSTAND_TOP_P, SEED_MAX, TIME_SIGNATURES,
+    CODES_PER_SECOND, DURATION_MAX, DURATION_MIN, KEYSCALES, LM_SKIPPED_TASKS, LM_UNDERSTAND_TOP_P, TIME_SIGNATURES,
     VALID_LANGUAGES,
 )
 from .errors import InputError

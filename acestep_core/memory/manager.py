@@ -3,10 +3,9 @@
 A ``MemoryManager`` is a pipeline's ``placement`` (``memory.placement.Placement``), built for a checkpoint (and its
 LM) by :func:`memory_manager` and handed to ``AceStepPipeline``. ``prepare_request(request)`` plans the request for
 the budget (sets up layer streaming when the plan needs it); ``use(parts)`` puts those units on the device through
-a host. The
-plain-PyTorch host (``TorchHost``) moves modules itself and, when the units take turns, moves the others back to
-the CPU; ComfyUI's host (``nodes/comfy_adapter.py``) hands each unit to ComfyUI's model manager as its own
-``ModelPatcher`` with the unit's working memory as ``memory_required``, so ComfyUI evicts what it must.
+a host. The plain-PyTorch host (``TorchHost``) moves modules itself and, when the units take turns, moves the
+others back to the CPU; ComfyUI's host (``nodes/comfy_adapter.py``) hands each unit to ComfyUI's model manager as
+its own ``ModelPatcher`` with the unit's working memory as ``memory_required``, so ComfyUI evicts what it must.
 
 A unit's *resident view* is what goes on the device: the unit itself, or for a streamed stack a module tree with
 the same parameter names that leaves the streamed layers out (they stay in pinned CPU memory).
