@@ -548,11 +548,10 @@ class VAEDecode(io.ComfyNode):
         latents = samples.transpose(1, 2).float()
         task = latent.get(LATENT_TASK_KEY)
         if task is not None:
-            audio, vae_run = pipe.render_with_run(latents, task, settings, latent.get(LATENT_SOURCE_KEY))
+            audio = pipe.render(latents, task, settings, latent.get(LATENT_SOURCE_KEY))
         else:
-            audio, vae_run = pipe.decode_with_run(latents, settings)
-        return io.NodeOutput(node_ui.tag_edit({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate}, task),
-                             ui={"text": [vae_run.describe()]})  # its tile, or the CPU fallback
+            audio = pipe.decode(latents, settings)
+        return io.NodeOutput(node_ui.tag_edit({"waveform": audio.float().cpu(), "sample_rate": pipe.sample_rate}, task))
 
 
 class VAEEncode(io.ComfyNode):

@@ -144,15 +144,3 @@ def test_a_lora_model_gets_a_placement_of_its_own_over_the_same_weights(graph):
     base, placement = model.pipeline.placement, styled.pipeline.placement
     assert styled.pipeline.ckpt is model.pipeline.ckpt and placement is not base
     assert placement.host is styled.modules and placement.settings == base.settings  # through the LoRA's patchers
-
-
-def test_the_vae_decode_node_shows_how_the_vae_ran(graph):
-    run, model, text, _, _ = graph
-    latent = _sample_latent(run, model, text)
-    out = run(P + "VAEDecode", model=model, latent=latent, normalize=True, tile_frames=64, fade_in=0.0, fade_out=0.0)
-    assert out.ui["text"] == ["VAE tile 64"] and out.args[0]["waveform"].shape[0] == 1
-
-
-def _sample_latent(run, model, text):
-    latent = run(P + "EmptyLatent", duration=10.0, batch_size=1).args[0]
-    return run(P + "Sampler", hidden={}, model=model, conditioning=text, latent=latent, seed=5, steps=3).args[0]
