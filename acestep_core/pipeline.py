@@ -113,7 +113,7 @@ class AceStepPipeline:
     def __init__(self, checkpoint: AceStepCheckpoint, planner=None, placement: Placement | None = None):
         """``planner``: the 5 Hz LM (an ``lm_planner.Planner``), or None. ``placement``: where the units go for each
         phase (``memory.placement``): a ``memory.manager.MemoryManager`` (low VRAM: plans each request for a VRAM
-        budget), a host's ``use`` function as ``UseHook`` (ComfyUI), or None = every unit stays where it was
+        budget), a host's plain ``use(parts)`` function as ``UseHook``, or None = every unit stays where it was
         loaded."""
         self.ckpt = checkpoint
         self.planner = planner

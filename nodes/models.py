@@ -146,8 +146,6 @@ class LoadedModel:
         every change is taken against the unpatched weight, as the core does); elsewhere the pipeline patches and
         restores the weights around each run."""
         from ..acestep_core.adapters import weight_deltas
-        from ..acestep_core.memory.manager import MemoryManager
-        from ..acestep_core.memory.placement import UseHook
         from ..acestep_core.pipeline import AceStepPipeline
 
         base = self.base or self
@@ -157,11 +155,10 @@ class LoadedModel:
         # pipeline patches (fp8 layers requantise themselves)
         host_patched = host.host_patches_weights() and not base.low_vram
         modules = base.modules.with_weight_deltas("model", deltas) if host_patched else base.modules
-        # shares the loaded weights; only its placement differs (the units go through ``modules``, the LoRA clone)
-        placed = base.pipeline.placement
-        placement = _manager(base.pipeline.ckpt, placed.settings, modules) if isinstance(placed, MemoryManager) \
-            else UseHook(modules.use)
-        pipeline = AceStepPipeline(base.pipeline.ckpt, placement=placement)
+        # the same weights; only the placement differs: a memory manager with the loader's settings whose host is
+        # ``modules`` (the LoRA's patcher clone, when ComfyUI patches)
+        ckpt = base.pipeline.ckpt
+        pipeline = AceStepPipeline(ckpt, placement=_manager(ckpt, base.pipeline.placement.settings, modules))
         return replace(base, pipeline=pipeline, modules=modules, adapters=stack, base=base, host_patched=host_patched)
 
     def describe_adapters(self) -> str:

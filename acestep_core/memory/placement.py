@@ -4,10 +4,11 @@ The pipeline names the units a phase needs ("lm", "text_encoder", "vae", "model"
 placement. Three kinds exist:
   - ``LeaveLoaded`` (the default): every unit stays where it was loaded; the VAE sizes its tiles by the device's
     own free memory;
-  - ``UseHook``: a host's plain "put these units on the compute device" function (ComfyUI's
+  - ``UseHook``: a host's plain "put these units on the compute device" function (e.g. the ComfyUI pack's
     ``ManagedModules.use``), no plan and no budget;
   - ``memory.manager.MemoryManager``: plans each request for a VRAM budget and places the units phase by phase
-    (layer streaming, the VAE tile), built for a checkpoint by ``memory.manager.memory_manager``.
+    (layer streaming, the VAE tile), built for a checkpoint by ``memory.manager.memory_manager``; the command line
+    (on CUDA or with memory flags) and the ComfyUI nodes (with ``ManagedModules`` as its host) hand in one.
 """
 from __future__ import annotations
 
