@@ -840,15 +840,18 @@ def generate(args) -> int:
     # 3. Load, (simple mode,) generate, write.
     t0 = time.monotonic()
     from .memory.estimates import Workload
-    from .memory.manager import attach_memory, load_device
+    from .memory.manager import load_device, memory_manager
 
     placed = device.type == "cuda" or memory.manual  # plan per request, one unit at a time when it must
     where = load_device(info, dtype, device, memory, Workload.of(req, info.variant)) if placed else device
     pipe = load_pipeline(checkpoint, folder, dtype, where, memory.weight_dtype)
     if uses_lm:
         load_lm(pipe, lm_path, args.lm_int8)
-    if placed:
-        attach_memory(pipe, memory, device)
+    if placed:  # the same weights and LM, handed a memory manager over both (the LM is loaded by now)
+        from .pipeline import AceStepPipeline
+
+        pipe = AceStepPipeline(pipe.ckpt, pipe.planner, memory_manager(pipe.ckpt, memory, device,
+                                                                       planner=pipe.planner))
     print(f"loaded in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     tokens = TokenProgress()
     if args.simple is not None:
@@ -896,7 +899,7 @@ def generate(args) -> int:
     print(f"generated {len(paths)} x {seconds:.1f}s in {time.monotonic() - t1:.1f}s "
           f"(seeds {', '.join(str(s) for s in result.seeds)})", file=sys.stderr)
     if result.metadata.get("memory"):
-        vae = getattr(pipe, "last_vae_run", None)
+        vae = result.vae_run
         print(f"memory: {result.metadata['memory']}" + (f" · {vae.describe()}" if vae else ""), file=sys.stderr)
     for path in paths + ([args.save_latents] if args.save_latents else []) + \
             [p for ps in timing_paths.values() for p in ps]:

@@ -3,7 +3,7 @@ builds and runs it.
 
 ``AceStepPipeline.__call__`` reads top to bottom:
   0. plan       with a 5 Hz LM loaded and the request's LM mode on: the LM writes what the user left out (metas,
-                caption) and each song's audio codes (``planning.plan_request``);
+                caption) and each song's audio codes (``planning.plan``);
   1. schedule   the sampler settings resolved for the model variant (defaults, what the variant cannot take);
   2. inputs     what the task table says the task needs: target latents, the DiT context (silence, source
                 latents with the window silenced, or 5 Hz hints) with its chunk mask, the repaint mask;
@@ -16,11 +16,16 @@ builds and runs it.
 It checks no input itself: every part of the request was checked when it was built. The LM's other uses are
 entry points of their own: ``simple`` (a short description → caption, lyrics, metas) and ``understand``
 (a recording → its 5 Hz codes → caption, lyrics, metas).
+
+Where the units are for each phase is the ``placement`` handed in when the pipeline is built
+(``memory.placement``: by default every unit stays where it was loaded; a ``memory.manager.MemoryManager`` plans
+each request for a VRAM budget). Nothing about a run is stored on the pipeline: how the VAE ran and the memory
+report come back in the ``GenerationResult`` (and from ``render_with_run``, ``decode_with_run`` and
+``encode_with_run``).
 """
 from __future__ import annotations
 
 import dataclasses
-import random
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -38,12 +43,13 @@ from .loading.checkpoint import AceStepCheckpoint, CheckpointPaths, load_checkpo
 from .loading.silence import silence_slice
 from .models.text_encoder import encode_text_inputs
 from .memory import vae_tiles
+from .memory.placement import LeaveLoaded, Placement
 from .options import SAMPLER_OPTIONS
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
 from .errors import InputError
 from .request import (
     AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, check_int, check_one_seed,
-    resolve_sampler,
+    item_seeds, resolve_sampler,
 )
 
 
@@ -84,6 +90,8 @@ class GenerationResult:
     # pipe(request, timestamps=True): the sung lines of each song (timestamps.LyricLine: text, start, end, words)
     lyrics_timing: list[list] | None = None
     alignment: AlignmentInputs | None = None  # for timing the lyrics later: pipe.time_lyrics(result.alignment, …)
+    vae_run: vae_tiles.VaeRun | None = None  # how the VAE decoded the songs (tile, CPU fallback); None: no render
+    # (the placement's report on where the weights were is metadata["memory"], when it has one)
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,19 +110,17 @@ class TaskInputs:
 
 
 class AceStepPipeline:
-    def __init__(self, checkpoint: AceStepCheckpoint, planner=None):
+    def __init__(self, checkpoint: AceStepCheckpoint, planner=None, placement: Placement | None = None):
+        """``planner``: the 5 Hz LM (an ``lm_planner.Planner``), or None. ``placement``: where the units go for each
+        phase (``memory.placement``): a ``memory.manager.MemoryManager`` (low VRAM: plans each request for a VRAM
+        budget), a host's plain ``use(parts)`` function as ``UseHook``, or None = every unit stays where it was
+        loaded."""
         self.ckpt = checkpoint
-        self.planner = planner  # the 5 Hz LM (an lm_planner.Planner), or None
+        self.planner = planner
+        self.placement: Placement = placement if placement is not None else LeaveLoaded()
         # Rates come from the VAE (48 kHz, hop 1920 → 25 latent frames/s for the real model).
         self.sample_rate = checkpoint.vae.config.sampling_rate
         self.hop = checkpoint.vae.config.hop_length
-        # Called with the names of the parts about to be used ("text_encoder", "vae", "model") so a host
-        # application (ComfyUI) can move them onto its compute device first; None = use them where they are.
-        self.before_use: Callable[[tuple[str, ...]], None] | None = None
-        # A memory.manager.MemoryManager (low VRAM): plans each request for a VRAM budget and places the units
-        # phase by phase (it is then the before_use hook); None = every unit stays where it was loaded.
-        self.memory = None
-        self.last_vae_run: vae_tiles.VaeRun | None = None  # how the last decode/encode ran (tile, CPU fallback)
 
     @classmethod
     def from_pretrained(cls, path: str, dtype="auto", device=None, lm: str | None = None,
@@ -155,10 +161,7 @@ class AceStepPipeline:
         return self.ckpt.model
 
     def _use(self, *parts: str) -> None:
-        if self.memory is not None:
-            self.memory.use(parts)
-        elif self.before_use is not None:
-            self.before_use(parts)
+        self.placement.use(parts)
         silence = self.ckpt.silence_latent
         if "model" in parts and silence.device != self.model.device:
             self.ckpt.silence_latent = silence.to(self.model.device)
@@ -197,14 +200,14 @@ class AceStepPipeline:
 
         if req.lm.on and work is None and not req.plans:
             warn(why)
-        if work is not None:  # 0. the LM's plan
-            if self.memory is not None:
-                self.memory.prepare_request(req, self.ckpt.variant, self._lm_seconds(req, work))
+        if work is not None:  # 0. the LM's plan, from the songs' seeds as drawn here (the request's stay as given)
+            self.placement.prepare_request(req, self.ckpt.variant, lm_codes=planning.lm_codes(req, self.planner))
             self._use("lm")
-            req = planning.plan_request(self.planner, req, seeds, on_token, should_cancel)
+            seeded = replace(req, sampler=replace(req.sampler, seed=tuple(seeds)))
+            planned = planning.plan(self.planner, seeded, on_token=on_token, should_cancel=should_cancel)
+            req = replace(planned, sampler=req.sampler)
         schedule = resolve_sampler(req.sampler, self.ckpt.variant, think=planning.thought(req))
-        if self.memory is not None:
-            self.memory.prepare_request(req, self.ckpt.variant)
+        self.placement.prepare_request(req, self.ckpt.variant)
         self._use(*(("vae", "model") if req.task.source is not None else ("model",)))  # one phase at a time
 
         with self._adapted(adapters):  # the whole model, as ComfyUI patches it: cover hints, condition, DiT
@@ -220,19 +223,13 @@ class AceStepPipeline:
                     "frames": latents.shape[1], **sampled}
         if req.plans:
             metadata["lm"] = planning.describe_plans(req)
-        audio = None if req.render is None else self.render(latents, req.task, req.render, inputs.source)
-        if self.memory is not None:
-            metadata["memory"] = self.memory.report()
+        audio, vae_run = (None, None) if req.render is None else self.render_with_run(
+            latents, req.task, req.render, inputs.source)
+        report = self.placement.report()
+        if report:
+            metadata["memory"] = report
         return GenerationResult(audio, latents.float(), seeds, self.sample_rate, metadata, warnings, inputs.source,
-                                req, timing, alignment)
-
-    def _lm_seconds(self, req: Request, work: str) -> float:
-        """Seconds of codes the plan may write (for the memory plan): none for metas only; the request's length when
-        fixed; else the longest the LM may choose."""
-        if work == "metas":
-            return 0.0
-        fixed = planning.given_metas(req, work)["duration"]
-        return fixed if fixed is not None else float(self.planner.max_duration)
+                                req, timing, alignment, vae_run)
 
     @contextmanager
     def _adapted(self, adapters: Sequence[tuple]):
@@ -251,13 +248,7 @@ class AceStepPipeline:
     def _seeds(req: Request, seed=None) -> list[int]:
         """One seed per item: a tuple as given; one int → seed, seed+1, … (mod 2^64); None → random. ``seed``:
         another seed setting of the request (the retake seed) instead of the main one."""
-        seed, batch = req.sampler.seed if seed is None else seed, req.task.batch_size
-        if seed is None:
-            rng = random.SystemRandom()
-            return [rng.randint(0, 2**32 - 1) for _ in range(batch)]
-        if isinstance(seed, int):
-            return [(seed + i) % 2**64 for i in range(batch)]
-        return list(seed)
+        return item_seeds(req.sampler.seed if seed is None else seed, req.task.batch_size)
 
     # ------------------------------------------------------------------ 2. inputs per task
 
@@ -283,8 +274,8 @@ class AceStepPipeline:
         vae = self.ckpt.vae
         p = next(vae.parameters())
         with torch.no_grad():
-            z, self.last_vae_run = vae_tiles.encode(vae, wav[None].to(device=p.device, dtype=p.dtype), self._free(),
-                                                    generator=torch.Generator().manual_seed(seed), sample=sample)
+            z, _ = vae_tiles.encode(vae, wav[None].to(device=p.device, dtype=p.dtype), self._free(),
+                                    generator=torch.Generator().manual_seed(seed), sample=sample)
         return z[0].transpose(0, 1).to(self.model.dtype)
 
     def _inputs(self, task: Task, seeds: list[int]) -> TaskInputs:
@@ -539,8 +530,7 @@ class AceStepPipeline:
         matters only for a timbre reference or a source's VAE draw)."""
         schedule = resolve_sampler(req.sampler, self.ckpt.variant)
         seeds = self._seeds(req)
-        if self.memory is not None:
-            self.memory.prepare_request(req, self.ckpt.variant)
+        self.placement.prepare_request(req, self.ckpt.variant)
         self._use(*(("vae", "model") if req.task.source is not None else ("model",)))
         with self._adapted(adapters):
             inputs = self._inputs(req.task, seeds)
@@ -556,7 +546,12 @@ class AceStepPipeline:
         repaint/extend (balanced, conservative) the untouched source spliced back outside the window with
         sample-exact edges as the original does, then normalisation and fades. ``source``: the prepared source
         the generation returned (prepared again from the task when not given)."""
-        audio = self.decode(latents, settings, normalize=False)  # anti-clipped only
+        return self.render_with_run(latents, task, settings, source)[0]
+
+    def render_with_run(self, latents: torch.Tensor, task: Task, settings: RenderSettings,
+                        source: PreparedSource | None = None) -> tuple[torch.Tensor, vae_tiles.VaeRun]:
+        """:meth:`render`, and how the VAE ran (``vae_tiles.VaeRun``: its tile, or the CPU fallback)."""
+        audio, vae_run = self.decode_with_run(latents, settings, normalize=False)  # anti-clipped only
         if task.rule.repaint and task.repaint_mode != "aggressive":
             source = source if source is not None else self.prepare_source(task)
             _, _, crossfade_seconds = sampling.repaint_settings(task.repaint_mode, task.repaint_strength)
@@ -565,48 +560,56 @@ class AceStepPipeline:
             original = torch.nn.functional.pad(wav, (0, max(0, audio.shape[-1] - wav.shape[-1])))[:, : audio.shape[-1]]
             audio = torch.stack([repaint_splice(a, original.to(a), start, end,
                                                 int(crossfade_seconds * self.sample_rate)) for a in audio])
-        return self._finish(audio, settings, settings.normalize)
+        return self._finish(audio, settings, settings.normalize), vae_run
 
     def decode(self, latents: torch.Tensor, settings: RenderSettings | None = None,
                normalize: bool | None = None) -> torch.Tensor:
         """Final latents [B, T, 64] → float32 audio [B, 2, T·hop]: tiled VAE decode, anti-clip by true peak,
         −1 dBFS peak normalisation unless switched off, and the fades."""
+        return self.decode_with_run(latents, settings, normalize)[0]
+
+    def decode_with_run(self, latents: torch.Tensor, settings: RenderSettings | None = None,
+                        normalize: bool | None = None) -> tuple[torch.Tensor, vae_tiles.VaeRun]:
+        """:meth:`decode`, and how the VAE ran (``vae_tiles.VaeRun``: its tile, or the CPU fallback)."""
         settings = settings or RenderSettings()
         self._use("vae")
         if not torch.isfinite(latents).all():
             raise ValueError("the generated latents contain NaN or infinity; try dtype fp32 or bf16 (fp16 can "
                              "overflow), or another seed")
-        audio, self.last_vae_run = vae_tiles.decode(self.ckpt.vae, latents.transpose(1, 2), settings.tile_frames,
-                                                    overlap=64, free=self._free())
+        audio, vae_run = vae_tiles.decode(self.ckpt.vae, latents.transpose(1, 2), settings.tile_frames, overlap=64,
+                                          free=self._free())
         if normalize is False:
-            return postprocess(audio.float(), normalize=False)
-        return self._finish(audio.float(), settings, settings.normalize if normalize is None else normalize)
+            return postprocess(audio.float(), normalize=False), vae_run
+        return self._finish(audio.float(), settings, settings.normalize if normalize is None else normalize), vae_run
 
     def _finish(self, audio: torch.Tensor, settings: RenderSettings, normalize: bool) -> torch.Tensor:
         audio = postprocess(audio, normalize=normalize)
         return fade(audio, self.sample_rate, settings.fade_in, settings.fade_out)
 
-    @torch.no_grad()
     def encode(self, clips: Sequence[AudioClip]) -> torch.Tensor:
         """Recordings of equal length (a ComfyUI AUDIO batch) → VAE latents [B, T, 64] (float32, posterior mean,
         tiled): each made stereo and resampled to the VAE rate first."""
+        return self.encode_with_run(clips)[0]
+
+    @torch.no_grad()
+    def encode_with_run(self, clips: Sequence[AudioClip]) -> tuple[torch.Tensor, vae_tiles.VaeRun]:
+        """:meth:`encode`, and how the VAE ran (``vae_tiles.VaeRun``: its window, or the CPU fallback)."""
         if _is_a(clips, AudioClip) or not all(_is_a(c, AudioClip) for c in clips):
             raise InputError("clips", clips, f"a list of {_CLIP}")
         self._use("vae")
         wav = torch.stack([prepare_audio(c.waveform, c.sample_rate, self.sample_rate) for c in clips])
-        z, self.last_vae_run = vae_tiles.encode(self.ckpt.vae, wav, self._free())
-        return z.transpose(1, 2).float()
+        z, vae_run = vae_tiles.encode(self.ckpt.vae, wav, self._free())
+        return z.transpose(1, 2).float(), vae_run
 
     # ------------------------------------------------------------------ the LM's other uses
 
     def _planner(self, prompt_codes: int = 0):
         """The LM, placed for a text-writing run (a prompt of ``prompt_codes`` codes, up to 3500 new tokens)."""
-        self._need_lm()
-        if self.memory is not None:
-            from .constants import LM_TEXT_MAX_NEW_TOKENS
-            from .memory.estimates import Workload
+        from .constants import LM_TEXT_MAX_NEW_TOKENS
+        from .memory.estimates import Workload
 
-            self.memory.prepare(Workload(seconds=0.0, lm_codes=prompt_codes + LM_TEXT_MAX_NEW_TOKENS), lm=True)
+        self._need_lm()
+        self.placement.prepare(Workload(seconds=0.0, lm_codes=prompt_codes + LM_TEXT_MAX_NEW_TOKENS), lm=True)
         self._use("lm")
         return self.planner
 
@@ -649,10 +652,10 @@ class AceStepPipeline:
         return planning.simple_song(self._planner(), query, instrumental, language, seed, settings, on_token,
                                     should_cancel)
 
-    def _free(self) -> Callable[[], int] | None:
-        """The free-memory function the VAE sizes its tiles by: the memory manager's (budget and host aware), or
-        None for the device's own."""
-        return None if self.memory is None else self.memory.free_memory
+    def _free(self) -> Callable[[], int | None]:
+        """The free-memory function the VAE sizes its tiles by: the placement's (a memory manager's is budget and
+        host aware; None answers mean the device's own)."""
+        return self.placement.free_memory
 
 
 _CLIP = "an AudioClip(waveform, sample_rate) from acestep_core.request (a recording and its rate)"

@@ -1,13 +1,15 @@
 """The plan step: a request and the 5 Hz LM → the request the DiT runs; and the LM's two other uses, simple mode
 and understanding, as request-level functions.
 
-``plan_request`` reads top to bottom:
+:func:`plan` (``plan(planner, request) -> request``, the one way the pipeline and the LM Planner node plan) reads
+top to bottom:
   1. what the LM is to do for this request (:func:`lm_work`): write codes (text2music), only metas and a caption
      (the song's structure comes from the source audio or the user's codes), or nothing (LM off, or a task upstream
      runs without the LM: cover, repaint/extend, extract);
   2. the metas it is given: the user's bpm, key, time signature, and the duration unless the LM may decide it
      (the user's, the source's or the codes' length, else the default length);
-  3. ``Planner.plan_batch`` with one seed per song (one shared thinking, one batched codes decode);
+  3. ``Planner.plan_batch`` with one seed per song (:func:`lm_seeds`: the LM's own seed setting, else the songs'
+     seeds) (one shared thinking, one batched codes decode);
   4. the plan applied (:func:`apply_plans`): metas the user left out and the LM may decide fill the DiT prompt,
      the LM's caption replaces the user's when rewriting, each song's codes become its DiT hints (text2music →
      the cover-from-codes path) and the plans are recorded in ``Request.plans``.
@@ -21,10 +23,12 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .constants import (
-    DURATION_MAX, DURATION_MIN, KEYSCALES, LM_SKIPPED_TASKS, LM_UNDERSTAND_TOP_P, SEED_MAX, TIME_SIGNATURES,
+    CODES_PER_SECOND, DURATION_MAX, DURATION_MIN, KEYSCALES, LM_SKIPPED_TASKS, LM_UNDERSTAND_TOP_P, TIME_SIGNATURES,
     VALID_LANGUAGES,
 )
-from .request import PlanSettings, Request, SongText, check_bool, check_language, check_one_seed, check_query
+from .request import (
+    PlanSettings, Request, SongText, check_bool, check_language, check_one_seed, check_query, item_seeds,
+)
 
 TokenCallback = Callable[[str, int, int], None]  # (phase, done, total): phase "metas", "codes" or "text"
 PHASE_LABELS = {"metas": "thinking", "codes": "codes", "text": "writing"}
@@ -96,14 +100,12 @@ def lm_work(req: Request) -> tuple[str | None, str]:
     return "metas", f"LM think: metas and caption only, the song follows {given}"
 
 
-def lm_seeds(settings: PlanSettings, seeds: Sequence[int]) -> list[int]:
-    """One LM seed per song: the sampler's seeds, or the LM's own (one seed → seed + i)."""
-    seed = settings.seed
-    if seed is None:
-        return [int(s) for s in seeds]
-    if isinstance(seed, int):
-        return [(seed + i) % (SEED_MAX + 1) for i in range(len(seeds))]
-    return list(seed)
+def lm_seeds(req: Request) -> list[int]:
+    """One LM seed per song: the LM's own seed setting, else the songs' (the sampler's) seeds (one seed → seed + i).
+    Random when neither is set: a host whose songs draw random seeds (the pipeline) puts the drawn ones in the
+    request's sampler seed before planning, so the plan and the DiT follow the same seeds."""
+    seed = req.lm.seed if req.lm.seed is not None else req.sampler.seed
+    return item_seeds(seed, req.task.batch_size)
 
 
 def given_metas(req: Request, work: str) -> dict:
@@ -120,16 +122,28 @@ def given_metas(req: Request, work: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- the step
 
-def plan_request(planner, req: Request, seeds: Sequence[int], on_token: TokenCallback | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> Request:
-    """``req`` planned by ``planner`` (an ``lm_planner.Planner``) for songs with the DiT seeds ``seeds``; ``req``
-    itself when the LM has nothing to do (see :func:`lm_work`)."""
+def lm_codes(req: Request, planner) -> int:
+    """Codes per song the plan of ``req`` writes at most, what the LM's working memory is sized for: none when the LM
+    has nothing to do or writes metas only; else 5 a second of the song's fixed length, or of the longest the LM
+    may choose (``planner.max_duration``)."""
+    work, _ = lm_work(req)
+    if work != "codes":
+        return 0
+    fixed = given_metas(req, work)["duration"]
+    return int((fixed if fixed is not None else planner.max_duration) * CODES_PER_SECOND)
+
+
+def plan(planner, req: Request, *, on_token: TokenCallback | None = None,
+         should_cancel: Callable[[], bool] | None = None) -> Request:
+    """``req`` planned by ``planner`` (an ``lm_planner.Planner``): everything comes from the request, the seeds
+    too (:func:`lm_seeds`); ``req`` itself when the LM has nothing to do (see :func:`lm_work`). ``on_token(phase,
+    done, total)``: the LM's progress; ``should_cancel()``: True (or raising) stops between tokens."""
     work, _ = lm_work(req)
     if work is None:
         return req
     settings = req.lm
     plans = planner.plan_batch(
-        req.text.caption, req.text.lyrics, lm_seeds(settings, seeds), mode=settings.mode,
+        req.text.caption, req.text.lyrics, lm_seeds(req), mode=settings.mode,
         metas=given_metas(req, work), rewrite_caption=settings.rewrite_caption,
         detect_language="language" in settings.decide, negative_prompt=settings.negative_prompt,
         cfg_scale=settings.cfg_scale, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,

@@ -171,6 +171,19 @@ def check_seed(seed, batch_size: int | None = None, name: str = "seed") -> int |
     return check_one_seed(seed, name)
 
 
+def item_seeds(seed: int | tuple[int, ...] | None, batch_size: int) -> list[int]:
+    """One seed per batch item from a checked seed setting: a tuple as given; one int → seed, seed + 1, …
+    (mod 2^64); None → random (0 … 2^32 − 1)."""
+    if seed is None:
+        import random
+
+        rng = random.SystemRandom()
+        return [rng.randint(0, 2**32 - 1) for _ in range(batch_size)]
+    if isinstance(seed, int):
+        return [(seed + i) % (SEED_MAX + 1) for i in range(batch_size)]
+    return list(seed)
+
+
 def check_one_seed(seed, name: str = "seed") -> int:
     """The seed of one run that makes one thing (simple mode, understanding): an integer 0 … 2^64 − 1, the rule
     :func:`check_seed` applies to each song's seed."""

@@ -213,10 +213,9 @@ def run_song(units: dict, config, budget_gb: float | None, device, dtype, second
         torch.cuda.set_per_process_memory_fraction(min(1.0, budget_gb * GIB / total), device)
     settings = settings or MemorySettings(budget_gb=None if cuda else budget_gb)
     ckpt = checkpoint(units["model"], units["text_encoder"], units["vae"])
-    pipe = AceStepPipeline(ckpt)
     core = {k: v for k, v in units.items() if v is not None}
     manager = MemoryManager(core, device, config, dtype, settings, lm_size=lm_size if "lm" in core else None)
-    pipe.memory = manager
+    pipe = AceStepPipeline(ckpt, placement=manager)
     meter = PhaseMeter(cuda)
     meter.wrap(manager)
     req = request(caption="energetic synth-pop, female vocals", lyrics=LYRICS, duration=seconds, seed=7,
@@ -235,7 +234,7 @@ def run_song(units: dict, config, budget_gb: float | None, device, dtype, second
         row["memory"] = result.metadata.get("memory")
         row["plan"] = manager.plan.describe()
         row["estimate_gb"] = {k: v / GIB for k, v in manager.plan.peaks.items()}
-        row["vae"] = pipe.last_vae_run.describe() if pipe.last_vae_run else None
+        row["vae"] = result.vae_run.describe() if result.vae_run else None
         row["finite"] = bool(torch.isfinite(result.audio).all())
     except torch.OutOfMemoryError as e:
         meter.mark(None)

@@ -156,12 +156,10 @@ class LMPlanner(io.ComfyNode):
         work, why = planning.lm_work(req)
         if work is None:
             return io.NodeOutput(conditioning, latent, ui={"text": [why]})
-        length = planning.given_metas(req, work)["duration"]
-        codes = 0 if work == "metas" else int((length or lm.planner.max_duration) * 5)
-        lm.place(codes=codes, batch=task.batch_size)
+        lm.place(codes=planning.lm_codes(req, lm.planner), batch=task.batch_size)
         clock = _progress(cls.hidden.unique_id)
         try:
-            planned = planning.plan_request(lm.planner, req, [seed] * task.batch_size, clock, host.check_interrupted)
+            planned = planning.plan(lm.planner, req, on_token=clock, should_cancel=host.check_interrupted)
         finally:
             lm.done()
         out = task_canvas(planned.task, **{LATENT_PLAN_KEY: (planned.lm, planned.plans)})

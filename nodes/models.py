@@ -155,10 +155,10 @@ class LoadedModel:
         # pipeline patches (fp8 layers requantise themselves)
         host_patched = host.host_patches_weights() and not base.low_vram
         modules = base.modules.with_weight_deltas("model", deltas) if host_patched else base.modules
-        pipeline = AceStepPipeline(base.pipeline.ckpt)  # shares the loaded weights; only its before_use differs
-        pipeline.before_use = modules.use
-        if base.pipeline.memory is not None:
-            _attach(pipeline, base.pipeline.memory.settings, modules)
+        # the same weights; only the placement differs: a memory manager with the loader's settings whose host is
+        # ``modules`` (the LoRA's patcher clone, when ComfyUI patches)
+        ckpt = base.pipeline.ckpt
+        pipeline = AceStepPipeline(ckpt, placement=_manager(ckpt, base.pipeline.placement.settings, modules))
         return replace(base, pipeline=pipeline, modules=modules, adapters=stack, base=base, host_patched=host_patched)
 
     def describe_adapters(self) -> str:
@@ -186,40 +186,40 @@ def load_model(model: str, text_encoder: str = AUTO, vae: str = AUTO, dtype: str
         _LOADED.move_to_end(key)
         variants = _LOADED[key]
         if settings not in variants:  # the same weights with other memory settings: its own pipeline and plan
-            first = next(iter(variants.values()))
-            pipe = AceStepPipeline(first.pipeline.ckpt)
-            pipe.before_use = first.modules.use
-            variants[settings] = _with_memory(replace(first, pipeline=pipe), settings)
+            variants[settings] = _with_memory(next(iter(variants.values())), settings)
         return variants[settings]
     ckpt = load_checkpoint(path, dtype=chosen, device=host.offload_device(), vae=vae_path, text_encoder=te_path,
                            weight_dtype=weight_dtype)
-    pipe = AceStepPipeline(ckpt)
     modules = host.ManagedModules({"model": ckpt.model, "text_encoder": ckpt.text_encoder, "vae": ckpt.vae})
-    pipe.before_use = modules.use
-    loaded = _with_memory(LoadedModel(pipe, modules, ckpt.variant, chosen, dict(ckpt.paths)), settings)
+    loaded = _with_memory(LoadedModel(AceStepPipeline(ckpt), modules, ckpt.variant, chosen, dict(ckpt.paths)),
+                          settings)
     _LOADED[key] = {settings: loaded}
     while len(_LOADED) > MAX_CACHED_MODELS:
         _LOADED.popitem(last=False)
     return loaded
 
 
-def _attach(pipe, settings, modules):
-    from ..acestep_core.memory.manager import attach_memory
+def _manager(ckpt, settings, modules):
+    """A memory manager over ``ckpt``'s units for ``settings``, placing them through ``modules`` (ComfyUI's model
+    manager)."""
+    from ..acestep_core.memory.manager import memory_manager
 
-    return attach_memory(pipe, settings, host.compute_device(), host=modules)
+    return memory_manager(ckpt, settings, host.compute_device(), host=modules)
 
 
 def _with_memory(loaded: LoadedModel, settings) -> LoadedModel:
-    """``loaded`` with a memory manager for ``settings``. Low-VRAM mode (layers may stream, adapters patched by the
-    pipeline) when a setting asks for it, the weights are fp8, ComfyUI runs with --lowvram/--novram, or the DiT
-    does not fit the card whole for a 4-minute song; otherwise every unit is placed whole, as ComfyUI places its
-    own models, with its working memory passed to ComfyUI's model manager."""
+    """``loaded``'s weights in a pipeline of their own, placed by a memory manager for ``settings``. Low-VRAM mode
+    (layers may stream, adapters patched by the pipeline) when a setting asks for it, the weights are fp8, ComfyUI
+    runs with --lowvram/--novram, or the DiT does not fit the card whole for a 4-minute song; otherwise every unit
+    is placed whole, as ComfyUI places its own models, with its working memory passed to ComfyUI's model
+    manager."""
     from dataclasses import replace as _replace
 
     from ..acestep_core.memory.estimates import Workload
+    from ..acestep_core.pipeline import AceStepPipeline
 
-    pipe = loaded.pipeline
-    memory = _attach(pipe, settings, loaded.modules)
+    ckpt = loaded.pipeline.ckpt
+    memory = _manager(ckpt, settings, loaded.modules)
     low = settings.manual or settings.weight_dtype != "default" or host.low_vram_mode() or \
         memory.plan_for(Workload()).streamed("model") > 0
     memory.settings = _replace(settings, stream=low)
@@ -228,7 +228,7 @@ def _with_memory(loaded: LoadedModel, settings) -> LoadedModel:
         text += f" · budget {settings.budget_gb:g} GB"
     if settings.resident_layers is not None:
         text += f" · {settings.resident_layers} resident layers"
-    return _replace(loaded, low_vram=low, memory=text)
+    return _replace(loaded, pipeline=AceStepPipeline(ckpt, placement=memory), low_vram=low, memory=text)
 
 
 def _mtime(path: str) -> float:

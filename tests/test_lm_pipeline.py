@@ -147,6 +147,30 @@ def test_lm_seed_apart_from_the_sampler_seed(pipe):
     assert [p.seed for p in result.request.plans] == [5, 6] and result.seeds == [20, 21]
 
 
+def test_plan_alone_is_the_pipelines_plan_and_random_seeds_are_shared_with_the_dit(random_pipe):
+    req = request(caption="calm piano", seed=3, lm_mode="think", batch_size=2, decode=False)
+    planned = planning.plan(random_pipe.planner, req)  # what the LM Planner node runs
+    result = random_pipe(req)
+    assert [p.codes for p in planned.plans] == [p.codes for p in result.request.plans]
+    assert planning.describe_plans(planned) == planning.describe_plans(result.request)
+    assert planned.text.caption == result.request.text.caption and planned.text.bpm == result.request.text.bpm
+    assert planned.task.audio_codes == result.request.task.audio_codes
+    assert planning.plan(random_pipe.planner, request(caption="x", lm_mode="off")).plans == ()  # nothing to do
+    drawn = random_pipe(request(caption="calm piano", lm_mode="codes", duration=10.0, batch_size=2, decode=False))
+    assert [p.seed for p in drawn.request.plans] == drawn.seeds  # the seeds the pipeline drew for the songs ...
+    assert drawn.request.sampler.seed is None  # ... while the request stays as given
+
+
+def test_lm_codes_is_what_the_plan_may_write(random_pipe):
+    planner = random_pipe.planner  # max_duration 12 s
+    assert planning.lm_codes(request(caption="x", duration=10.0, lm_mode="codes"), planner) == 50
+    assert planning.lm_codes(request(caption="x", lm_mode="think", lm_decide="duration"), planner) == 60
+    assert planning.lm_codes(request(caption="x", duration=10.0, lm_mode="off"), planner) == 0
+    lego = request(caption="x", task="lego", src_audio=0.1 * torch.randn(2, RATE), src_sample_rate=RATE,
+                   tracks="drums", lm_mode="think")
+    assert planning.lm_work(lego)[0] == "metas" and planning.lm_codes(lego, planner) == 0
+
+
 def test_user_dcw_settings_win_over_the_think_values(pipe):
     result = pipe(request(caption="pop", seed=1, lm_mode="think", dcw_scaler=0.1, decode=False))
     assert result.metadata["dcw"] == "double 0.1/0.06"
@@ -210,7 +234,7 @@ def test_no_lm_loaded_names_lm_mode(pipe):
 
 
 def test_the_lm_is_its_own_memory_unit_placed_for_the_plan_phase_only(models):
-    from acestep_core.memory.manager import MemorySettings, TorchHost, attach_memory
+    from acestep_core.memory.manager import MemorySettings, TorchHost, memory_manager
 
     class Recording(TorchHost):
         def __init__(self):
@@ -219,9 +243,10 @@ def test_the_lm_is_its_own_memory_unit_placed_for_the_plan_phase_only(models):
         def load(self, device, loads, working, exclusive, views):
             self.loads.append(([name for name, _ in loads], working))
 
-    pipe = AceStepPipeline.from_pretrained(models[0], dtype="fp32", device="cpu", lm="auto")
+    loaded = AceStepPipeline.from_pretrained(models[0], dtype="fp32", device="cpu", lm="auto")
     host = Recording()
-    manager = attach_memory(pipe, MemorySettings(), "cpu", host=host)
+    manager = memory_manager(loaded.ckpt, MemorySettings(), "cpu", host=host, planner=loaded.planner)
+    pipe = AceStepPipeline(loaded.ckpt, loaded.planner, placement=manager)
     assert "lm" in manager.units
     pipe(request(caption="x", seed=1, lm_mode="think", decode=False))
     assert host.loads[0][0] == ["lm"] and host.loads[0][1] > 0

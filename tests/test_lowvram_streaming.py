@@ -84,8 +84,9 @@ def test_generation_with_streaming_equals_the_fully_loaded_model(root):
     expected = plain(request(**REQ))
     streamed = AceStepPipeline.from_pretrained(root, dtype="fp32", device="cpu")
     ckpt = streamed.ckpt
-    streamed.memory = MemoryManager({"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}, "cpu",
-                                    ckpt.model.config, torch.float32, MemorySettings(budget_gb=1.0, resident_layers=1))
+    streamed = AceStepPipeline(ckpt, placement=MemoryManager(
+        {"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}, "cpu", ckpt.model.config,
+        torch.float32, MemorySettings(budget_gb=1.0, resident_layers=1)))
     got = streamed(request(**REQ))
     assert isinstance(ckpt.model.decoder.layers, StreamedLayers)
     assert ckpt.model.decoder.layers.streamer.copies > 0
@@ -102,8 +103,9 @@ def test_lora_on_streamed_layers_equals_lora_on_the_loaded_model(root, tmp_path)
     assert not torch.equal(base.latents, styled.latents)
     streamed = AceStepPipeline.from_pretrained(root, dtype="fp32", device="cpu")
     ckpt = streamed.ckpt
-    streamed.memory = MemoryManager({"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}, "cpu",
-                                    ckpt.model.config, torch.float32, MemorySettings(budget_gb=1.0, resident_layers=2))
+    streamed = AceStepPipeline(ckpt, placement=MemoryManager(
+        {"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}, "cpu", ckpt.model.config,
+        torch.float32, MemorySettings(budget_gb=1.0, resident_layers=2)))
     assert torch.equal(streamed(request(**REQ), adapters=adapters).latents, styled.latents)
     assert torch.equal(streamed(request(**REQ)).latents, base.latents)  # no stale patched layer left in a buffer
 

@@ -94,7 +94,7 @@ def test_units_load_as_their_own_patchers_with_their_working_memory(graph, monke
     run, model, text, _, _ = graph
     calls = _spy_loads(monkeypatch)
     _sample(run, model, text)
-    ckpt, working = model.pipeline.ckpt, model.pipeline.memory._working
+    ckpt, working = model.pipeline.ckpt, model.pipeline.placement._working
     assert all(full for _, _, full in calls)
     sample = [c for c in calls if c[0] == [ckpt.model]]
     condition = [c for c in calls if {id(m) for m in c[0]} == {id(ckpt.text_encoder), id(ckpt.model)}]
@@ -134,3 +134,13 @@ def test_loras_on_a_low_vram_model_are_patched_by_the_pipeline(graph):
     assert low.low_vram and "weights: fp8_e4m3fn" in low.describe()
     styled = run(P + "LoraLoader", model=low, lora_name=EXAMPLE_LORA_FILE, strength=0.8).args[0]
     assert not styled.host_patched and styled.pipeline_adapters == styled.adapters
+
+
+def test_a_lora_model_gets_a_placement_of_its_own_over_the_same_weights(graph):
+    from devtools.lora_fixtures import EXAMPLE_LORA_FILE
+
+    run, model, _, _, _ = graph
+    styled = run(P + "LoraLoader", model=model, lora_name=EXAMPLE_LORA_FILE, strength=0.8).args[0]
+    base, placement = model.pipeline.placement, styled.pipeline.placement
+    assert styled.pipeline.ckpt is model.pipeline.ckpt and placement is not base
+    assert placement.host is styled.modules and placement.settings == base.settings  # through the LoRA's patchers

@@ -10,6 +10,8 @@
 * ``fp8``        Linear weights stored as float8 with one scale per output channel, computed by dequantising (any
                  device) or by the GPU's scaled fp8 matmul;
 * ``vae_tiles``  the VAE tile length from the free memory, and the CPU fallback;
+* ``placement``  what the pipeline asks of where its units live (``Placement``), handed in when it is built; the
+                 default leaves every unit where it was loaded;
 * ``manager``    applies a plan to a loaded checkpoint: places units per phase (itself, or through a host such as
-                 ComfyUI's model manager) and reports where the weights were.
+                 ComfyUI's model manager) and reports where the weights were (a ``Placement``).
 """

@@ -1,10 +1,11 @@
 """A loaded checkpoint placed on the compute device phase by phase, following a ``MemoryPlan``.
 
-``MemoryManager.prepare(request)`` plans the request for the budget (sets up layer streaming when the plan needs
-it); ``use(parts)`` is the pipeline's ``before_use`` hook: it puts those units on the device through a host. The
-plain-PyTorch host (``TorchHost``) moves modules itself and, when the units take turns, moves the others back to
-the CPU; ComfyUI's host (``nodes/comfy_adapter.py``) hands each unit to ComfyUI's model manager as its own
-``ModelPatcher`` with the unit's working memory as ``memory_required``, so ComfyUI evicts what it must.
+A ``MemoryManager`` is a pipeline's ``placement`` (``memory.placement.Placement``), built for a checkpoint (and its
+LM) by :func:`memory_manager` and handed to ``AceStepPipeline``. ``prepare_request(request)`` plans the request for
+the budget (sets up layer streaming when the plan needs it); ``use(parts)`` puts those units on the device through
+a host. The plain-PyTorch host (``TorchHost``) moves modules itself and, when the units take turns, moves the
+others back to the CPU; ComfyUI's host (``nodes/comfy_adapter.py``) hands each unit to ComfyUI's model manager as
+its own ``ModelPatcher`` with the unit's working memory as ``memory_required``, so ComfyUI evicts what it must.
 
 A unit's *resident view* is what goes on the device: the unit itself, or for a streamed stack a module tree with
 the same parameter names that leaves the streamed layers out (they stay in pinned CPU memory).
@@ -17,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..constants import CODES_PER_SECOND, STREAM_SLOTS, VRAM_BUDGET_MAX_GB
+from ..constants import STREAM_SLOTS, VRAM_BUDGET_MAX_GB
 from .estimates import GIB, UnitSize, Workload, stack_size, stored_bytes
 from .fp8 import check_weight_dtype, weight_format
 from .planner import MemoryPlan, UNIT_LABELS, plan_memory, request_phases
@@ -180,14 +181,15 @@ class MemoryManager:
 
     # ------------------------------------------------------------------------------------------------ planning
 
-    def prepare_request(self, req, variant: str, lm_seconds: float | None = None) -> MemoryPlan:
-        """``prepare`` for a checked request (``acestep_core.request.Request``) on a model variant. ``lm_seconds``:
-        the LM plans the request first, writing codes for that many seconds (0: metas only); None: no LM phase."""
+    def prepare_request(self, req, variant: str, lm_codes: int | None = None) -> MemoryPlan:
+        """``prepare`` for a checked request (``acestep_core.request.Request``) on a model variant. ``lm_codes``:
+        the LM plans the request first, writing that many codes per song (0: metas only; ``planning.lm_codes``);
+        None: no LM phase."""
         tile = req.render.tile_frames if req.render is not None else None
         work = Workload.of(req, variant)
-        if lm_seconds is not None:
-            work = replace(work, lm_codes=int(lm_seconds * CODES_PER_SECOND))
-        return self.prepare(work, tile, lm=lm_seconds is not None)
+        if lm_codes is not None:
+            work = replace(work, lm_codes=lm_codes)
+        return self.prepare(work, tile, lm=lm_codes is not None)
 
     def prepare(self, work: Workload, tile_limit: int | None = None, lm: bool | None = None) -> MemoryPlan:
         """Plan ``work`` for the current budget and set the units up for it (streamed stacks, resident views).
@@ -244,7 +246,7 @@ class MemoryManager:
     # ------------------------------------------------------------------------------------------------ placing
 
     def use(self, parts) -> None:
-        """The pipeline's ``before_use``: put these units (their resident views) on the device for the next phase
+        """Put these units (their resident views) on the device for the pipeline's next phase
         (when the units take turns, the others go back to the CPU). The VAE goes too (0.3 GB): when no tile fits
         next to it, ``vae_tiles`` decodes with a CPU copy."""
         if self.plan is None:  # e.g. a decode before any generation: plan a default song
@@ -321,16 +323,16 @@ def _on(module: nn.Module, device: torch.device) -> bool:
     return p is not None and p.device.type == device.type
 
 
-def attach_memory(pipe, settings: MemorySettings, device, host: Host | None = None) -> MemoryManager:
-    """Give ``pipe`` (an ``AceStepPipeline``) a MemoryManager over its loaded units; it then plans every request
-    and places the units phase by phase on ``device``."""
-    ckpt = pipe.ckpt
+def memory_manager(ckpt, settings: MemorySettings, device, host: Host | None = None, planner=None) -> MemoryManager:
+    """A MemoryManager over the loaded units of ``ckpt`` (a ``loading.checkpoint.AceStepCheckpoint``) and, when given,
+    the 5 Hz LM of ``planner`` (an ``lm_planner.Planner``): hand it to the pipeline
+    (``AceStepPipeline(ckpt, planner, placement=…)``), which then has every request planned and the units placed
+    phase by phase on ``device``."""
     units = {"text_encoder": ckpt.text_encoder, "model": ckpt.model, "vae": ckpt.vae}
-    if getattr(pipe, "planner", None) is not None:  # the 5 Hz LM: its own unit, placed for the plan phase only
-        units["lm"] = pipe.planner.lm
+    if planner is not None:  # the 5 Hz LM: its own unit, placed for the plan phase only
+        units["lm"] = planner.lm
     vae_dtype = next(ckpt.vae.parameters()).dtype
-    pipe.memory = MemoryManager(units, device, ckpt.model.config, ckpt.model.dtype, settings, host, vae_dtype)
-    return pipe.memory
+    return MemoryManager(units, device, ckpt.model.config, ckpt.model.dtype, settings, host, vae_dtype)
 
 
 def load_device(info, dtype: torch.dtype, device, settings: MemorySettings, work: Workload) -> torch.device:

@@ -4,7 +4,7 @@ The decode tile is the requested length (512 latent frames by default) when it f
 largest of ``VAE_TILE_CHOICES`` below it that does; the encode window likewise from ``VAE_ENCODE_WINDOW_CHOICES``.
 When not even the smallest fits, the VAE runs on the CPU in float32 (a temporary copy; the device's VAE is left
 where it is) and the result comes back to the device. ``free`` is a function returning the free bytes, so the
-choice can be tested anywhere; without one a CPU device counts as unlimited.
+choice can be tested anywhere; without one (or when it answers None) a CPU device counts as unlimited.
 """
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def device_free_memory(device: torch.device) -> int:
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
     return int(min(free + cached, fraction * total - torch.cuda.memory_allocated(device)))
+
+
+def _available(free: Callable[[], int | None] | None, device: torch.device) -> int:
+    """``free()``'s answer, or the device's own free memory when there is no ``free`` or it answers None."""
+    available = free() if free is not None else None
+    return device_free_memory(device) if available is None else available
 
 
 def _choices(preferred: int, options) -> list:
@@ -84,7 +90,7 @@ def decode(vae, latents: torch.Tensor, preferred: int = 512, overlap: int = 64,
     from ..models.vae import tiled_decode
 
     p = next(vae.parameters())
-    available = free() if free is not None else device_free_memory(p.device)
+    available = _available(free, p.device)
     tile = choose_tile(available, p.dtype, latents.shape[-1], latents.shape[0], preferred, vae.config)
     if tile is not None:
         return tiled_decode(vae, latents, chunk_size=tile, overlap=overlap), VaeRun(str(p.device.type), tile=tile)
@@ -99,7 +105,7 @@ def encode(vae, audio: torch.Tensor, free: Callable[[], int] | None = None, gene
     from ..models.vae import tiled_encode
 
     p = next(vae.parameters())
-    available = free() if free is not None else device_free_memory(p.device)
+    available = _available(free, p.device)
     window = choose_window(available, p.dtype, config=vae.config)
     sr = vae.config.sampling_rate
     if window is not None:
