@@ -31,7 +31,7 @@ TEXT_MAX_TOKENS = 256  # caption prompt truncation
 LYRIC_MAX_TOKENS = 2048  # lyrics prompt truncation
 
 # ---------------------------------------------------------------------------------------------------------------
-# Task instructions and tracks (the task table itself lives in request.py)
+# Task instructions and tracks (the task table itself lives in tasks.py)
 # ---------------------------------------------------------------------------------------------------------------
 
 TASK_INSTRUCTIONS = {
@@ -78,7 +78,7 @@ DURATION_MIN, DURATION_MAX = 10, 600  # seconds: a new song, and any source or r
 TIME_SIGNATURE_FRACTIONS = {"2/4": "2", "3/4": "3", "4/4": "4", "6/8": "6"}  # accepted and written as the numerator
 
 # ---------------------------------------------------------------------------------------------------------------
-# Inputs: limits and choices (request.py checks them; the nodes and the command line show them)
+# Inputs: limits and choices (checks.py and tasks.py check them; the nodes and the command line show them)
 # ---------------------------------------------------------------------------------------------------------------
 
 SEED_MAX = 2**64 - 1  # seeds are 0 … 2^64 − 1, as ComfyUI's seed widget
@@ -185,7 +185,7 @@ class DcwSettings:
     high_scaler: float = 0.02
 
     def __post_init__(self):
-        # Built from SamplerSettings' checked dcw_* fields (request.resolve_dcw) or the app's defaults here.
+        # Built from SamplerSettings' checked dcw_* fields (schedule.resolve_dcw) or the app's defaults here.
         assert self.mode in DCW_MODES, self.mode
         assert all(isinstance(v, (int, float)) and v == v for v in (self.scaler, self.high_scaler)), self
 

@@ -62,3 +62,8 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class UsageError(Exception):
+    """A bad input found by the command line itself (a flag, a file, an output path); printed as one ``error:``
+    line."""

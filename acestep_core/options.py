@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import checks
 from .constants import (
     APG_MOMENTUM, APG_MOMENTUM_MAX, APG_MOMENTUM_MIN, APG_NORM_THRESHOLD, APG_NORM_THRESHOLD_MAX, BPM_MAX, BPM_MIN,
     DCW_MODES, DCW_THINK_HIGH_SCALER, DCW_THINK_MODE, DCW_THINK_SCALER, DEFAULT_DURATION, DEFAULT_EXTEND_SECONDS,
@@ -61,7 +62,7 @@ class Option:
     advanced: bool = False
     metavar: str | None = None
     sample_arg: str = ""
-    check: str = ""  # a ``request`` function that checks the value instead of the kind's rule (its own spellings)
+    check: str = ""  # a ``checks`` function that checks the value instead of the kind's rule (its own spellings)
     allowed_text: str = ""  # what is allowed, in words, where listing the choices would not say it
 
     def __post_init__(self):
@@ -336,27 +337,26 @@ def default(part: str, name: str):
 def check_option(opt: Option, value, name: str | None = None):
     """The value in its canonical form, or :class:`~acestep_core.errors.InputError` naming ``name`` (the option's
     flat name by default). None passes where the default is None ("decided per run")."""
-    from . import request as rq  # the field checks live with the request's rules
 
     name = name or opt.label
     if value is None and opt.default is None:
         return None
     if opt.check:
-        return getattr(rq, opt.check)(value)
+        return getattr(checks, opt.check)(value)
     if opt.kind == "int":
-        return rq.check_int(name, value, opt.lo, opt.hi, opt.hint)
+        return checks.check_int(name, value, opt.lo, opt.hi, opt.hint)
     if opt.kind == "float":
-        return rq.check_number(name, value, opt.lo, opt.hi, opt.hint)
+        return checks.check_number(name, value, opt.lo, opt.hi, opt.hint)
     if opt.kind == "choice":
-        return rq.check_choice(name, value, opt.choices)
+        return checks.check_choice(name, value, opt.choices)
     if opt.kind in ("bool", "switch"):
-        return rq.check_bool(name, value)
+        return checks.check_bool(name, value)
     if opt.kind == "text":
-        return rq.check_text(name, value)
+        return checks.check_text(name, value)
     if opt.kind == "seed":
-        return rq.check_seed(value, name=name)
+        return checks.check_seed(value, name=name)
     if opt.kind == "timesteps":
-        return rq.check_timesteps(value)
+        return checks.check_timesteps(value)
     raise AssertionError(f"{opt.key}: a {opt.kind} option needs its own check")
 
 

@@ -47,10 +47,10 @@ from .memory.placement import LeaveLoaded, Placement
 from .options import SAMPLER_OPTIONS
 from .prompts import format_caption_prompt, format_lyrics_prompt, format_metas, task_instruction
 from .errors import InputError
-from .request import (
-    AudioClip, PlanSettings, RenderSettings, Request, Schedule, Task, Window, check_int, check_one_seed,
-    item_seeds, resolve_sampler,
-)
+from .checks import check_int, check_one_seed, item_seeds
+from .request import AudioClip, PlanSettings, RenderSettings, Request, Task
+from .schedule import Schedule, resolve_sampler
+from .tasks import Window
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,8 +113,7 @@ class AceStepPipeline:
     def __init__(self, checkpoint: AceStepCheckpoint, planner=None, placement: Placement | None = None):
         """``planner``: the 5 Hz LM (an ``lm_planner.Planner``), or None. ``placement``: where the units go for each
         phase (``memory.placement``): a ``memory.manager.MemoryManager`` (low VRAM: plans each request for a VRAM
-        budget), a host's plain ``use(parts)`` function as ``UseHook``, or None = every unit stays where it was
-        loaded."""
+        budget), any object with the ``Placement`` methods, or None = every unit stays where it was loaded."""
         self.ckpt = checkpoint
         self.planner = planner
         self.placement: Placement = placement if placement is not None else LeaveLoaded()

@@ -26,9 +26,8 @@ from .constants import (
     CODES_PER_SECOND, DURATION_MAX, DURATION_MIN, KEYSCALES, LM_SKIPPED_TASKS, LM_UNDERSTAND_TOP_P, TIME_SIGNATURES,
     VALID_LANGUAGES,
 )
-from .request import (
-    PlanSettings, Request, SongText, check_bool, check_language, check_one_seed, check_query, item_seeds,
-)
+from .checks import check_bool, check_language, check_one_seed, check_query, item_seeds
+from .request import PlanSettings, Request, SongText
 
 TokenCallback = Callable[[str, int, int], None]  # (phase, done, total): phase "metas", "codes" or "text"
 PHASE_LABELS = {"metas": "thinking", "codes": "codes", "text": "writing"}

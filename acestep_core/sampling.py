@@ -59,7 +59,7 @@ def cast_schedule(values: Sequence[float], dtype: torch.dtype) -> list[float]:
 
 
 def _assert_timesteps(values: list[float]) -> None:
-    """Custom timesteps as ``request.check_timesteps`` lets them through: in [0, 1], strictly descending (float32)."""
+    """Custom timesteps as ``checks.check_timesteps`` lets them through: in [0, 1], strictly descending (float32)."""
     assert all(0.0 <= v <= 1.0 for v in values) and all(a > b for a, b in zip(values, values[1:])), values
 
 
@@ -95,7 +95,7 @@ def turbo_schedule(shift: float = 3.0, timesteps: Sequence[float] | Tensor | Non
         values = _as_float32_list(timesteps)
         while values and values[-1] == 0:
             values.pop()
-        assert 1 <= len(values) <= MAX_TURBO_STEPS, values  # request.resolve_sampler counts them
+        assert 1 <= len(values) <= MAX_TURBO_STEPS, values  # schedule.resolve_sampler counts them
         _assert_timesteps(values)
         values = [min(TURBO_VALID_TIMESTEPS, key=lambda v: abs(v - t)) for t in values]
     elif steps is not None:
@@ -116,7 +116,7 @@ def base_schedule(steps: int, shift: float, dtype: torch.dtype,
     """
     if timesteps is not None:
         values = _as_float32_list(timesteps)
-        assert len(values) >= 2, values  # request.resolve_sampler: at least 2 on base/SFT
+        assert len(values) >= 2, values  # schedule.resolve_sampler: at least 2 on base/SFT
         _assert_timesteps(values)
         return torch.tensor(values, dtype=torch.float32).to(dtype).tolist()
     assert isinstance(steps, int) and steps >= 1 and shift > 0, (steps, shift)
@@ -134,7 +134,7 @@ def flow_edit_schedule(steps: int, shift: float, dtype: torch.dtype,
     if timesteps is None:
         return base_schedule(steps, shift, dtype)
     values = _as_float32_list(timesteps)
-    assert values, "no timesteps"  # request.check_timesteps turns an empty list into None
+    assert values, "no timesteps"  # checks.check_timesteps turns an empty list into None
     if values[-1] != 0.0:
         values.append(0.0)
     return base_schedule(steps, shift, dtype, timesteps=values)

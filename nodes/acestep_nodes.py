@@ -25,10 +25,11 @@ from ..acestep_core.constants import (
 )
 from ..acestep_core.errors import Described, InputError
 from ..acestep_core.options import FLOW_EDIT_OPTIONS, RENDER_OPTIONS, SAMPLER_OPTIONS, SONG_OPTIONS, Option, option
+from ..acestep_core.checks import check_bpm, check_cfg_interval, check_timesteps
 from ..acestep_core.request import (
-    AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings,
-    SongText, Task, check_bpm, check_cfg_interval, check_timesteps, check_tracks, check_window, extend_window,
+    AudioClip, FlowEdit, PlanSettings, RenderSettings, Request, SamplerSettings, SongText, Task,
 )
+from ..acestep_core.tasks import check_tracks, check_window, extend_window
 from . import comfy_adapter as host
 from . import models
 from . import ui as node_ui

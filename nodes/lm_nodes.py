@@ -21,7 +21,8 @@ from ..acestep_core.constants import (
 )
 from ..acestep_core import planning
 from ..acestep_core.options import PLAN_OPTIONS, option
-from ..acestep_core.request import PlanSettings, Request, SamplerSettings, check_query
+from ..acestep_core.checks import check_query
+from ..acestep_core.request import PlanSettings, Request, SamplerSettings
 from . import comfy_adapter as host
 from . import models
 from .acestep_nodes import (

@@ -1432,7 +1432,7 @@ def test_stale_temporaries_of_dead_runs_go_and_a_live_runs_stay(tmp_path):
     (tmp_path / f"..x.partial.{dead}.flac.0a1b2c3d.part").write_text("half a song")
     (tmp_path / f".x.partial.{live}.flac").write_text("another run's song")
     (tmp_path / f".y.partial.{dead}.flac").write_text("another name's")
-    cli.remove_stale_temporaries(str(tmp_path / "x.flac"))
+    cli.outputs.remove_stale_temporaries(str(tmp_path / "x.flac"))
     assert sorted(os.listdir(tmp_path)) == sorted([f".x.partial.{live}.flac", f".y.partial.{dead}.flac", "x.flac"])
     assert (tmp_path / "x.flac").read_text() == "the old song"  # put back where it was
 
@@ -1500,7 +1500,7 @@ def test_model_loader_refuses_a_file_sent_past_its_dropdown(comfy, foreign_files
 
 from acestep_core import pipeline as pipeline_module, planning  # noqa: E402
 from acestep_core.lm_planner.planner import LMSample  # noqa: E402
-from acestep_core.request import resolve_sampler  # noqa: E402
+from acestep_core.schedule import resolve_sampler  # noqa: E402
 
 FLOW = {"flow_edit": True, "task": "cover", **SRC}
 V18_CASES = [  # (the check it replaces, fields, variant (None: request() refuses it), input named, part of allowed)

@@ -189,11 +189,11 @@ def test_missing_checkpoint_message(capsys, tmp_path, monkeypatch):
 
 def test_default_checkpoint(fake, capsys, monkeypatch):
     monkeypatch.setenv("ACESTEP_MODELS", fake)
-    assert cli.default_checkpoint() == fake
+    assert cli.checkpoints.default_checkpoint() == fake
     code, _, err = run(["--duration", "10"], capsys)
     assert code == 0, err
     monkeypatch.delenv("ACESTEP_MODELS")
-    assert cli.default_checkpoint() == os.path.join(".", "models", "acestep")  # ComfyUI's models/acestep
+    assert cli.checkpoints.default_checkpoint() == os.path.join(".", "models", "acestep")  # ComfyUI's models/acestep
 
 
 def test_allow_download(fake, capsys, monkeypatch, tmp_path):
@@ -242,7 +242,7 @@ def test_bad_device(fake, capsys):
 
 
 def test_failure_while_writing_leaves_nothing(fake, capsys, tmp_path, monkeypatch):
-    real = cli.save_audio
+    real = cli.outputs.save_audio
     calls = []
 
     def second_fails(path, *a, **k):
@@ -251,7 +251,7 @@ def test_failure_while_writing_leaves_nothing(fake, capsys, tmp_path, monkeypatc
             raise OSError(28, "No space left on device")
         return real(path, *a, **k)
 
-    monkeypatch.setattr(cli, "save_audio", second_fails)
+    monkeypatch.setattr(cli.outputs, "save_audio", second_fails)
     code, _, err = run(["--checkpoint", fake, "--batch", "2", "--duration", "10", "--out", "o/s.flac"], capsys)
     assert code == 1 and "No space left" in error_lines(err)[0]
     assert os.listdir(tmp_path / "o") == []  # neither item, nor a temporary
@@ -268,7 +268,7 @@ def test_a_failed_rename_puts_earlier_files_back(fake, capsys, tmp_path, monkeyp
             raise OSError(13, "Permission denied")
         return real(src, dst)
 
-    monkeypatch.setattr(cli.os, "replace", third_fails)
+    monkeypatch.setattr(cli.outputs.os, "replace", third_fails)
     code, _, err = run(["--checkpoint", fake, "--batch", "2", "--duration", "10", "--out", "s.flac"], capsys)
     assert code == 1 and "Permission denied" in error_lines(err)[0]
     assert (tmp_path / "s.flac").read_bytes() == b"the user's old file"

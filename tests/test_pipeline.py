@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from acestep_core.pipeline import AceStepPipeline
-from acestep_core.request import parse_audio_codes, request
+from acestep_core.checks import parse_audio_codes
+from acestep_core.request import request
 from acestep_core.sampling import GenerationCancelled
 from acestep_core.loading.silence import silence_slice
 from devtools.fixtures import build_tensors, tiny_models_folder, write_hf_layout

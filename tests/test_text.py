@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
 from acestep_core import constants as C
 from acestep_core.loading.text import BUNDLED_TOKENIZER, load_text_encoder, load_tokenizer, strip_text_encoder_prefix
 from acestep_core.models.text_encoder import TextEncoder, encode_text_inputs, infer_qwen3_config
-from acestep_core.request import TASKS
+from acestep_core.tasks import TASKS
 from acestep_core.prompts import (
     extract_caption,
     format_caption_prompt,

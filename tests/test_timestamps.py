@@ -446,7 +446,7 @@ def test_cli_writes_no_lrc_when_the_audio_fails(models, tmp_path, capsys, monkey
     def fail(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli, "save_audio", fail)
+    monkeypatch.setattr(cli.outputs, "save_audio", fail)
     code, _, err = run_cli(["--checkpoint", models, "--caption", "pop", "--lyrics", LYRICS, "--duration", "10",
                             "--out", str(tmp_path / "song.flac"), "--lrc", str(tmp_path / "song.lrc")], capsys)
     assert code == 1 and "No space left" in err

@@ -176,7 +176,7 @@ class Workload:
     @classmethod
     def of(cls, req, variant: str, lm: bool = False) -> "Workload":
         """The workload of a checked request (``acestep_core.request.Request``) on a model variant."""
-        from ..request import resolve_sampler
+        from ..schedule import resolve_sampler
 
         task = req.task
         source = task.source.seconds if task.source is not None else 0.0
