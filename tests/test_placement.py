@@ -8,7 +8,7 @@ import torch
 
 from acestep_core.constants import VAE_ENCODE_WINDOW_CHOICES
 from acestep_core.memory.manager import MemoryManager, MemorySettings, memory_manager
-from acestep_core.memory.placement import LeaveLoaded, UseHook
+from acestep_core.memory.placement import LeaveLoaded
 from acestep_core.memory.vae_tiles import VaeRun
 from acestep_core.pipeline import AceStepPipeline
 from acestep_core.request import AudioClip, RenderSettings, request
@@ -58,9 +58,19 @@ def test_decode_and_encode_with_run_return_what_decode_and_encode_return(ckpt, p
     assert pipe(request(**REQ, decode=False)).vae_run is None  # latents only: the VAE did not decode
 
 
-def test_a_hosts_use_function_gets_the_parts_of_each_phase(ckpt, plain):
+class RecordingPlacement(LeaveLoaded):
+    """A host's own placement: it is told the units each phase needs."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def use(self, parts):
+        self.calls.append(parts)
+
+
+def test_a_hosts_placement_gets_the_parts_of_each_phase(ckpt, plain):
     calls = []
-    result = AceStepPipeline(ckpt, placement=UseHook(calls.append))(request(**REQ))
+    result = AceStepPipeline(ckpt, placement=RecordingPlacement(calls))(request(**REQ))
     assert calls == [("model",), ("text_encoder", "model"), ("model",), ("vae",)]  # inputs, condition, DiT, VAE
     assert torch.equal(result.audio, plain.audio) and "memory" not in result.metadata
 

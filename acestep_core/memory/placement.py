@@ -1,18 +1,16 @@
 """Where the pipeline's units are for each phase: the ``Placement`` a host hands to ``AceStepPipeline``.
 
 The pipeline names the units a phase needs ("lm", "text_encoder", "vae", "model") and leaves where they go to its
-placement. Three kinds exist:
+placement. Two kinds exist (a host may write its own against the protocol):
   - ``LeaveLoaded`` (the default): every unit stays where it was loaded; the VAE sizes its tiles by the device's
     own free memory;
-  - ``UseHook``: a host's plain "put these units on the compute device" function (e.g. the ComfyUI pack's
-    ``ManagedModules.use``), no plan and no budget;
   - ``memory.manager.MemoryManager``: plans each request for a VRAM budget and places the units phase by phase
     (layer streaming, the VAE tile), built for a checkpoint by ``memory.manager.memory_manager``; the command line
     (on CUDA or with memory flags) and the ComfyUI nodes (with ``ManagedModules`` as its host) hand in one.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .estimates import Workload
 
@@ -54,14 +52,3 @@ class LeaveLoaded:
 
     def report(self) -> str:
         return ""
-
-
-class UseHook(LeaveLoaded):
-    """A host's plain ``use(parts)`` function (e.g. ComfyUI's ``ManagedModules.use``) as a placement: the units go
-    where the host puts them, with no plan and no budget."""
-
-    def __init__(self, use: Callable[[tuple[str, ...]], None]):
-        self._use = use
-
-    def use(self, parts: tuple[str, ...]) -> None:
-        self._use(parts)
