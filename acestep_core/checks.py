@@ -225,6 +225,22 @@ def check_audio_codes(codes, batch_size: int = 1) -> tuple[int, ...] | tuple[tup
     return items[0] if len(items) == 1 else items
 
 
+def check_names(name: str, value, choices: Sequence[str], allowed: str, name_allowed: str | None = None) -> list[str]:
+    """Names from ``choices`` in the order given: a list, or one string with names separated by commas; case and
+    spaces around a name are ignored. ``allowed``: the message when the value is no list or string,
+    ``name_allowed`` (default ``allowed``) when one name is not a choice (kind ``fields`` of the option table)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise InputError(name, value, allowed)
+    names = []
+    for item in value:
+        if not isinstance(item, str) or item.strip().lower() not in choices:
+            raise InputError(name, item, name_allowed or allowed)
+        names.append(item.strip().lower())
+    return names
+
+
 def check_lm_decide(decide) -> tuple[str, ...]:
     """What the LM may decide: a list of names from LM_DECIDE_FIELDS, or one string with names separated by
     commas; 'none' or an empty list = nothing (the user's given values are always kept). A blank string is
@@ -233,12 +249,7 @@ def check_lm_decide(decide) -> tuple[str, ...]:
     if isinstance(decide, str):
         if not decide.strip():
             raise InputError("lm_decide", decide, allowed)
-        decide = [] if decide.strip().lower() == "none" else [d for d in decide.split(",") if d.strip()]
-    if not isinstance(decide, (list, tuple)):
-        raise InputError("lm_decide", decide, allowed)
-    names = []
-    for name in decide:
-        if not isinstance(name, str) or name.strip().lower() not in LM_DECIDE_FIELDS:
-            raise InputError("lm_decide", name, allowed)
-        names.append(name.strip().lower())
+        if decide.strip().lower() == "none":
+            decide = []
+    names = check_names("lm_decide", decide, LM_DECIDE_FIELDS, allowed)
     return tuple(n for n in LM_DECIDE_FIELDS if n in names)

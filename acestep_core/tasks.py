@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .checks import check_choice, check_number
+from .checks import check_choice, check_names, check_number
 from .constants import (
     DEFAULT_EXTEND_SECONDS, DURATION_MAX, EXTEND_DIRECTIONS, EXTEND_OVERLAP_MAX, EXTEND_SECONDS_MIN,
     MIN_WINDOW_SECONDS, TRACK_NAMES,
@@ -138,18 +138,9 @@ def extend_window(source_seconds: float, direction: str, seconds, overlap) -> Wi
 
 def check_tracks(tracks, task: str = "complete") -> tuple[str, ...]:
     """Track names as a tuple: a list, or one string with names separated by commas. Case is ignored."""
-    if tracks is None:
-        tracks = ()
-    if isinstance(tracks, str):
-        tracks = [t for t in tracks.split(",") if t.strip()]
-    if not isinstance(tracks, (list, tuple)):
-        raise InputError("tracks", tracks, "a list of track names, or names separated by commas")
-    names = []
-    for track in tracks:
-        if not isinstance(track, str) or track.strip().lower() not in TRACK_NAMES:
-            raise InputError("tracks", track, f"track names from {', '.join(TRACK_NAMES)}")
-        names.append(track.strip().lower())
-    names = tuple(dict.fromkeys(names))
+    names = tuple(dict.fromkeys(check_names(
+        "tracks", () if tracks is None else tracks, TRACK_NAMES, "a list of track names, or names separated by commas",
+        f"track names from {', '.join(TRACK_NAMES)}")))
     rule = TASKS[check_task(task)]
     if rule.tracks == "one" and len(names) != 1:
         raise InputError("tracks", list(names), f"exactly one track name for task {task!r}")

@@ -136,6 +136,13 @@ def _batch_input() -> io.Int.Input:
     return option_input(option("task", "batch_size"))
 
 
+def _duration_input() -> io.Float.Input:
+    """A new song needs a length: the request's fallback for "none given" (120 s) is shown as the default."""
+    duration = option("task", "duration")
+    return option_input(replace(duration, default=DEFAULT_DURATION, help=duration.help + " Also written into the "
+                                "prompt's metadata; quality is best up to about 4 minutes."))
+
+
 def _vae_encode_input() -> io.Combo.Input:
     return option_input(option("task", "vae_encode"))
 
@@ -255,10 +262,7 @@ class EmptyLatent(io.ComfyNode):
             description="Starts a new song (text to music): sets its length and how many to make. The sampler "
                         "fills the context with the model's silence latent, as the original does.",
             inputs=[
-                # a new song needs a length: the request's fallback for "none given" is shown as the default
-                option_input(replace(option("task", "duration"), default=DEFAULT_DURATION,
-                                     help=option("task", "duration").help + " Also written into the prompt's "
-                                          "metadata; quality is best up to about 4 minutes.")),
+                _duration_input(),
                 _batch_input(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],

@@ -34,6 +34,8 @@ AceStepLM = io.Custom("ACESTEP_LM")
 PLANNER_MODES = ("think", "codes", "off")
 _LM_TIP = "The 5 Hz LM from the ACE-Step 1.5 LM Loader."
 _DECIDE = option("lm", "decide")  # the LM Planner shows one switch per field it may decide: decide_bpm, …
+# Each switch's default: on for what the request lets the LM decide, except the duration (see _decide_input)
+_DECIDE_DEFAULT = {name: name in _DECIDE.default and name != "duration" for name in _DECIDE.choices}
 BAR_EVERY = 0.1  # seconds between redraws of the progress bar (a token takes milliseconds)
 
 
@@ -71,9 +73,9 @@ def _decide_input(name: str) -> io.Boolean.Input:
     """The Planner's switch for one field of ``PlanSettings.decide``. The duration's is in view and off by default:
     the latent already sets the song's length, and switching it on lets the LM replace that length."""
     if name == "duration":
-        return io.Boolean.Input("decide_duration", default=False,
+        return io.Boolean.Input("decide_duration", default=_DECIDE_DEFAULT[name],
                                 tooltip="think: let the LM choose the song's length instead of the latent's.")
-    return io.Boolean.Input(f"decide_{name}", default=name in _DECIDE.default, advanced=True,
+    return io.Boolean.Input(f"decide_{name}", default=_DECIDE_DEFAULT[name], advanced=True,
                             tooltip=f"think: the LM fills the {name} when you left it on auto"
                                     + (" (written into its own reasoning; the DiT keeps your language, as upstream)"
                                        if name == "language" else "") + ".")
@@ -149,7 +151,7 @@ class LMPlanner(io.ComfyNode):
     def execute(cls, lm, conditioning, latent, seed=0, mode="think", **widgets) -> io.NodeOutput:
         task = _latent_task(latent)
         sampling = [o for o in PLAN_OPTIONS if o.name not in ("mode", "seed", "decide")]
-        decide = tuple(name for name in _DECIDE.choices if widgets.get(f"decide_{name}", name in _DECIDE.default and name != "duration"))
+        decide = tuple(name for name in _DECIDE.choices if widgets.get(f"decide_{name}", _DECIDE_DEFAULT[name]))
         settings = PlanSettings(mode=mode, seed=seed, decide=decide, **from_widgets(sampling, widgets))
         if "duration" in decide and mode == "think" and task.source is None and task.audio_codes is None:
             task = replace(task, duration=None)  # the LM chooses the length

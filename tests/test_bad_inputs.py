@@ -995,10 +995,16 @@ H17C_CLI_CASES = [  # (arguments, what the one error line starts with)
 
 @pytest.mark.parametrize("args, expected", H17C_CLI_CASES, ids=[" ".join(c[0])[:50] for c in H17C_CLI_CASES])
 def test_h17c_cli_refuses_what_it_used_to_ignore(models, workdir, capsys, monkeypatch, args, expected):
-    loads = []
-    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
     open("empty.txt", "w").close()
     args = [{"SRC": "src.wav", "@EMPTY": "@empty.txt"}.get(a, a) for a in args]
+    _assert_refused_before_loading(models, workdir, capsys, monkeypatch, args, expected)
+
+
+def _assert_refused_before_loading(models, workdir, capsys, monkeypatch, args, expected):
+    """``acestep generate`` with ``args`` exits 1 with one error line starting with ``expected``, before any model
+    is loaded and without writing anything."""
+    loads = []
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
     before = sorted(os.listdir(workdir))
     assert cli.main(["generate", "--checkpoint", models, *args]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -1586,14 +1592,8 @@ V18_CLI_CASES = [  # (arguments, what the one error line starts with): the CLI r
 
 @pytest.mark.parametrize("args, expected", V18_CLI_CASES, ids=[" ".join(c[0])[:50] for c in V18_CLI_CASES])
 def test_v18_cli_refuses_them_before_loading(models, workdir, capsys, monkeypatch, args, expected):
-    loads = []
-    monkeypatch.setattr(cli, "load_pipeline", lambda *a: loads.append(a))
-    args = [{"SRC": "src.wav"}.get(a, a) for a in args]
-    before = sorted(os.listdir(workdir))
-    assert cli.main(["generate", "--checkpoint", models, *args]) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(expected), lines
-    assert loads == [] and sorted(os.listdir(workdir)) == before
+    _assert_refused_before_loading(models, workdir, capsys, monkeypatch, [{"SRC": "src.wav"}.get(a, a) for a in args],
+                                   expected)
 
 
 def test_v18_sampler_node_refuses_them_before_running(comfy):
